@@ -1,0 +1,279 @@
+"""Hardened image decoding: every bad body becomes a clear rejection, never a crash or a hang.
+
+A camera (or anyone holding its key) can send empty bodies, the wrong type, truncated files or a
+small file whose header claims a gigapixel image. Checks run from cheap to expensive: magic bytes
+against the declared type, end markers (libjpeg only *warns* on a truncated JPEG and returns a
+partly grey image), header dimensions against the pixel cap, then the full decode.
+
+OpenCV reads its own decode caps (`OPENCV_IO_MAX_IMAGE_*`) from the environment once, when the
+library loads, so this module sets them before cv2 is imported and is the one place the service
+imports cv2 (`opencv()`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from types import ModuleType
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000  # above any line camera we serve (12 MP), far below a bomb
+DEFAULT_MAX_SIDE = 1 << 16
+MIN_SIDE = 8  # smaller than this is not a camera frame; tiling would only reflect padding
+_END_MARKER_WINDOW = 1024  # bytes at the end of a file searched for its end marker
+
+
+def configure_decoder_limits(
+    max_pixels: int, max_side: int = DEFAULT_MAX_SIDE, *, override: bool = True
+) -> bool:
+    """Set OpenCV's decode caps in the environment; effective only before cv2 is first imported.
+
+    Args:
+        max_pixels: largest width x height OpenCV will decode.
+        max_side: largest width or height OpenCV will decode.
+        override: replace values already in the environment (False keeps a container's settings).
+
+    Returns:
+        True when cv2 is not loaded yet, so the caps will apply. `decode_image` checks the header
+        against its own `max_pixels` either way; these caps are the second line of defence.
+    """
+    limits = {
+        "OPENCV_IO_MAX_IMAGE_PIXELS": str(max_pixels),
+        "OPENCV_IO_MAX_IMAGE_WIDTH": str(max_side),
+        "OPENCV_IO_MAX_IMAGE_HEIGHT": str(max_side),
+    }
+    # Decode failures are reported as rejections; OpenCV's own warnings would only flood the log.
+    limits["OPENCV_LOG_LEVEL"] = "ERROR"
+    for name, value in limits.items():
+        if override or name not in os.environ:
+            os.environ[name] = value
+    if "cv2" in sys.modules:
+        logger.warning("cv2 is already imported; OpenCV keeps the decode caps it started with")
+        return False
+    return True
+
+
+configure_decoder_limits(DEFAULT_MAX_PIXELS, override=False)
+
+
+def opencv() -> ModuleType:
+    """The cv2 module, imported only after the decode caps are in the environment."""
+    import cv2  # noqa: PLC0415 (deliberately lazy, see the module docstring)
+
+    return cv2
+
+
+class ImageRejected(ValueError):
+    """A request body that is not an image the service can inspect.
+
+    Attributes:
+        reason: a short stable code for metrics and clients ("empty", "truncated", …).
+        status: the HTTP status the API answers with.
+        message: one line for the client.
+    """
+
+    def __init__(self, reason: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+_MAGIC = {
+    "jpeg": (b"\xff\xd8\xff",),
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "bmp": (b"BM",),
+    "tiff": (b"II*\x00", b"MM\x00*"),
+}
+_CONTENT_TYPES = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/pjpeg": "jpeg",
+    "image/png": "png",
+    "image/x-png": "png",
+    "image/bmp": "bmp",
+    "image/x-bmp": "bmp",
+    "image/x-ms-bmp": "bmp",
+    "image/tiff": "tiff",
+    "image/tif": "tiff",
+    "image/x-tiff": "tiff",
+}
+# Types that say nothing about the format: the magic bytes decide.
+_UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
+_PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tiff": "TIFF"}
+SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff")
+
+
+def sniff_format(data: bytes) -> str | None:
+    """'jpeg', 'png', 'bmp' or 'tiff' from the leading magic bytes; None for anything else."""
+    for name, signatures in _MAGIC.items():
+        if any(data.startswith(signature) for signature in signatures):
+            return name
+    return None
+
+
+def decode_image(
+    data: bytes, content_type: str | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode a request body into a uint8 RGB [H, W, 3] array.
+
+    Args:
+        data: the raw file bytes.
+        content_type: the declared media type; None or application/octet-stream lets the bytes decide.
+        max_pixels: largest width x height accepted, checked on the header before decoding.
+
+    Raises:
+        ImageRejected: with reason empty, unsupported_type, type_mismatch, truncated, corrupt,
+            too_large_pixels or too_small.
+    """
+    if not data:
+        raise ImageRejected("empty", 400, "the request body is empty")
+    image_format = _check_type(data, content_type)
+    _check_complete(data, image_format)
+    width, height = _header_size(data, image_format)
+    if width * height > max_pixels:
+        raise ImageRejected(
+            "too_large_pixels",
+            413,
+            f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected(
+            "too_small", 422, f"the image is {width}x{height}; each side must be at least {MIN_SIDE}"
+        )
+    decoded = _decode_pixels(data, image_format)
+    if decoded.shape[:2] != (height, width):
+        raise ImageRejected("corrupt", 422, f"the {image_format.upper()} data does not match its header")
+    try:
+        return to_rgb8(decoded)
+    except ValueError as error:
+        raise ImageRejected("unsupported_type", 415, str(error)) from None
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any decoded OpenCV array (grey, BGR, BGRA; uint8, uint16 or float) as uint8 RGB [H, W, 3].
+
+    16-bit data is scaled over its full range (65535 -> 255); float data is taken as [0, 1]; alpha is
+    dropped (a camera frame has nothing behind it to composite on).
+
+    Raises:
+        ValueError: an unsupported dtype or channel count.
+    """
+    cv2 = opencv()
+    eight_bit = _to_uint8(image)
+    if eight_bit.ndim == 3 and eight_bit.shape[2] == 1:
+        eight_bit = eight_bit[:, :, 0]
+    if eight_bit.ndim == 2:
+        return cv2.cvtColor(eight_bit, cv2.COLOR_GRAY2RGB)
+    channels = eight_bit.shape[2] if eight_bit.ndim == 3 else 0
+    if channels == 3:
+        return cv2.cvtColor(eight_bit, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(eight_bit, cv2.COLOR_BGRA2RGB)
+    raise ValueError(f"images with shape {image.shape} are not supported (grey, RGB or RGBA only)")
+
+
+def encode_png(array: np.ndarray, *, compression: int = 1) -> bytes:
+    """PNG bytes of a uint8/uint16 grey [H, W], RGB [H, W, 3] or RGBA [H, W, 4] array.
+
+    Compression level 1 by default: maps are written per frame, and size matters less than time.
+    """
+    cv2 = opencv()
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG holds uint8 or uint16 data, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    elif array.ndim != 2:
+        raise ValueError(f"cannot write an array of shape {array.shape} as PNG")
+    ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError("OpenCV could not encode the PNG")
+    return encoded.tobytes()
+
+
+def probability_png(prob_map: np.ndarray) -> bytes:
+    """A probability map [H, W] in [0, 1] as an 8-bit grey PNG (0 -> 0, 1 -> 255)."""
+    quantised = np.rint(np.clip(prob_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return encode_png(quantised)
+
+
+def _check_type(data: bytes, content_type: str | None) -> str:
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared not in _UNTYPED and declared not in _CONTENT_TYPES:
+        raise ImageRejected(
+            "unsupported_type",
+            415,
+            f"content type {declared!r} is not one of {', '.join(SUPPORTED_CONTENT_TYPES)}",
+        )
+    sniffed = sniff_format(data)
+    if sniffed is None:
+        raise ImageRejected("unsupported_type", 415, "the body is not a JPEG, PNG, BMP or TIFF image")
+    if declared in _CONTENT_TYPES and _CONTENT_TYPES[declared] != sniffed:
+        raise ImageRejected(
+            "type_mismatch", 415, f"the body is a {sniffed.upper()} image but was declared as {declared}"
+        )
+    return sniffed
+
+
+def _check_complete(data: bytes, image_format: str) -> None:
+    """Refuse files cut short in transfer, which decoders would partly fill in instead of failing."""
+    tail_start = max(len(data) - _END_MARKER_WINDOW, 0)
+    if image_format == "jpeg" and data.rfind(b"\xff\xd9", tail_start) < 0:
+        raise ImageRejected("truncated", 422, "the JPEG has no end-of-image marker (truncated upload?)")
+    if image_format == "png" and data.rfind(b"IEND", tail_start) < 0:
+        raise ImageRejected("truncated", 422, "the PNG has no IEND chunk (truncated upload?)")
+    if image_format == "bmp" and len(data) >= 6:
+        declared_size = int.from_bytes(data[2:6], "little")
+        if declared_size > len(data):  # some writers leave the field 0; only a larger claim is evidence
+            raise ImageRejected(
+                "truncated", 422, f"the BMP declares {declared_size} bytes but has {len(data)}"
+            )
+
+
+def _header_size(data: bytes, image_format: str) -> tuple[int, int]:
+    """(width, height) from the header alone: Pillow's open() parses it without decoding pixels."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (only needed here)
+
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[image_format]]) as header:
+            return header.size
+    except Image.DecompressionBombError:
+        raise ImageRejected(
+            "too_large_pixels", 413, "the image header declares an absurd pixel count"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageRejected("corrupt", 422, f"the {image_format.upper()} header is unreadable") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageRejected(
+            "corrupt", 422, f"the {image_format.upper()} header is unreadable: {error}"
+        ) from None
+
+
+def _decode_pixels(data: bytes, image_format: str) -> np.ndarray:
+    cv2 = opencv()
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # raised when OpenCV's own caps are exceeded
+        raise ImageRejected("too_large_pixels", 413, "the image exceeds the decoder's pixel limits") from None
+    if decoded is None or decoded.size == 0:
+        raise ImageRejected("corrupt", 422, f"the {image_format.upper()} data cannot be decoded")
+    return decoded
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        # Full-range scaling with rounding: 65535 -> 255, 257 -> 1.
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.rint(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise ValueError(f"{image.dtype} pixels are not supported (8-bit, 16-bit or float only)")

@@ -1,0 +1,389 @@
+"""The inference engine: ORT sessions, the predictor, post-processing, dynamic batching, hot swap."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspect_svc.bundle import Thresholds, load_bundle
+from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, DynamicBatcher, QueueFull
+from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine
+from inspect_svc.engine.predictor import Predictor, batch_buckets, bucket_for
+from inspect_svc.engine.regions import extract_regions, summarize
+from inspect_svc.engine.session import EngineError, choose_providers, create_session
+from tests.utils.onnx_models import make_pixel_model, make_test_bundle, reference_probability
+
+TILE = 32
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_bundle(make_test_bundle(tmp_path_factory.mktemp("bundle"), tile=TILE, overlap=8).root)
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle):
+    return Predictor(bundle, intra_op_threads=1, max_batch=4)
+
+
+def _frame(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# --- session -----------------------------------------------------------------------------------------
+
+
+def test_providers_fall_back_to_cpu_and_refuse_typos():
+    assert choose_providers(["CUDAExecutionProvider"])[-1] == "CPUExecutionProvider"
+    assert choose_providers(None)[-1] == "CPUExecutionProvider"
+    with pytest.raises(EngineError, match="unknown execution provider"):
+        choose_providers(["CudaProvider"])
+
+
+def test_session_uses_explicit_threads(tmp_path):
+    session = create_session(
+        make_pixel_model(tmp_path / "m.onnx", tile=TILE), providers=None, intra_op_threads=1
+    )
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert session.get_session_options().inter_op_num_threads == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a protobuf"])
+def test_broken_onnx_gives_a_clear_error(tmp_path, content):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(content)
+    with pytest.raises(EngineError, match="cannot load ONNX model"):
+        create_session(broken)
+    with pytest.raises(EngineError, match="does not exist"):
+        create_session(tmp_path / "missing.onnx")
+
+
+# --- predictor ---------------------------------------------------------------------------------------
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(16) == [1, 2, 4, 8, 16]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert bucket_for(5, batch_buckets(12)) == 8
+    with pytest.raises(ValueError):
+        bucket_for(13, batch_buckets(12))
+
+
+@pytest.mark.parametrize(("height", "width"), [(20, 12), (32, 32), (100, 77), (45, 260)])
+def test_predict_matches_the_model_on_the_whole_frame(predictor, height, width):
+    image = _frame(height, width)
+    prob_map = predictor.predict(image)
+    assert prob_map.shape == (height, width) and prob_map.dtype == np.float32
+    np.testing.assert_allclose(prob_map, reference_probability(image), atol=1e-5)
+
+
+def test_run_tiles_chunks_and_pads_to_fixed_batches(predictor):
+    image = _frame(100, 100, seed=1)
+    tiles, plan = predictor.preprocess(image)
+    assert tiles.shape == (plan.count, 3, TILE, TILE) and plan.count > predictor.max_batch
+    probs = predictor.run_tiles(tiles)
+    one_by_one = np.concatenate([predictor.run_tiles(tiles[i : i + 1]) for i in range(len(tiles))])
+    np.testing.assert_allclose(probs, one_by_one, atol=1e-6)
+    raw_tiles, raw_plan = predictor.tile_pixels(image)  # uint8 tiles are normalised batch by batch
+    assert raw_tiles.dtype == np.uint8 and raw_plan == plan
+    np.testing.assert_allclose(predictor.run_tiles(raw_tiles), probs, atol=1e-6)
+    predictor.warmup()
+    with pytest.raises(ValueError, match="tiles of shape"):
+        predictor.run_tiles(np.zeros((2, 3, TILE + 1, TILE + 1), np.float32))
+
+
+def test_predictor_rejects_non_rgb_uint8(predictor):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predictor.predict(np.zeros((40, 40), np.uint8))
+
+
+def test_graph_that_disagrees_with_its_manifest_is_refused(tmp_path):
+    bundle = make_test_bundle(tmp_path / "b", tile=TILE)
+    make_pixel_model(bundle.onnx_path, tile=TILE, output_name="scores")
+    with pytest.raises(EngineError, match="outputs"):
+        Predictor(bundle)
+    make_pixel_model(bundle.onnx_path, tile=TILE * 2)
+    with pytest.raises(EngineError, match="shape"):
+        Predictor(bundle)
+
+
+# --- regions -----------------------------------------------------------------------------------------
+
+
+def test_regions_and_verdict_on_a_hand_made_map():
+    prob = np.zeros((60, 80), np.float32)
+    prob[10:20, 5:15] = 0.9  # a 10x10 square
+    prob[12, 7] = 0.95
+    prob[40:42, 60:70] = 0.6  # a 2x10 bar
+    prob[55, 2] = 0.99  # a single-pixel speck
+    regions = extract_regions(prob, threshold=0.5, min_area=2)
+    assert [(r.x, r.y, r.width, r.height, r.area) for r in regions] == [
+        (5, 10, 10, 10, 100),
+        (60, 40, 10, 2, 20),
+    ]
+    square = regions[0]
+    assert square.score == pytest.approx(0.95) and square.mean_score == pytest.approx((99 * 0.9 + 0.95) / 100)
+    assert sorted(map(tuple, square.polygon)) == [(5, 10), (5, 19), (14, 10), (14, 19)]
+    assert len(extract_regions(prob, threshold=0.5, min_area=1)) == 3
+    assert len(extract_regions(prob, threshold=0.5, min_area=1, max_regions=1)) == 1
+    assert extract_regions(prob, threshold=0.5, min_area=1)[0].area == 1  # the speck scores highest
+
+    verdict = summarize(prob, Thresholds(pixel=0.5, image=0.97))
+    assert (verdict.verdict, verdict.score, verdict.defect_area) == ("defect", pytest.approx(0.99), 121)
+    assert summarize(prob, Thresholds(pixel=0.5, image=0.995)).verdict == "ok"
+    assert extract_regions(np.zeros((8, 8), np.float32), threshold=0.5) == []
+
+
+# --- dynamic batcher ---------------------------------------------------------------------------------
+
+
+class FakeRunner:
+    """Doubles every tile's first channel; records batch sizes; can be slowed down or made to fail."""
+
+    def __init__(self, max_batch: int = 8, delay_s: float = 0.0) -> None:
+        self.max_batch = max_batch
+        self.delay_s = delay_s
+        self.batch_sizes: list[int] = []
+        self.fail_with: Exception | None = None
+        self.threads: set[str] = set()
+        self.release = threading.Event()
+        self.release.set()
+
+    def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.release.wait(timeout=5)
+        time.sleep(self.delay_s)
+        self.batch_sizes.append(len(tiles))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return tiles[:, 0] * 2.0
+
+
+def _tiles(count: int, value: float) -> np.ndarray:
+    return np.full((count, 3, 4, 4), value, dtype=np.float32)
+
+
+def _in(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_results():
+    async def scenario():
+        runner = FakeRunner(max_batch=8)
+        sizes: list[int] = []
+        batcher = DynamicBatcher(runner, max_wait_ms=50, on_batch=lambda size, seconds: sizes.append(size))
+        await batcher.start()
+        counts = [1, 3, 2, 5, 1, 4, 2, 1, 6, 3]
+        results = await asyncio.gather(*(batcher.submit(_tiles(n, i), _in(5)) for i, n in enumerate(counts)))
+        await batcher.stop()
+        return runner, sizes, counts, results, batcher.stats
+
+    runner, sizes, counts, results, stats = asyncio.run(scenario())
+    for index, (count, probs) in enumerate(zip(counts, results)):
+        assert probs.shape == (count, 4, 4)
+        assert np.all(probs == index * 2.0)
+    assert sum(runner.batch_sizes) == sum(counts) == stats.tiles_run
+    assert max(runner.batch_sizes) == 8 and len(runner.batch_sizes) < len(counts)  # batched, split, capped
+    assert sizes == runner.batch_sizes
+    assert runner.threads and len(runner.threads) == 1  # one worker thread runs every batch
+
+
+def test_a_large_request_spans_several_batches():
+    async def scenario():
+        runner = FakeRunner(max_batch=4)
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        probs = await batcher.submit(
+            np.arange(11, dtype=np.float32)[:, None, None, None] * np.ones((11, 3, 2, 2)), _in(5)
+        )
+        await batcher.stop()
+        return runner, probs
+
+    runner, probs = asyncio.run(scenario())
+    assert runner.batch_sizes == [4, 4, 3]
+    np.testing.assert_array_equal(probs[:, 0, 0], np.arange(11) * 2.0)
+
+
+def test_full_queue_refuses_with_retry_after():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()  # the model is stuck until released
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=4)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5)))
+        await asyncio.sleep(0.2)  # the first batch is now running (blocked); the queue is empty
+        queued = [asyncio.create_task(batcher.submit(_tiles(2, 2), _in(5))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as caught:
+            await batcher.submit(_tiles(1, 3), _in(5))
+        runner.release.set()
+        done = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return caught.value, done
+
+    refusal, done = asyncio.run(scenario())
+    assert refusal.retry_after_s >= 1
+    assert [probs.shape[0] for probs in done] == [2, 2, 2]
+
+
+def test_oversized_request_is_accepted_into_an_empty_queue():
+    async def scenario():
+        batcher = DynamicBatcher(FakeRunner(max_batch=4), max_wait_ms=1, max_queue_tiles=4)
+        await batcher.start()
+        probs = await batcher.submit(_tiles(10, 1), _in(5))
+        await batcher.stop()
+        return probs
+
+    assert asyncio.run(scenario()).shape == (10, 4, 4)
+
+
+def test_deadline_exceeded_and_expired_work_is_dropped():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        blocking = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5)))
+        await asyncio.sleep(0.2)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(_tiles(2, 2), _in(0.05))
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(_tiles(1, 2), time.monotonic() - 1)
+        runner.release.set()
+        await blocking
+        await batcher.stop()
+        return runner
+
+    runner = asyncio.run(scenario())
+    assert runner.batch_sizes == [2]  # the expired request never reached the model
+
+
+def test_model_errors_reach_every_request_in_the_batch_and_the_batcher_recovers():
+    async def scenario():
+        runner = FakeRunner(max_batch=8)
+        runner.fail_with = RuntimeError("CUDA failure")
+        batcher = DynamicBatcher(runner, max_wait_ms=20)
+        await batcher.start()
+        failures = await asyncio.gather(
+            *(batcher.submit(_tiles(2, 1), _in(5)) for _ in range(3)), return_exceptions=True
+        )
+        runner.fail_with = None
+        recovered = await batcher.submit(_tiles(1, 4), _in(5))
+        await batcher.stop()
+        return failures, recovered
+
+    failures, recovered = asyncio.run(scenario())
+    assert all(isinstance(failure, RuntimeError) and "CUDA failure" in str(failure) for failure in failures)
+    assert np.all(recovered == 8.0)
+
+
+def test_stop_drains_accepted_work_then_refuses_more():
+    async def scenario():
+        runner = FakeRunner(max_batch=2, delay_s=0.01)
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        pending = [asyncio.create_task(batcher.submit(_tiles(1, i), _in(5))) for i in range(6)]
+        await asyncio.sleep(0)
+        await batcher.stop(drain=True)
+        results = await asyncio.gather(*pending)
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(_tiles(1, 1), _in(5))
+        return results
+
+    assert [float(probs[0, 0, 0]) for probs in asyncio.run(scenario())] == [2.0 * i for i in range(6)]
+
+
+def test_stop_without_drain_fails_pending_requests():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        pending = [asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        await batcher.stop(drain=False)
+        runner.release.set()
+        return await asyncio.gather(*pending, return_exceptions=True)
+
+    assert all(isinstance(result, BatcherStopped) for result in asyncio.run(scenario()))
+
+
+# --- inference engine and hot swap -------------------------------------------------------------------
+
+
+def test_engine_infers_reports_timings_and_refuses_when_stopped(bundle):
+    async def scenario():
+        engine = InferenceEngine(
+            bundle, EngineConfig(intra_op_threads=1, max_batch=4, max_wait_ms=1, max_queue_tiles=2048)
+        )
+        assert not engine.ready
+        with pytest.raises(EngineNotReady):
+            await engine.infer(_frame(40, 40), deadline_s=5)
+        await engine.start()
+        assert engine.ready and engine.version == "test-1"
+        small, large = _frame(50, 70, seed=2), _frame(600, 500, seed=3)
+        outputs = await asyncio.gather(engine.infer(small, deadline_s=10), engine.infer(large, deadline_s=10))
+        await engine.stop()
+        assert not engine.ready
+        return (small, large), outputs
+
+    images, outputs = asyncio.run(scenario())
+    for image, output in zip(images, outputs):
+        np.testing.assert_allclose(output.prob_map, reference_probability(image), atol=1e-5)
+        assert output.model_version == "test-1" and output.manifest.tiling.tile == TILE
+        assert {"preprocess_ms", "queue_ms", "inference_ms", "postprocess_ms"} <= output.timings.keys()
+
+
+def test_hot_swap_under_load_fails_no_request(tmp_path: Path):
+    old = make_test_bundle(tmp_path / "old", tile=TILE, overlap=8, version="old-1")
+    new = make_test_bundle(tmp_path / "new", tile=48, overlap=16, version="new-2")  # other tiling, too
+
+    async def scenario():
+        engine = InferenceEngine(old, EngineConfig(intra_op_threads=1, max_batch=4, max_wait_ms=2))
+        await engine.start()
+        stop_load = asyncio.Event()
+
+        async def client(seed: int) -> list[str]:
+            versions = []
+            while not stop_load.is_set():
+                image = _frame(70, 90, seed=seed)
+                output = await engine.infer(image, deadline_s=30)
+                np.testing.assert_allclose(output.prob_map, reference_probability(image), atol=1e-5)
+                versions.append(output.model_version)
+            return versions
+
+        clients = [asyncio.create_task(client(seed)) for seed in range(6)]
+        await asyncio.sleep(0.2)
+        replaced = await engine.swap(new)
+        await asyncio.sleep(0.2)
+        stop_load.set()
+        versions = await asyncio.gather(*clients)  # raises if any request failed
+        current = engine.version
+        await engine.stop()
+        return replaced, current, [v for per_client in versions for v in per_client]
+
+    replaced, current, versions = asyncio.run(scenario())
+    assert (replaced, current) == ("old-1", "new-2")
+    assert "old-1" in versions and "new-2" in versions
+
+
+def test_failed_swap_keeps_the_old_model(bundle, tmp_path):
+    broken = make_test_bundle(tmp_path / "broken", tile=TILE, version="broken-1")
+    make_pixel_model(broken.onnx_path, tile=TILE, output_name="scores")
+
+    async def scenario():
+        engine = InferenceEngine(bundle, EngineConfig(intra_op_threads=1, max_batch=2))
+        await engine.start()
+        with pytest.raises(EngineError):
+            await engine.swap(broken)
+        output = await engine.infer(_frame(40, 40), deadline_s=5)
+        await engine.stop()
+        return output.model_version
+
+    assert asyncio.run(scenario()) == "test-1"
