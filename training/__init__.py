@@ -1,0 +1,1 @@
+"""Training subsystem: self-supervised pretraining, fine-tuning, evaluation and export."""

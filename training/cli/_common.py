@@ -1,0 +1,20 @@
+"""Helpers shared by the CLI verbs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+
+from training.errors import UserError
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a `UserError` into a one-line message on stderr and exit status 2."""
+    try:
+        yield
+    except UserError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None

@@ -1,0 +1,1 @@
+"""Data: image discovery and reading, labeled layouts, multi-crop views, demo data."""
