@@ -1,0 +1,110 @@
+"""Reading results: the list with filters and paging, one inspection, and its image, map, mask, overlay."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse
+
+from inspect_svc import rendering
+from inspect_svc.api.deps import ReaderDep, ServiceDep
+from inspect_svc.api.inspect import NAME
+from inspect_svc.schemas import ErrorBody, InspectionCreate, InspectionFilter, InspectionPage, InspectionPublic, Verdict
+from inspect_svc.service import ServiceState
+from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.blobstore import BlobNotFound
+
+router = APIRouter(prefix="/inspections", tags=["inspections"], dependencies=[ReaderDep])
+
+NOT_FOUND = {404: {"model": ErrorBody}}
+PNG = {200: {"content": {"image/png": {}}}, **NOT_FOUND}
+
+
+@router.get("", response_model=InspectionPage, responses={400: {"model": ErrorBody}})
+async def list_inspections(
+    service: ServiceDep,
+    camera_id: Annotated[str | None, Query(max_length=64, pattern=NAME.pattern)] = None,
+    line: Annotated[str | None, Query(max_length=64, pattern=NAME.pattern)] = None,
+    verdict: Verdict | None = None,
+    model_version: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    reviewed: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> InspectionPage:
+    """Newest first; follow `next_cursor` for older results."""
+    filters = InspectionFilter(
+        camera_id=camera_id, line=line, verdict=verdict, model_version=model_version,
+        since=since, until=until, reviewed=reviewed,
+    )
+    try:
+        return await service.run_db(lambda s: repo.list_inspections(s, filters=filters, limit=limit, cursor=cursor))
+    except repo.InvalidCursor as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+
+
+@router.get("/{inspection_id}", response_model=InspectionPublic, responses=NOT_FOUND)
+async def get_inspection(service: ServiceDep, inspection_id: str) -> InspectionPublic:
+    """One inspection (also while it waits in the outage spool)."""
+    inspection = await service.inspection_public(inspection_id) if len(inspection_id) <= 36 else None
+    if inspection is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no inspection {inspection_id[:36]!r}")
+    return inspection
+
+
+@router.get("/{inspection_id}/image", responses={200: {"content": {"image/*": {}}}, **NOT_FOUND})
+async def get_image(service: ServiceDep, inspection_id: str) -> FileResponse:
+    """The frame exactly as the camera sent it."""
+    record = await _record(service, inspection_id)
+    return FileResponse(_blob_path(service, record.image_key), media_type=record.image_media_type)
+
+
+@router.get("/{inspection_id}/map.png", responses=PNG)
+async def get_map(service: ServiceDep, inspection_id: str) -> FileResponse:
+    """Defect probability per pixel as 8-bit grey (255 = probability 1), at the frame's resolution."""
+    record = await _record(service, inspection_id)
+    return FileResponse(_blob_path(service, record.map_key), media_type="image/png")
+
+
+@router.get("/{inspection_id}/mask.png", responses=PNG)
+async def get_mask(service: ServiceDep, inspection_id: str) -> Response:
+    """The defect mask at the pixel threshold this inspection used."""
+    record = await _record(service, inspection_id)
+    map_png = await asyncio.to_thread(_read_blob, service, record.map_key)
+    png = await asyncio.to_thread(rendering.mask_png, map_png, record.threshold.pixel)
+    return Response(png, media_type="image/png")
+
+
+@router.get("/{inspection_id}/overlay.png", responses=PNG)
+async def get_overlay(service: ServiceDep, inspection_id: str) -> Response:
+    """The frame with the probability map blended on as a heat map."""
+    record = await _record(service, inspection_id)
+    image, map_png = await asyncio.gather(
+        asyncio.to_thread(_read_blob, service, record.image_key),
+        asyncio.to_thread(_read_blob, service, record.map_key),
+    )
+    png = await asyncio.to_thread(rendering.overlay_png, image, record.image_media_type, map_png)
+    return Response(png, media_type="image/png")
+
+
+async def _record(service: ServiceState, inspection_id: str) -> InspectionCreate:
+    record = await service.inspection_record(inspection_id) if len(inspection_id) <= 36 else None
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no inspection {inspection_id[:36]!r}")
+    return record
+
+
+def _blob_path(service: ServiceState, key: str) -> Path:
+    try:
+        return service.blobs.path(key)
+    except BlobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing") from None
+
+
+def _read_blob(service: ServiceState, key: str) -> bytes:
+    return _blob_path(service, key).read_bytes()

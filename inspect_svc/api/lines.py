@@ -1,0 +1,48 @@
+"""Per-line threshold overrides, changed at run time without re-exporting a model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
+from inspect_svc.api.inspect import NAME
+from inspect_svc.schemas import ErrorBody, LineThresholds, LineThresholdsPublic, ThresholdsUsed
+from inspect_svc.service import ServiceState
+from inspect_svc.storage import repositories as repo
+
+router = APIRouter(prefix="/lines", tags=["lines"])
+
+LinePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME.pattern)]
+
+
+@router.get("/{line}/threshold", response_model=LineThresholdsPublic, dependencies=[ReaderDep])
+async def get_threshold(service: ServiceDep, line: LinePath) -> LineThresholdsPublic:
+    """The line's overrides and the thresholds its next frame will use with the active model."""
+    overrides = await service.run_db(lambda s: repo.get_line_thresholds(s, line=line))
+    return _public(service, line, overrides)
+
+
+@router.put(
+    "/{line}/threshold",
+    response_model=LineThresholdsPublic,
+    dependencies=[AdminDep],
+    responses={code: {"model": ErrorBody} for code in (401, 403)},
+)
+async def put_threshold(service: ServiceDep, line: LinePath, body: LineThresholds) -> LineThresholdsPublic:
+    """Set (or with `null`, clear) the line's pixel and image thresholds."""
+    stored = await service.run_db(lambda s: repo.set_line_thresholds(s, line=line, thresholds=body))
+    service.forget_line(line)
+    return _public(service, line, stored)
+
+
+def _public(service: ServiceState, line: str, overrides: LineThresholds) -> LineThresholdsPublic:
+    manifest = service.models.engine.manifest if service.models.engine else None
+    effective = None
+    if manifest is not None:
+        effective = ThresholdsUsed(
+            pixel=manifest.thresholds.pixel if overrides.pixel is None else overrides.pixel,
+            image=manifest.thresholds.image if overrides.image is None else overrides.image,
+        )
+    return LineThresholdsPublic(line=line, pixel=overrides.pixel, image=overrides.image, effective=effective)

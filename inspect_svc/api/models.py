@@ -1,0 +1,58 @@
+"""Model versions: list, register a bundle, activate one (hot swap), roll back. Admin only for changes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
+from inspect_svc.bundle import BundleError
+from inspect_svc.model_manager import ModelNotFound
+from inspect_svc.schemas import ErrorBody, ModelRegister, ModelVersionPublic
+from inspect_svc.storage import repositories as repo
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ADMIN_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 422)}
+
+
+@router.get("", response_model=list[ModelVersionPublic], dependencies=[ReaderDep])
+async def list_models(service: ServiceDep) -> list[ModelVersionPublic]:
+    """Registered versions, newest first; `active` marks the one serving."""
+    return await service.run_db(repo.list_model_versions)
+
+
+@router.post(
+    "", response_model=ModelVersionPublic, status_code=201, dependencies=[AdminDep], responses=ADMIN_ERRORS
+)
+async def register_model(service: ServiceDep, body: ModelRegister) -> ModelVersionPublic:
+    """Register a bundle (a directory or .zip on the server); it serves only once activated."""
+    try:
+        return await service.models.register(body.path)
+    except BundleError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+
+
+@router.post(
+    "/rollback", response_model=ModelVersionPublic, dependencies=[AdminDep], responses=ADMIN_ERRORS
+)
+async def rollback(service: ServiceDep) -> ModelVersionPublic:
+    """Re-activate the previously active version."""
+    try:
+        return await service.models.rollback()
+    except ModelNotFound as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except BundleError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+
+
+@router.post(
+    "/{version}/activate", response_model=ModelVersionPublic, dependencies=[AdminDep], responses=ADMIN_ERRORS
+)
+async def activate(service: ServiceDep, version: str) -> ModelVersionPublic:
+    """Hot-swap to `version`: loaded and warmed beside the current model, then switched atomically."""
+    try:
+        return await service.models.activate(version)
+    except ModelNotFound as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except BundleError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None

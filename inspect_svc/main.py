@@ -1,0 +1,165 @@
+"""The app factory: `create_app(settings)` wires storage, the engine, notifications and the routers.
+
+Start-up (lifespan): migrate an embedded SQLite database, open storage, load and warm the model,
+start the spool replayer and the notifier. Shutdown: refuse new frames, drain the engine, give the
+spool one last chance to reach the database, flush notifications, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from inspect_svc import __version__
+from inspect_svc.api import ROUTERS
+from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from inspect_svc.engine.inference import EngineNotReady
+from inspect_svc.imaging import ImageRejected
+from inspect_svc.metrics import ServiceMetrics
+from inspect_svc.middleware import BodyLimitMiddleware, MetricsMiddleware
+from inspect_svc.model_manager import ModelManager, open_bundle
+from inspect_svc.notify import Notifier, build_publishers
+from inspect_svc.service import ServiceState, ServiceUnavailable, store_spooled
+from inspect_svc.settings import Settings
+from inspect_svc.storage import migrations
+from inspect_svc.storage.blobstore import BlobStore
+from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory
+from inspect_svc.storage.spool import ResultSpool, SpoolReplayer
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A ready-to-serve app for `settings`; nothing is opened until the lifespan starts."""
+    metrics = ServiceMetrics()
+    app = FastAPI(
+        title="Defect inspection service",
+        version=__version__,
+        summary="Per-pixel defect maps for line cameras, logged to SQL and reviewed by operators.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for router in ROUTERS:
+        app.include_router(router)
+    _add_error_handlers(app, metrics)
+    # Added last = outermost: the body cap applies before anything reads the body.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    service = await _open_service(app.state.settings, app.state.metrics)
+    app.state.service = service
+    try:
+        yield
+    finally:
+        await _close_service(service)
+
+
+async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+    if settings.auto_migrate:
+        await asyncio.to_thread(migrations.upgrade, settings.database_url)
+    db = make_engine(settings.database_url)
+    sessions = make_session_factory(db)
+    spool = ResultSpool(settings.spool_path, max_items=settings.spool_max)
+    models = ModelManager(settings, sessions, on_batch=lambda tiles, _seconds: metrics.observe_batch(tiles))
+    service = ServiceState(
+        settings=settings,
+        db=db,
+        sessions=sessions,
+        blobs=BlobStore(settings.blob_dir),
+        spool=spool,
+        replayer=SpoolReplayer(spool, functools.partial(store_spooled, sessions)),
+        notifier=Notifier(
+            build_publishers(webhook_url=settings.webhook_url, mqtt_url=settings.mqtt_url),
+            metrics=metrics,
+            retries=settings.notify_retries,
+        ),
+        metrics=metrics,
+        models=models,
+    )
+    metrics.watch_queue_depth(models.queue_depth)
+    metrics.watch_spool_depth(spool.depth)
+    await _start_model(models, settings)
+    service.replayer.start()
+    service.replayer.wake()  # results spooled before a restart are replayed first
+    service.notifier.start()
+    return service
+
+
+async def _start_model(models: ModelManager, settings: Settings) -> None:
+    """Serve `settings.model`, else the version the database marks active, else nothing (not ready)."""
+    if settings.model is not None:
+        bundle = await asyncio.to_thread(open_bundle, settings.model, settings)
+        await models.serve(bundle)
+        try:
+            await asyncio.to_thread(models.record_active, bundle)
+        except UNAVAILABLE_ERRORS:
+            log.warning("database unreachable: model %s serves but is not recorded yet", bundle.manifest.model_version)
+        return
+    try:
+        bundle = await asyncio.to_thread(models.active_bundle_from_db)
+    except UNAVAILABLE_ERRORS:
+        bundle = None
+    if bundle is None:
+        log.warning("no model bundle given and none active in the database: /readyz stays unavailable")
+        return
+    await models.serve(bundle)
+
+
+async def _close_service(service: ServiceState) -> None:
+    service.accepting = False
+    await service.models.stop()
+    if service.spool.depth():
+        try:
+            await service.replayer.drain_once()
+        except Exception as error:  # still down: the spool file keeps the results for the next start
+            log.warning("%d results stay spooled (%s)", service.spool.depth(), type(error).__name__)
+    await service.replayer.stop()
+    await service.notifier.stop()
+    service.spool.close()
+    service.db.dispose()
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    async def image_rejected(_request: Request, error: ImageRejected) -> JSONResponse:
+        metrics.rejections.labels(reason=error.reason).inc()
+        return JSONResponse({"detail": error.message, "reason": error.reason}, status_code=error.status)
+
+    async def overloaded(_request: Request, error: Exception) -> JSONResponse:
+        retry_after = getattr(error, "retry_after_s", 1.0)
+        metrics.rejections.labels(reason=_overload_reason(error)).inc()
+        return JSONResponse(
+            {"detail": str(error) or "the service is overloaded"},
+            status_code=503,
+            headers={"Retry-After": str(max(1, round(retry_after)))},
+        )
+
+    async def database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the database is unreachable; retry shortly"}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    app.add_exception_handler(ImageRejected, image_rejected)  # type: ignore[arg-type]
+    for overload in (QueueFull, DeadlineExceeded, EngineNotReady, BatcherStopped, ServiceUnavailable):
+        app.add_exception_handler(overload, overloaded)
+    for unavailable in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(unavailable, database_unavailable)
+
+
+def _overload_reason(error: Exception) -> str:
+    return {
+        QueueFull: "queue_full",
+        DeadlineExceeded: "deadline",
+        EngineNotReady: "not_ready",
+        BatcherStopped: "not_ready",
+    }.get(type(error), "unavailable")

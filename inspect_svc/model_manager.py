@@ -1,0 +1,155 @@
+"""Which model serves: registering bundles, activating one (a hot swap), rolling back.
+
+The engine does the swap itself (load and warm beside the old model, switch atomically); this module
+keeps the database's `model_versions` in step with it, so every listed version can be re-activated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from inspect_svc.bundle import Bundle, BundleError, load_bundle
+from inspect_svc.engine.batcher import BatchHook
+from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine, InferenceOutput
+from inspect_svc.schemas import ModelVersionPublic
+from inspect_svc.settings import Settings
+from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.db import session_scope
+
+
+class ModelNotFound(LookupError):
+    """No registered model version has that name (or there is nothing to roll back to)."""
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads or None,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_tiles=settings.max_queue,
+    )
+
+
+def open_bundle(path: Path | str, settings: Settings) -> Bundle:
+    """Load and verify a bundle; a .zip is extracted under the settings' models folder."""
+    try:
+        # Absolute: the database records where the bundle is, independent of the working directory.
+        path = Path(path).resolve()
+        is_archive = path.is_file()
+    except (OSError, ValueError) as error:  # e.g. a NUL byte in a path sent to POST /models
+        raise BundleError(f"{str(path)[:200]!r} is not a usable path: {error}") from None
+    extract_to = settings.bundle_extract_dir / path.stem if is_archive else None
+    return load_bundle(path, extract_to=extract_to)
+
+
+class ModelManager:
+    """The serving engine plus the model-version bookkeeping in the database.
+
+    Args:
+        settings: engine configuration and where bundles are extracted.
+        sessions: database sessions for `model_versions`.
+        on_batch: metrics hook handed to the engine.
+    """
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, on_batch: BatchHook | None) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.on_batch = on_batch
+        self.engine: InferenceEngine | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.ready
+
+    @property
+    def active_version(self) -> str | None:
+        return self.engine.version if self.engine else None
+
+    def queue_depth(self) -> float:
+        stats = self.engine.stats if self.engine else None
+        return float(stats.queue_depth_tiles) if stats else 0.0
+
+    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float) -> InferenceOutput:
+        if self.engine is None:
+            raise EngineNotReady("no model is active: start with --model or POST /models then activate one")
+        return await self.engine.infer(image_rgb, deadline_s=deadline_s)
+
+    async def serve(self, bundle: Bundle) -> None:
+        """Make `bundle` the serving model: start the engine on it, or hot-swap to it."""
+        async with self._lock:
+            if self.engine is None:
+                engine = InferenceEngine(bundle, engine_config(self.settings), on_batch=self.on_batch)
+                await engine.start()
+                self.engine = engine
+            else:
+                await self.engine.swap(bundle)
+
+    async def stop(self) -> None:
+        """Refuse new frames and finish the accepted ones."""
+        if self.engine is not None:
+            await self.engine.stop(drain=True)
+
+    async def register(self, path: Path | str) -> ModelVersionPublic:
+        """Verify a bundle and record it as a version that can be activated.
+
+        Raises:
+            BundleError: the bundle is missing, malformed or corrupt.
+        """
+        bundle = await asyncio.to_thread(open_bundle, path, self.settings)
+        return await asyncio.to_thread(self._record, bundle, False)
+
+    async def activate(self, version: str) -> ModelVersionPublic:
+        """Hot-swap to a registered version and mark it active.
+
+        Raises:
+            ModelNotFound: the version is not registered.
+            BundleError: its files have gone or changed since registration.
+        """
+        registered = await asyncio.to_thread(self._get, version)
+        if registered is None:
+            raise ModelNotFound(f"model version {version!r} is not registered")
+        bundle = await asyncio.to_thread(open_bundle, registered.bundle_path, self.settings)
+        await self.serve(bundle)
+        return await asyncio.to_thread(self._record, bundle, True)
+
+    async def rollback(self) -> ModelVersionPublic:
+        """Re-activate the version that was active before the current one.
+
+        Raises:
+            ModelNotFound: no earlier version has ever been active.
+        """
+        previous = await asyncio.to_thread(self._previous)
+        if previous is None:
+            raise ModelNotFound("no earlier model version to roll back to")
+        return await self.activate(previous.version)
+
+    def record_active(self, bundle: Bundle) -> ModelVersionPublic:
+        """Register `bundle` and mark it active (start-up with --model)."""
+        return self._record(bundle, True)
+
+    def active_bundle_from_db(self) -> Bundle | None:
+        """The bundle of the version the database marks active (start-up without --model)."""
+        with session_scope(self.sessions) as session:
+            active = repo.active_model_version(session)
+        return open_bundle(active.bundle_path, self.settings) if active else None
+
+    def _record(self, bundle: Bundle, activate: bool) -> ModelVersionPublic:
+        with session_scope(self.sessions) as session:
+            registered = repo.register_model_version(session, bundle=bundle)
+            if activate:
+                registered = repo.mark_model_active(session, version=registered.version)
+            return registered
+
+    def _get(self, version: str) -> ModelVersionPublic | None:
+        with session_scope(self.sessions) as session:
+            return repo.get_model_version(session, version=version)
+
+    def _previous(self) -> ModelVersionPublic | None:
+        with session_scope(self.sessions) as session:
+            return repo.previous_model_version(session)

@@ -1,0 +1,36 @@
+"""Pictures of a result for people: the binary mask and the heat-map overlay on the frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inspect_svc import imaging
+
+OVERLAY_OPACITY = 0.45
+
+
+def read_probability_png(map_png: bytes) -> np.ndarray:
+    """The stored 8-bit map back as float probabilities [H, W] in [0, 1]."""
+    cv2 = imaging.opencv()
+    grey = cv2.imdecode(np.frombuffer(map_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if grey is None:
+        raise ValueError("stored probability map is not a readable PNG")
+    return grey.astype(np.float32) / 255.0
+
+
+def mask_png(map_png: bytes, pixel_threshold: float) -> bytes:
+    """Defect mask (255 = defect) at the threshold the inspection used."""
+    probabilities = read_probability_png(map_png)
+    return imaging.encode_png(np.where(probabilities >= pixel_threshold, 255, 0).astype(np.uint8))
+
+
+def overlay_png(image_bytes: bytes, media_type: str, map_png: bytes, *, opacity: float = OVERLAY_OPACITY) -> bytes:
+    """The frame with its probability map blended on top as a heat map (blue = clean, red = defect)."""
+    cv2 = imaging.opencv()
+    frame_rgb = imaging.decode_image(image_bytes, media_type, max_pixels=imaging.DEFAULT_MAX_PIXELS)
+    grey = np.rint(read_probability_png(map_png) * 255.0).astype(np.uint8)
+    if grey.shape != frame_rgb.shape[:2]:
+        grey = cv2.resize(grey, (frame_rgb.shape[1], frame_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat_rgb = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = cv2.addWeighted(frame_rgb, 1.0 - opacity, heat_rgb, opacity, 0.0)
+    return imaging.encode_png(blended)

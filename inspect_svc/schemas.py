@@ -1,0 +1,208 @@
+"""API schemas (pydantic), separate from the ORM tables in `storage/models.py`.
+
+`…Create` is what a caller or the service hands to storage, `…Public` what the API returns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["ok", "defect"]
+ReviewVerdict = Literal["confirm", "reject", "missed"]
+Role = Literal["viewer", "reviewer", "admin"]
+
+NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage of one request."""
+
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class Region(BaseModel):
+    """A connected defect region: bounding box `[x, y, width, height]`, pixel area, peak score, outline."""
+
+    bbox: tuple[int, int, int, int]
+    area: int
+    score: float
+    polygon: list[tuple[int, int]] = Field(default_factory=list, description="outline as [x, y] points")
+
+
+class ThresholdsUsed(BaseModel):
+    pixel: float
+    image: float
+
+
+class InspectionCreate(BaseModel):
+    """A finished inspection, ready to be stored (or spooled while the database is away)."""
+
+    id: str
+    camera_id: str
+    frame_id: str
+    line: str | None
+    model_version: str
+    threshold: ThresholdsUsed
+    verdict: Verdict
+    score: float
+    defect_area: int
+    width: int
+    height: int
+    timings: Timings
+    regions: list[Region]
+    image_key: str
+    image_media_type: str
+    map_key: str
+    created_at: datetime
+
+
+class InspectionLinks(BaseModel):
+    image: str
+    map: str
+    mask: str
+    overlay: str
+
+
+class InspectionPublic(BaseModel):
+    """One inspection as the API returns it."""
+
+    id: str
+    camera_id: str
+    frame_id: str
+    line: str | None
+    model_version: str
+    verdict: Verdict
+    score: float
+    threshold: ThresholdsUsed
+    defect_area: int
+    width: int
+    height: int
+    regions: list[Region]
+    timings: Timings
+    created_at: datetime
+    reviewed: bool = False
+    links: InspectionLinks
+    map_png_base64: str | None = Field(None, description="the probability map, only with ?include=map")
+
+
+class InspectionPage(BaseModel):
+    """A page of inspections, newest first; pass `next_cursor` back as `cursor` for the next page."""
+
+    items: list[InspectionPublic]
+    next_cursor: str | None
+
+
+class InspectionFilter(BaseModel):
+    """Filters for listing inspections; all optional and combined with AND."""
+
+    model_config = ConfigDict(frozen=True)
+
+    camera_id: str | None = None
+    line: str | None = None
+    verdict: Verdict | None = None
+    model_version: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    reviewed: bool | None = None
+
+
+class CameraCreate(BaseModel):
+    name: str = Field(..., min_length=1, max_length=64, pattern=NAME_PATTERN)
+    line: str | None = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+
+
+class CameraPublic(BaseModel):
+    name: str
+    line: str | None
+    active: bool
+    created_at: datetime
+
+
+class CameraWithKey(CameraPublic):
+    """Returned once, when a camera is created: the key is never stored in clear and cannot be shown again."""
+
+    api_key: str
+
+
+class LineThresholds(BaseModel):
+    """A line's threshold overrides; `null` falls back to the active model's threshold."""
+
+    pixel: float | None = Field(None, ge=0.0, le=1.0)
+    image: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class LineThresholdsPublic(LineThresholds):
+    line: str
+    effective: ThresholdsUsed | None = Field(None, description="what the next frame on this line will use")
+
+
+class ModelVersionPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    version: str
+    bundle_path: str
+    kind: str
+    backbone: str
+    input_size: int
+    thresholds: ThresholdsUsed
+    metrics: dict[str, object]
+    bundle_created_at: datetime
+    registered_at: datetime
+    activated_at: datetime | None
+    active: bool
+
+
+class ModelRegister(BaseModel):
+    path: str = Field(..., min_length=1, max_length=1024, description="bundle directory or .zip on the server")
+
+
+class ReviewCreate(BaseModel):
+    inspection_id: str
+    reviewer_id: int | None = None
+    verdict: ReviewVerdict
+    mask_key: str | None = None
+    comment: str | None = Field(None, max_length=1000)
+
+
+class ReviewPublic(ReviewCreate):
+    id: int
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    username: str = Field(..., min_length=1, max_length=64, pattern=NAME_PATTERN)
+    password: str = Field(..., min_length=8, max_length=256)
+    role: Role = "viewer"
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    role: Role
+    active: bool
+    created_at: datetime
+
+
+class SessionPublic(BaseModel):
+    """A dashboard session as storage returns it; `id` is the sha256 of the cookie token."""
+
+    id: str
+    user: UserPublic
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool | int | str] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    detail: str

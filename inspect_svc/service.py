@@ -1,0 +1,326 @@
+"""The inspection pipeline behind `POST /inspect`, and the service state the routers share.
+
+Order matters for durability: the image and map go to the blob store first, then the row (or, while
+the database is unreachable, the spool). A result is answered with 200 only once it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from inspect_svc import imaging
+from inspect_svc.bundle import Thresholds
+from inspect_svc.engine import regions as region_ops
+from inspect_svc.metrics import ServiceMetrics
+from inspect_svc.model_manager import ModelManager
+from inspect_svc.notify import Notifier, ResultNotice
+from inspect_svc.schemas import (
+    CameraPublic,
+    InspectionCreate,
+    InspectionPublic,
+    LineThresholds,
+    Region,
+    ThresholdsUsed,
+    Timings,
+)
+from inspect_svc.security import hash_api_key
+from inspect_svc.settings import Settings
+from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.blobstore import BlobStore
+from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
+from inspect_svc.storage.models import utc_now
+from inspect_svc.storage.spool import ResultSpool, SpoolFull, SpoolReplayer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Line overrides and camera keys are re-read this often; within it, other workers' changes are not seen.
+CACHE_TTL_S = 5.0
+IMAGE_SUFFIX = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "tiff": ".tif"}
+IMAGE_MEDIA_TYPE = {"jpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "tiff": "image/tiff"}
+
+
+class ServiceUnavailable(RuntimeError):
+    """The service cannot take this frame now (stopping, no model, spool full); clients should retry."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame as received by `/inspect`."""
+
+    body: bytes
+    content_type: str | None
+    camera_id: str
+    frame_id: str | None
+    line: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer for a frame: `replay` when it had been inspected before."""
+
+    inspection: InspectionPublic
+    replay: bool
+    map_png: bytes | None = None
+
+
+@dataclass
+class _Cached:
+    value: object
+    loaded_at: float
+
+
+@dataclass
+class ServiceState:
+    """Everything the routers need, built in the lifespan and kept on `app.state.service`."""
+
+    settings: Settings
+    db: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    spool: ResultSpool
+    replayer: SpoolReplayer
+    notifier: Notifier
+    metrics: ServiceMetrics
+    models: ModelManager
+    accepting: bool = True
+    _line_cache: dict[str, _Cached] = field(default_factory=dict)
+    _camera_cache: dict[str, _Cached] = field(default_factory=dict)
+
+    # --- database access that survives an outage ----------------------------------------------------
+
+    async def run_db(self, work: Callable[[Session], T]) -> T:
+        """Run `work(session)` in a worker thread inside a committed transaction."""
+
+        def in_session() -> T:
+            with session_scope(self.sessions) as session:
+                return work(session)
+
+        return await asyncio.to_thread(in_session)
+
+    async def database_reachable(self) -> bool:
+        def ping() -> bool:
+            with self.db.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(ping), timeout=2.0)
+        except (*UNAVAILABLE_ERRORS, asyncio.TimeoutError):
+            return False
+
+    async def camera_for_key(self, api_key: str) -> CameraPublic | None:
+        """The camera owning `api_key`; while the database is away, cameras seen before still pass."""
+        key_hash = hash_api_key(api_key)
+        cached = self._camera_cache.get(key_hash)
+        if cached and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
+            return cached.value  # type: ignore[return-value]
+        try:
+            camera = await self.run_db(lambda s: repo.camera_for_key_hash(s, api_key_hash=key_hash))
+        except UNAVAILABLE_ERRORS:
+            if cached is None:
+                raise ServiceUnavailable("the database is unreachable and this key is not known yet") from None
+            return cached.value  # type: ignore[return-value]
+        if camera is None:
+            self._camera_cache.pop(key_hash, None)
+            return None
+        self._camera_cache[key_hash] = _Cached(camera, time.monotonic())
+        return camera
+
+    async def line_overrides(self, line: str | None) -> LineThresholds:
+        if line is None:
+            return LineThresholds()
+        cached = self._line_cache.get(line)
+        if cached and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
+            return cached.value  # type: ignore[return-value]
+        try:
+            overrides = await self.run_db(lambda s: repo.get_line_thresholds(s, line=line))
+        except UNAVAILABLE_ERRORS:
+            return cached.value if cached else LineThresholds()  # type: ignore[return-value]
+        self._line_cache[line] = _Cached(overrides, time.monotonic())
+        return overrides
+
+    def forget_line(self, line: str) -> None:
+        """Drop a cached override after it changed, so the next frame uses the new one."""
+        self._line_cache.pop(line, None)
+
+    async def effective_thresholds(self, line: str | None, bundle_thresholds: Thresholds) -> Thresholds:
+        overrides = await self.line_overrides(line)
+        return bundle_thresholds.model_copy(
+            update={
+                "pixel": bundle_thresholds.pixel if overrides.pixel is None else overrides.pixel,
+                "image": bundle_thresholds.image if overrides.image is None else overrides.image,
+            }
+        )
+
+    # --- the pipeline -------------------------------------------------------------------------------
+
+    async def inspect(self, frame: Frame, *, include_map: bool = False) -> Outcome:
+        """Decode, infer, store and notify one frame; a repeated (camera, frame) returns its first result.
+
+        Raises:
+            imaging.ImageRejected: the body is not an image the service accepts.
+            ServiceUnavailable: stopping, no model loaded, or the database and the spool are both unusable.
+            QueueFull, DeadlineExceeded: from the engine, under overload.
+        """
+        if not self.accepting:
+            raise ServiceUnavailable("the service is shutting down")
+        started = time.perf_counter()
+        if frame.frame_id is not None:
+            earlier = await self._earlier_result(frame.camera_id, frame.frame_id)
+            if earlier is not None:
+                return await self._replayed(earlier, include_map)
+        image = await asyncio.to_thread(
+            imaging.decode_image, frame.body, frame.content_type, max_pixels=self.settings.max_pixels
+        )
+        decode_ms = (time.perf_counter() - started) * 1000.0
+        output = await self.models.infer(image, deadline_s=self.settings.request_timeout_s)
+        thresholds = await self.effective_thresholds(frame.line, output.manifest.thresholds)
+        record, map_png = await asyncio.to_thread(
+            self._finish, frame, image, output.prob_map, output.model_version, thresholds
+        )
+        record.timings = Timings(
+            decode_ms=decode_ms,
+            queue_ms=output.timings.get("queue_ms", 0.0),
+            inference_ms=output.timings.get("inference_ms", 0.0),
+            total_ms=(time.perf_counter() - started) * 1000.0,
+        )
+        stored, replay = await self._store(record)
+        self._observe(stored, replay)
+        if not replay:
+            self.notifier.submit(_notice(stored))
+        return Outcome(repo.public_from_record(stored), replay=replay, map_png=map_png if include_map else None)
+
+    async def _earlier_result(self, camera_id: str, frame_id: str) -> InspectionCreate | None:
+        spooled = await asyncio.to_thread(self.spool.find, camera_id, frame_id)
+        if spooled is not None:
+            return spooled
+        try:
+            found = await self.run_db(lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id))
+        except UNAVAILABLE_ERRORS:
+            return None  # the spool will catch a duplicate, and the database ignores one on replay
+        return None if found is None else await self.run_db(
+            lambda s: repo.get_inspection_record(s, inspection_id=found.id)
+        )
+
+    async def _replayed(self, record: InspectionCreate, include_map: bool) -> Outcome:
+        map_png = await asyncio.to_thread(self.blobs.read, record.map_key) if include_map else None
+        return Outcome(repo.public_from_record(record), replay=True, map_png=map_png)
+
+    def _finish(
+        self,
+        frame: Frame,
+        image: np.ndarray,
+        prob_map: np.ndarray,
+        model_version: str,
+        thresholds: Thresholds,
+    ) -> tuple[InspectionCreate, bytes]:
+        """CPU work after inference (worker thread): verdict, regions, and the blobs written durably."""
+        summary = region_ops.summarize(prob_map, thresholds)
+        found = region_ops.extract_regions(prob_map, thresholds.pixel, thresholds.min_region_area)
+        image_format = imaging.sniff_format(frame.body) or "png"
+        image_key = self.blobs.put(frame.body, suffix=IMAGE_SUFFIX[image_format])
+        map_png = imaging.probability_png(prob_map)
+        map_key = self.blobs.put(map_png, suffix=".png")
+        record = InspectionCreate(
+            id=str(uuid.uuid4()),
+            camera_id=frame.camera_id,
+            frame_id=frame.frame_id or uuid.uuid4().hex,
+            line=frame.line,
+            model_version=model_version,
+            threshold=ThresholdsUsed(pixel=thresholds.pixel, image=thresholds.image),
+            verdict=summary.verdict,
+            score=summary.score,
+            defect_area=summary.defect_area,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            timings=Timings(decode_ms=0.0, queue_ms=0.0, inference_ms=0.0, total_ms=0.0),
+            regions=[
+                Region(bbox=r.bbox, area=r.area, score=r.score, polygon=[(x, y) for x, y in r.polygon])
+                for r in found
+            ],
+            image_key=image_key,
+            image_media_type=IMAGE_MEDIA_TYPE[image_format],
+            map_key=map_key,
+            created_at=utc_now(),
+        )
+        return record, map_png
+
+    async def _store(self, record: InspectionCreate) -> tuple[InspectionCreate, bool]:
+        """Insert, or spool while the database is away. Returns the stored record and whether it was earlier."""
+        try:
+            inserted = await self.run_db(lambda s: repo.insert_inspection(s, inspection=record))
+        except UNAVAILABLE_ERRORS as error:
+            log.warning("database unreachable (%s); spooling inspection %s", type(error).__name__, record.id)
+            return await self._spool(record)
+        if inserted:
+            return record, False
+        # A concurrent request for the same frame won the race: answer with its result.
+        earlier = await self._earlier_result(record.camera_id, record.frame_id)
+        return (earlier, True) if earlier is not None else (record, False)
+
+    async def _spool(self, record: InspectionCreate) -> tuple[InspectionCreate, bool]:
+        try:
+            spooled = await asyncio.to_thread(self.spool.add, record)
+        except SpoolFull as error:
+            raise ServiceUnavailable(str(error), retry_after_s=30.0) from None
+        self.metrics.spooled.inc()
+        self.replayer.wake()
+        return spooled, spooled.id != record.id
+
+    def _observe(self, record: InspectionCreate, replay: bool) -> None:
+        if replay:
+            return
+        self.metrics.verdicts.labels(verdict=record.verdict).inc()
+        self.metrics.queue_seconds.observe(record.timings.queue_ms / 1000.0)
+        self.metrics.inference_seconds.observe(record.timings.inference_ms / 1000.0)
+        self.metrics.total_seconds.observe(record.timings.total_ms / 1000.0)
+
+    # --- reads that fall back to the spool ------------------------------------------------------------
+
+    async def inspection_public(self, inspection_id: str) -> InspectionPublic | None:
+        """A stored or spooled inspection as the API shows it."""
+        spooled = await asyncio.to_thread(self.spool.get, inspection_id)
+        if spooled is not None:
+            return repo.public_from_record(spooled)
+        return await self.run_db(lambda s: repo.get_inspection(s, inspection_id=inspection_id))
+
+    async def inspection_record(self, inspection_id: str) -> InspectionCreate | None:
+        """A stored or spooled inspection record."""
+        spooled = await asyncio.to_thread(self.spool.get, inspection_id)
+        if spooled is not None:
+            return spooled
+        return await self.run_db(lambda s: repo.get_inspection_record(s, inspection_id=inspection_id))
+
+
+
+def store_spooled(sessions: sessionmaker[Session], record: InspectionCreate) -> bool:
+    """The replayer's writer (worker thread): insert a spooled record; a frame already stored is left as is."""
+    with session_scope(sessions) as session:
+        return repo.insert_inspection(session, inspection=record)
+
+
+def _notice(record: InspectionCreate) -> ResultNotice:
+    return ResultNotice(
+        inspection_id=record.id,
+        camera_id=record.camera_id,
+        frame_id=record.frame_id,
+        line=record.line,
+        verdict=record.verdict,
+        score=record.score,
+        model_version=record.model_version,
+    )

@@ -1,0 +1,125 @@
+"""Service settings: one validated class, read from `INSPECT_*` environment variables (or a `.env`).
+
+`create_app(settings)` takes an explicit instance; `get_settings()` is the cached instance the CLI uses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KNOWN_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="INSPECT_", env_file=".env", extra="ignore")
+
+    # Storage
+    database_url: str = Field("sqlite:///./var/inspect.db", description="SQLAlchemy URL (SQLite or PostgreSQL)")
+    data_dir: Path = Field(Path("./var"), description="blob store, outage spool and extracted bundles live here")
+    auto_migrate: bool | None = Field(
+        None, description="run `alembic upgrade head` at start-up; default: on for SQLite, off for PostgreSQL"
+    )
+    spool_max: int = Field(100_000, gt=0, description="results held while the database is down; /readyz fails beyond")
+
+    # Model
+    model: Path | None = Field(None, description="model bundle (directory or .zip) to activate at start-up")
+    models_dir: Path | None = Field(None, description="where .zip bundles are extracted; default DATA_DIR/models")
+    # NoDecode: the environment gives "CUDAExecutionProvider,CPUExecutionProvider", not JSON.
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide")
+
+    # Batching and limits
+    max_batch: int = Field(8, gt=0)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(256, gt=0, description="tiles waiting for the engine before /inspect answers 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline inside the engine")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    max_pixels: int = Field(50_000_000, gt=0, description="larger decoded images are refused")
+
+    # Access
+    require_api_key: bool = Field(True, description="/inspect needs a camera's X-API-Key")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for the admin endpoints")
+    dashboard_secure_cookies: bool = Field(
+        True, description="mark dashboard cookies Secure (HTTPS only); turn off only for plain-HTTP local use"
+    )
+    dashboard_session_hours: float = Field(12.0, gt=0, description="a dashboard login lasts this long")
+
+    # Notifications
+    webhook_url: str | None = None
+    mqtt_url: str | None = Field(None, description="mqtt://host[:port]; results go to inspect/<line>/<camera>")
+    notify_retries: int = Field(3, ge=0)
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in KNOWN_PROVIDERS]
+        if unknown or not value:
+            raise ValueError(f"providers must be a non-empty subset of {', '.join(KNOWN_PROVIDERS)}; got {value}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            # One driver for PostgreSQL everywhere: psycopg 3.
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not (value.startswith("sqlite") or value.startswith("postgresql+psycopg")):
+            raise ValueError(f"database_url must be sqlite:/// or postgresql+psycopg://, got {value!r}")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("mqtt://"):
+            raise ValueError(f"mqtt_url must look like mqtt://host[:port], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_migration_policy(self) -> Settings:
+        if self.auto_migrate is None:
+            self.auto_migrate = self.is_sqlite
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.sqlite3"
+
+    @property
+    def bundle_extract_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,166 @@
+"""`inspect-svc`: database, camera, model and user commands, their one-line errors, and `serve` for real
+(a uvicorn subprocess that is sent SIGTERM under load: every frame answered 200 must be stored)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from inspect_svc.cli import app
+from inspect_svc.security import hash_api_key
+from inspect_svc.storage import migrations
+from inspect_svc.storage.db import make_engine
+from inspect_svc.storage.models import CameraDB, InspectionDB, UserDB
+from tests.conftest import png_bytes
+
+runner = CliRunner()
+
+
+def invoke(*args: str, **env: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), env={**env})
+
+
+def single_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_db_upgrade_current_downgrade(database_url):
+    assert invoke("db", "upgrade", "--db", database_url).exit_code == 0
+    current = invoke("db", "current", "--db", database_url)
+    assert current.exit_code == 0 and current.output.strip() == "current 0001, head 0001"
+    assert invoke("db", "downgrade", "base", "--db", database_url).exit_code == 0
+    assert migrations.current_revision(database_url) is None
+
+
+def test_camera_add_prints_a_working_key_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "--db", url)
+    added = invoke("camera", "add", "cam-1", "--line", "line-a", "--db", url)
+    assert added.exit_code == 0
+    api_key = added.output.strip()
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        row = connection.execute(select(CameraDB.api_key_hash, CameraDB.line)).one()
+    engine.dispose()
+    assert row == (hash_api_key(api_key), "line-a")
+    assert "already exists" in single_error_line(invoke("camera", "add", "cam-1", "--db", url))
+    assert invoke("camera", "list", "--db", url).output.strip() == "cam-1\tline-a\tactive"
+
+
+def test_models_and_users(tmp_path, test_bundle):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "--db", url)
+    assert invoke("model", "add", str(test_bundle.root), "--db", url).output.strip() == "registered test-1"
+    assert invoke("model", "activate", "test-1", "--db", url).exit_code == 0
+    assert invoke("model", "list", "--db", url).output.startswith("* test-1\tsupervised")
+    assert "not registered" in single_error_line(invoke("model", "activate", "nope", "--db", url))
+    created = invoke("user", "add", "ann", "--role", "reviewer", "--db", url, INSPECT_NEW_PASSWORD="long-enough-pw")
+    assert created.exit_code == 0, created.output
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(select(UserDB.username, UserDB.role)).one() == ("ann", "reviewer")
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("model", "add", "/no/such/bundle"), "does not exist"),
+        (("db", "upgrade", "--db", "mysql://somewhere/db"), "database_url"),
+        (("db", "upgrade", "--db", "postgresql://nobody@127.0.0.1:1/x"), "cannot use the database"),
+        (("camera", "add", "bad name!"), "invalid name"),
+        (("serve", "--model", "/no/such/bundle"), "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, args, message):
+    result = invoke(*args, INSPECT_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    assert message in single_error_line(result)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bundle):
+    port, url = free_port(), f"sqlite:///{tmp_path / 'serve.db'}"
+    env = {**os.environ, "INSPECT_DATA_DIR": str(tmp_path / "var"), "INSPECT_INTRA_OP_THREADS": "1"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "inspect_svc.cli", "serve", "--model", str(test_bundle.root), "--db", url,
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[1],
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base)
+        banner = log_path.read_text().splitlines()
+        assert banner[0].startswith(f"inspect-svc serving on {base}")
+        api_key = banner[1].rsplit(" ", 1)[-1].strip()
+        answered: list[str] = []
+        stop = threading.Event()
+
+        def camera(worker: int) -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                for index in range(10_000):
+                    if stop.is_set():
+                        return
+                    try:
+                        response = client.post(
+                            "/inspect", files={"file": ("part.png", png_bytes(seed=index), "image/png")},
+                            data={"frame_id": f"w{worker}-{index}"}, headers={"X-API-Key": api_key},
+                        )
+                    except httpx.TransportError:
+                        return  # the server has closed: frames not answered were never accepted
+                    if response.status_code == 200:
+                        answered.append(response.json()["id"])
+
+        workers = [threading.Thread(target=camera, args=(worker,)) for worker in range(3)]
+        for worker in workers:
+            worker.start()
+        while len(answered) < 10:
+            time.sleep(0.02)
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in log_path.read_text()
+        stop.set()
+        for worker in workers:
+            worker.join()
+    finally:
+        if server.poll() is None:
+            server.kill()
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(InspectionDB.id)))
+    engine.dispose()
+    assert set(answered) <= stored and len(answered) >= 10
+
+
+def wait_until_ready(base: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base} did not become ready")
