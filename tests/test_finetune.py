@@ -1,0 +1,74 @@
+"""Fine-tuning end to end on a tiny synthetic set, its loss, and its input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
+from training.data.labeled import LabeledSample
+from training.finetune import focal_dice_loss, split_train_val
+from training.hybrid import load_run
+
+runner = CliRunner()
+
+
+def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data")
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                         "--out", str(tmp_path / "run"), *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    assert run.model.kind == "hybrid"
+    assert 0.0 <= run.thresholds["pixel"] <= 1.0 and 0.0 <= run.thresholds["image"] <= 1.0
+    validation = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
+    assert {"pixel_auroc", "aupro", "f1", "iou"} <= set(validation)
+    assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_no_anomaly_branch_gives_a_supervised_run(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--no-anomaly-branch", "--freeze-backbone", *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "run").model.kind == "supervised"
+
+
+def test_focal_dice_loss_prefers_the_right_answer() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 3, :] = 1.0
+    right, wrong = (target * 2 - 1) * 6, (1 - target * 2) * 6
+    assert focal_dice_loss(right, target) < 0.1 < focal_dice_loss(wrong, target)
+
+
+def test_split_keeps_defects_on_both_sides_and_is_deterministic() -> None:
+    samples = [LabeledSample(f"d{i}", Path(f"d{i}.png"), Path(f"m{i}.png")) for i in range(5)]
+    samples += [LabeledSample(f"n{i}", Path(f"n{i}.png"), None) for i in range(5)]
+    train, val = split_train_val(samples, 0.2, seed=3)
+    assert any(s.defective for s in train) and any(s.defective for s in val)
+    assert not {s.stem for s in train} & {s.stem for s in val}
+    assert split_train_val(samples, 0.2, seed=3) == (train, val)
+
+
+def test_empty_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(tmp_path / "empty"),
+                                         "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_mask_of_wrong_size_is_a_one_line_error(tmp_path: Path) -> None:
+    import cv2
+
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    cv2.imwrite(str(data / "masks" / "img00.png"), np.zeros((10, 12), np.uint8))
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                         "--out", str(tmp_path / "run"), *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 2
+    assert "12x10" in result.output and "Traceback" not in result.output

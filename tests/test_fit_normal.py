@@ -1,0 +1,56 @@
+"""Zero-label mode: coreset, nearest-neighbour scoring, calibration, and the command end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from tests.synthetic_labeled import TINY_BACKBONE, model_cli, write_labeled_set
+from training.hybrid import load_run
+from training.models.anomaly import MEDIAN_PROBABILITY, AnomalyHead, NearestNeighbourScorer, greedy_coreset
+
+
+def test_greedy_coreset_keeps_the_outlier() -> None:
+    cluster = torch.randn(200, 8, generator=torch.Generator().manual_seed(0)) * 0.1
+    features = torch.cat([cluster, torch.full((1, 8), 50.0)])
+    chosen = greedy_coreset(features, 5, projection_dim=4)
+    assert 200 in chosen.tolist()
+    assert len(set(chosen.tolist())) == 5
+
+
+def test_nearest_neighbour_scorer_matches_cdist() -> None:
+    generator = torch.Generator().manual_seed(1)
+    bank, features = torch.randn(30, 6, generator=generator), torch.randn(2, 6, 3, 4, generator=generator)
+    expected = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, 6), bank).min(dim=1).values
+    actual = NearestNeighbourScorer(bank)(features).permute(0, 2, 3, 1).reshape(-1)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_calibration_puts_normal_quantiles_where_promised() -> None:
+    head = AnomalyHead(torch.zeros(4, 2), (0,))
+    scores = torch.linspace(0, 10, 10_001)
+    head.calibrate(scores)
+    prob = torch.sigmoid((torch.tensor([5.0, 9.9]) - head.center) / head.scale)
+    assert math.isclose(float(prob[0]), MEDIAN_PROBABILITY, abs_tol=1e-3)
+    assert math.isclose(float(prob[1]), 0.5, abs_tol=1e-3)
+
+
+def test_fit_normal_writes_a_zero_label_run(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=1, normal=4)
+    result = CliRunner().invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                              "--out", str(tmp_path / "run"), "--image-size", "32", "--bank-size", "16"])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    assert run.model.kind == "zero-label"
+    assert run.model.anomaly.scorer.memory_bank.shape[0] == 16
+    assert 0.0 < run.thresholds["pixel"] <= run.thresholds["image"] <= 1.0
+
+
+def test_fit_normal_needs_two_images(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=1, normal=1)
+    result = CliRunner().invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                              "--out", str(tmp_path / "run"), "--image-size", "32"])
+    assert result.exit_code == 2 and "at least 2" in result.output

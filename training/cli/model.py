@@ -1,0 +1,116 @@
+"""`train-pipeline finetune | fit-normal | evaluate | export`: from a backbone to a served model bundle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.cli._common import user_errors
+
+BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Tile side in pixels (the model's input size).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Tiles per step.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
+BankOpt = Annotated[int, typer.Option("--bank-size", help="Memory-bank rows kept by the coreset.")]
+
+
+def finetune(
+    backbone: BackboneOpt,
+    data: Annotated[Path, typer.Option("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout).")],
+    out: OutOpt,
+    image_size: ImageSizeOpt = 224,
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps (ignored when --epochs is given).")] = 500,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes of one crop per training image.")] = None,
+    batch_size: BatchOpt = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Head learning rate; unfrozen blocks get a tenth.")] = 1e-3,
+    unfreeze_last: Annotated[int, typer.Option("--unfreeze-last", help="Backbone blocks fine-tuned (0 = frozen).")] = 2,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Same as --unfreeze-last 0.")] = False,
+    anomaly_branch: Annotated[
+        bool, typer.Option("--anomaly-branch/--no-anomaly-branch", help="Fuse a zero-label anomaly map (hybrid model).")
+    ] = True,
+    bank_size: BankOpt = 2048,
+    labeled_defects: Annotated[
+        int | None, typer.Option("--labeled-defects", help="Use only N labeled defect images per line.")
+    ] = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split."""
+    from training.finetune import FinetuneConfig, finetune as run_finetune
+
+    _log_to_stderr()
+    config = FinetuneConfig(
+        backbone=backbone, data=data, out=out, image_size=image_size, steps=steps, epochs=epochs,
+        batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
+        anomaly_branch=anomaly_branch, bank_size=bank_size, labeled_defects=labeled_defects, device=device, seed=seed,
+    )
+    with user_errors():
+        metrics = run_finetune(config)
+    typer.echo(f"{metrics['kind']} model in {out}: validation pixel AUROC {metrics['pixel_auroc']:.4f}, "
+               f"AUPRO {metrics['aupro']:.4f}, F1 {metrics['f1']:.4f}")
+
+
+def fit_normal(
+    backbone: BackboneOpt,
+    data: Annotated[Path, typer.Option("--data", help="Folder of defect-free images (or a labeled folder).")],
+    out: OutOpt,
+    image_size: ImageSizeOpt = 224,
+    bank_size: BankOpt = 2048,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Zero-label mode: anomaly model from defect-free images only."""
+    from training.fit_normal import FitNormalConfig, fit_normal as run_fit_normal
+
+    _log_to_stderr()
+    config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
+                             batch_size=batch_size, device=device, seed=seed)
+    with user_errors():
+        thresholds = run_fit_normal(config)
+    typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Model run folder or bundle (folder or .zip).")],
+    data: Annotated[Path, typer.Option("--data", help="Labeled folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (metrics.json, report.html, overlays).")],
+) -> None:
+    """Measure a model on a labeled set; a bundle runs through the service's own inference code."""
+    from training.evaluate import evaluate as run_evaluate
+
+    with user_errors():
+        metrics = run_evaluate(model, data, out)
+    typer.echo(f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRO {metrics['aupro']:.4f}, "
+               f"image AUROC {metrics['image_auroc']:.4f}, F1 {metrics['f1']:.4f}, IoU {metrics['iou']:.4f} → {out}")
+
+
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Model run folder (from finetune or fit-normal).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 17,
+) -> None:
+    """Export a run as a model bundle (ONNX + model.json), after a PyTorch-vs-ONNX Runtime parity check."""
+    from training.export import export_run
+
+    with user_errors():
+        result = export_run(model, out, opset=opset)
+    manifest = result.bundle.manifest
+    typer.echo(f"bundle {manifest.model_version} ({manifest.kind}) in {out}; parity max |Δp| {result.parity_max_abs_diff:.1e}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model verbs to `app`."""
+    app.command("finetune")(finetune)
+    app.command("fit-normal")(fit_normal)
+    app.command("evaluate")(evaluate)
+    app.command("export")(export)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,0 +1,289 @@
+"""Fine-tune the per-pixel head (and optionally the last ViT blocks) on a few labeled masks.
+
+The loop trains on random tile-sized crops, most of them centred near a defect (tiny defects are
+otherwise almost never seen), with flips, 90° rotations and a mild colour jitter. The loss is focal
++ dice: focal keeps the flood of easy normal pixels from drowning the few defect pixels, dice
+rewards overlap directly whatever a defect's size. After training, the memory bank of the anomaly
+branch is built from the defect-free training images, the fusion weight and the decision thresholds
+are chosen on the validation split, and the run is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data.labeled import LabeledSample, load_labeled_set, pick_per_line, read_mask
+from training.errors import UserError
+from training.fit_normal import (
+    normalisation_stats,
+    sample_tiles,
+    build_anomaly_head,
+    calibrate_on_normal,
+    data_fingerprint,
+    holdout_split,
+    read_images,
+)
+from training.hybrid import InspectionModel, TorchPredictor, backbone_recipe, default_overlap, fit_fusion_weight, save_run
+from training.metrics import best_f1_threshold, image_scores, segmentation_summary
+from training.models.backbone import load_backbone
+from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
+
+log = logging.getLogger(__name__)
+
+DEFECT_CROP_PROBABILITY = 0.7  # share of crops centred near a defect pixel
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of `finetune` (mirrors `train-pipeline finetune`)."""
+
+    backbone: str
+    data: Path
+    out: Path
+    image_size: int = 224
+    steps: int | None = 500
+    epochs: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    unfreeze_last: int = 2
+    anomaly_branch: bool = True
+    bank_size: int = 2048
+    labeled_defects: int | None = None
+    val_fraction: float = 0.2
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class LabeledImages:
+    """Decoded images with bool masks (all-False for defect-free ones)."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    samples: list[LabeledSample] = field(default_factory=list)
+
+    def defective_indices(self) -> list[int]:
+        return [i for i, m in enumerate(self.masks) if m.any()]
+
+
+def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
+    """Decode the samples' images and masks; unreadable images are skipped, a bad mask is an error."""
+    images, paths = read_images([s.image for s in samples])
+    by_path = {s.image: s for s in samples}
+    data = LabeledImages()
+    for image, path in zip(images, paths):
+        sample = by_path[path]
+        mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
+        data.images.append(image)
+        data.masks.append(mask)
+        data.samples.append(sample)
+    return data
+
+
+def split_train_val(samples: list[LabeledSample], fraction: float, seed: int) -> tuple[list[LabeledSample], list[LabeledSample]]:
+    """Deterministic split, made separately for defective and defect-free samples so both reach validation.
+
+    With a single defective sample there is nothing to hold out: it trains, and validation reuses it.
+    """
+    train, val = [], []
+    for group in ([s for s in samples if s.defective], [s for s in samples if not s.defective]):
+        group = sorted(group, key=lambda s: s.stem)
+        keep, held = holdout_split(len(group), fraction, seed)
+        train += [group[i] for i in keep]
+        val += [group[i] for i in held]
+    if not any(s.defective for s in val):
+        val += [s for s in train if s.defective]
+    return train, val
+
+
+def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al., 2017) + soft dice over the batch."""
+    prob = torch.sigmoid(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_true = prob * target + (1 - prob) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    focal = (alpha_t * (1 - p_true) ** gamma * bce).mean()
+    # Dice over the whole batch (not per image): crops without defect then do not divide by zero.
+    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+    return focal + dice
+
+
+class CropSampler:
+    """Random augmented tile-sized crops of the training images, with their masks."""
+
+    def __init__(self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> None:
+        self.data, self.tile, self.rng = data, tile, np.random.default_rng(seed)
+        self.mean = np.asarray(mean, np.float32)[:, None, None]
+        self.std = np.asarray(std, np.float32)[:, None, None]
+        self.defective = data.defective_indices()
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = [self._one() for _ in range(size)]
+        images = torch.from_numpy(np.stack([c[0] for c in crops]))
+        masks = torch.from_numpy(np.stack([c[1] for c in crops]))[:, None]
+        return images, masks
+
+    def _one(self) -> tuple[np.ndarray, np.ndarray]:
+        near_defect = bool(self.defective) and self.rng.random() < DEFECT_CROP_PROBABILITY
+        index = int(self.rng.choice(self.defective)) if near_defect else int(self.rng.integers(len(self.data.images)))
+        image, mask = _pad_to(self.data.images[index], self.tile), _pad_to(self.data.masks[index], self.tile)
+        top, left = self._corner(mask if near_defect else None, image.shape[:2])
+        image = image[top : top + self.tile, left : left + self.tile].astype(np.float32) / 255.0
+        mask = mask[top : top + self.tile, left : left + self.tile].astype(np.float32)
+        image = np.clip((image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1)
+        image, mask = self._flip_rotate(image, mask)
+        planes = (image.transpose(2, 0, 1) - self.mean) / self.std
+        return np.ascontiguousarray(planes, dtype=np.float32), np.ascontiguousarray(mask)
+
+    def _corner(self, mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[int, int]:
+        height, width = shape
+        if mask is None or not mask.any():
+            return int(self.rng.integers(height - self.tile + 1)), int(self.rng.integers(width - self.tile + 1))
+        rows, cols = np.nonzero(mask)
+        pick = int(self.rng.integers(len(rows)))
+        # The defect pixel lands anywhere in the crop's middle half, not always at its centre.
+        jitter = self.rng.integers(-self.tile // 4, self.tile // 4 + 1, size=2)
+        top = int(np.clip(rows[pick] - self.tile // 2 + jitter[0], 0, height - self.tile))
+        left = int(np.clip(cols[pick] - self.tile // 2 + jitter[1], 0, width - self.tile))
+        return top, left
+
+    def _flip_rotate(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if self.rng.random() < 0.5:
+            image, mask = image[::-1], mask[::-1]
+        turns = int(self.rng.integers(4))
+        return np.rot90(image, turns), np.rot90(mask, turns)
+
+
+def _pad_to(array: np.ndarray, tile: int) -> np.ndarray:
+    pad_h, pad_w = max(tile - array.shape[0], 0), max(tile - array.shape[1], 0)
+    if not pad_h and not pad_w:
+        return array
+    widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (array.ndim - 2)
+    return np.pad(array, widths, mode="reflect" if min(array.shape[:2]) > 1 else "edge")
+
+
+def total_steps(config: FinetuneConfig, train_images: int) -> int:
+    """`--steps`, or `--epochs` passes of one crop per training image."""
+    if config.epochs is not None:
+        return max(1, config.epochs * math.ceil(train_images / config.batch_size))
+    return max(1, int(config.steps or 1))
+
+
+def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneConfig, device: torch.device) -> list[float]:
+    """The optimisation loop (AdamW, warm-up then cosine). Returns the loss per step."""
+    model.segmentation.requires_grad_(True)
+    model.backbone.requires_grad_(False)
+    if config.unfreeze_last > 0:
+        for block in model.backbone.blocks[-config.unfreeze_last :]:
+            block.requires_grad_(True)
+        model.backbone.norm.requires_grad_(True)
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": list(model.segmentation.parameters()), "lr": config.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
+    steps = total_steps(config, len(sampler.data.images))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    losses = []
+    for step in range(steps):
+        images, masks = sampler.batch(config.batch_size)
+        loss = focal_dice_loss(model.segmentation_logits(images.to(device)), masks.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            log.info("step %d/%d loss %.4f", step + 1, steps, losses[-1])
+    model.eval().requires_grad_(False)
+    return losses
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune, build the anomaly branch, pick fusion and thresholds on validation, save the run.
+
+    Returns:
+        The validation metrics written to the run's `metrics.json`.
+
+    Raises:
+        UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
+    """
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    samples = _select_samples(config)
+    train_samples, val_samples = split_train_val(samples, config.val_fraction, config.seed)
+    train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
+    tile = config.image_size
+    backbone = fix_input_size(load_backbone(config.backbone, img_size=tile), tile)
+    mean, std = normalisation_stats(backbone)
+    head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)))
+    model = InspectionModel(backbone, segmentation=head).to(device)
+    losses = train_head(model, CropSampler(train, tile, mean, std, config.seed), config, device)
+
+    predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
+    normal_train = [img for img, m in zip(train.images, train.masks) if not m.any()]
+    if config.anomaly_branch and len(normal_train) >= 2:
+        _add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
+    elif config.anomaly_branch:
+        log.warning("fewer than 2 defect-free training images: no anomaly branch, the model is supervised only")
+    thresholds, metrics = _choose_thresholds(predictor, val)
+    metrics.update(kind=model.kind, train_images=len(train.images), train_defective=len(train.defective_indices()),
+                   val_images=len(val.images), final_loss=float(np.mean(losses[-10:])), steps=len(losses))
+    save_run(
+        config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=tile, mean=mean, std=std,
+        thresholds=thresholds, metrics={"validation": metrics},
+        data_fingerprint=data_fingerprint([s.image for s in samples] + [s.mask for s in samples if s.mask], config.data),
+        sample_tiles=sample_tiles(val.images, tile, mean, std),
+    )
+    return metrics
+
+
+def _select_samples(config: FinetuneConfig) -> list[LabeledSample]:
+    labeled = load_labeled_set(config.data)
+    if not labeled.defective:
+        raise UserError(f"{config.data} holds no image with a defect mask; use fit-normal for defect-free images only")
+    defective = labeled.defective
+    if config.labeled_defects is not None:
+        defective = pick_per_line(defective, config.labeled_defects, config.seed)
+    return sorted(defective + labeled.defect_free, key=lambda s: s.stem)
+
+
+def _add_anomaly_branch(
+    model: InspectionModel, predictor: TorchPredictor, normal_train: list[np.ndarray], val: LabeledImages,
+    config: FinetuneConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+) -> None:
+    """Memory bank from defect-free training images; calibration on held-out normals; fusion weight on validation."""
+    bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
+    model.anomaly = build_anomaly_head(model.backbone, [normal_train[i] for i in bank_idx], tile=config.image_size,
+                                       mean=mean, std=std, bank_size=config.bank_size, device=device, seed=config.seed)
+    calibrate_on_normal(model, predictor, [normal_train[i] for i in calib_idx])
+    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
+    weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)
+    model.fusion_weight.fill_(weight)
+
+
+def _choose_thresholds(predictor: TorchPredictor, val: LabeledImages) -> tuple[dict[str, float], dict]:
+    """Pixel threshold at max pooled F1 on validation; image threshold at max image-level F1."""
+    maps = [predictor.predict(image) for image in val.images]
+    scores = np.concatenate([m.ravel() for m in maps])
+    labels = np.concatenate([m.ravel() for m in val.masks])
+    pixel = best_f1_threshold(scores, labels).threshold
+    image_labels = np.asarray([m.any() for m in val.masks])
+    image = best_f1_threshold(image_scores(maps), image_labels).threshold
+    thresholds = {"pixel": float(min(pixel, 1.0)), "image": float(min(image, 1.0))}
+    metrics = segmentation_summary(maps, val.masks, pixel_threshold=thresholds["pixel"], image_threshold=thresholds["image"])
+    return thresholds, metrics

@@ -1,0 +1,196 @@
+"""Zero-label mode: fit an anomaly model on defect-free images only.
+
+The defect-free images are split (deterministically) into a part whose patch features fill the
+memory bank and a held-out part that calibrates the map and sets the thresholds: scores of patches
+that are themselves in the bank would be near zero and make every threshold far too low.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.data.images import SkipCounter, list_images, read_image_rgb
+from training.errors import UserError
+from training.hybrid import (
+    InspectionModel,
+    TorchPredictor,
+    backbone_recipe,
+    default_overlap,
+    normalise_image,
+    save_run,
+)
+from training.models.anomaly import AnomalyHead, anomaly_feature_blocks, greedy_coreset, local_patch_features
+from training.models.backbone import load_backbone
+from training.models.segmentation import fix_input_size, vit_feature_maps
+
+log = logging.getLogger(__name__)
+
+# Bank rows gathered before the coreset step; beyond this a random subsample keeps memory bounded.
+MAX_CANDIDATE_PATCHES = 200_000
+PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
+
+
+@dataclass(frozen=True)
+class FitNormalConfig:
+    """Options of `fit_normal` (mirrors `train-pipeline fit-normal`)."""
+
+    backbone: str
+    data: Path
+    out: Path
+    image_size: int = 224
+    bank_size: int = 2048
+    holdout_fraction: float = 0.2
+    batch_size: int = 16
+    device: str = "cpu"
+    seed: int = 0
+
+
+def data_fingerprint(paths: list[Path], root: Path) -> str:
+    """sha256 over the sorted relative paths and sizes of the training files (cheap, content-sensitive enough)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def read_images(paths: list[Path]) -> tuple[list[np.ndarray], list[Path]]:
+    """Decode images, skipping unreadable files (logged once). Returns images and their paths."""
+    skipped = SkipCounter()
+    images, kept = [], []
+    for path in paths:
+        image = read_image_rgb(path)
+        if image is None:
+            skipped.add(path)
+            continue
+        images.append(image)
+        kept.append(path)
+    if skipped.skipped:
+        log.warning(skipped.summary())
+    return images, kept
+
+
+def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices: a seeded permutation, at least one of each when `count` ≥ 2."""
+    if count < 2:
+        return list(range(count)), []
+    order = np.random.default_rng(seed).permutation(count)
+    held = min(max(1, round(count * fraction)), count - 1)
+    return sorted(order[held:].tolist()), sorted(order[:held].tolist())
+
+
+@torch.no_grad()
+def build_anomaly_head(
+    backbone: torch.nn.Module,
+    images: list[np.ndarray],
+    *,
+    tile: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    bank_size: int,
+    device: torch.device,
+    seed: int = 0,
+) -> AnomalyHead:
+    """Memory bank (greedy coreset) of the patch features of defect-free images, tiled without overlap."""
+    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
+
+    blocks = anomaly_feature_blocks(len(backbone.blocks))
+    rows = []
+    for image in images:
+        boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
+        tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
+        features = local_patch_features(vit_feature_maps(backbone, tiles, blocks), blocks)
+        rows.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
+    candidates = torch.cat(rows)
+    if candidates.shape[0] > MAX_CANDIDATE_PATCHES:
+        keep = torch.randperm(candidates.shape[0], generator=torch.Generator().manual_seed(seed))
+        candidates = candidates[keep[:MAX_CANDIDATE_PATCHES]]
+    chosen = greedy_coreset(candidates.to(device), bank_size, seed=seed).cpu()
+    log.info("memory bank: %d of %d normal patches", len(chosen), candidates.shape[0])
+    return AnomalyHead(candidates[chosen], blocks).to(device)
+
+
+@torch.no_grad()
+def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, normal_images: list[np.ndarray]) -> None:
+    """Fit the anomaly head's logistic on raw scores of held-out defect-free images."""
+    head = model.anomaly
+
+    def raw(tiles: torch.Tensor) -> torch.Tensor:
+        maps = vit_feature_maps(model.backbone, tiles, head.feature_blocks)
+        return head.raw_score(tiles.shape[-2:], maps)
+
+    scores = [predictor.predict_outputs(image, raw)[0] for image in normal_images]
+    head.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
+
+
+def normal_thresholds(maps: list[np.ndarray]) -> dict[str, float]:
+    """Pixel and image thresholds from defect-free maps alone (no defect was ever seen)."""
+    pixel = float(np.quantile(np.concatenate([m.ravel() for m in maps]), PIXEL_QUANTILE))
+    image = max(pixel, float(np.max([m.max() for m in maps])))
+    return {"pixel": pixel, "image": image}
+
+
+def list_normal_images(root: Path) -> list[Path]:
+    """Defect-free images of a folder; in a labeled folder (images/ + masks/ or MVTec) only its defect-free ones."""
+    from training.data.labeled import load_labeled_set
+
+    if (root / "images").is_dir() or (root / "train").is_dir():
+        return [s.image for s in load_labeled_set(root).defect_free]
+    return list_images(root)
+
+
+def fit_normal(config: FitNormalConfig) -> dict[str, float]:
+    """Build, calibrate and save a zero-label model run. Returns its thresholds.
+
+    Raises:
+        UserError: fewer than two readable defect-free images, or a bad backbone spec.
+    """
+    device = torch.device(config.device)
+    images, paths = read_images(list_normal_images(config.data))
+    if len(images) < 2:
+        raise UserError(f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2")
+    bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
+    backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
+    mean, std = normalisation_stats(backbone)
+    head = build_anomaly_head(
+        backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
+        bank_size=config.bank_size, device=device, seed=config.seed,
+    )
+    model = InspectionModel(backbone, anomaly=head).eval()
+    predictor = TorchPredictor(model, tile=config.image_size, overlap=default_overlap(config.image_size),
+                               mean=mean, std=std, batch_size=config.batch_size, device=device)
+    held_out = [images[i] for i in held_idx]
+    calibrate_on_normal(model, predictor, held_out)
+    maps = [predictor.predict(image) for image in held_out]
+    thresholds = normal_thresholds(maps)
+    metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
+               "held_out_max_probability": float(max(m.max() for m in maps))}
+    save_run(
+        config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=config.image_size, mean=mean, std=std,
+        thresholds=thresholds, metrics={"validation": metrics},
+        data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
+    )
+    return thresholds
+
+
+def normalisation_stats(backbone: torch.nn.Module) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+    return mean, std
+
+
+def sample_tiles(images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...], count: int = 4) -> torch.Tensor:
+    """A few real normalised tiles (top-left of each image) for export's parity check."""
+    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
+
+    tiles = []
+    for image in images[:count]:
+        box = plan_tiles(image.shape[0], image.shape[1], tile, 0)[:1]
+        tiles.append(extract_tiles(normalise_image(image, mean, std), box, tile))
+    return torch.from_numpy(np.concatenate(tiles))

@@ -1,0 +1,142 @@
+"""Zero-label anomaly maps: nearest-neighbour distance to a memory bank of normal patch features.
+
+In the manner of PatchCore (Roth et al., 2022): patch features of defect-free images, each averaged
+with its 3x3 neighbourhood so a feature describes a little context, are collected in a memory bank,
+greedily subsampled to a fixed-size coreset that still covers them (k-center), and a test patch
+scores its distance to the nearest bank entry. The map is upsampled to pixels, smoothed, and turned
+into a probability-like value with a logistic fitted on normal statistics.
+
+Everything in `AnomalyHead.forward` is plain tensor algebra, so the bank is a constant of the
+exported graph and the nearest-neighbour search is MatMul + ReduceMin:
+d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.segmentation import default_feature_blocks
+
+# The logistic maps the normal score at this quantile to probability 0.5 ...
+CALIBRATION_QUANTILE = 0.99
+# ... and the normal median to this probability, which fixes its slope without a free parameter.
+MEDIAN_PROBABILITY = 0.05
+
+
+def local_patch_features(maps: dict[int, torch.Tensor], blocks: Sequence[int]) -> torch.Tensor:
+    """Concatenate block maps and average each patch with its 3x3 neighbours: `[N, C, h, w]`."""
+    features = torch.cat([maps[b] for b in blocks], dim=1)
+    return F.avg_pool2d(features, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """Indices of `size` rows of `features` [M, C] chosen by greedy k-center selection.
+
+    Each step adds the row farthest from everything chosen so far, so the coreset covers the bank's
+    whole extent (rare normal patterns included) rather than its dense middle. Distances are taken in
+    a random projection to `projection_dim` dimensions, which preserves them well enough and makes
+    the selection much cheaper.
+    """
+    count = features.shape[0]
+    if size >= count:
+        return torch.arange(count)
+    generator = torch.Generator().manual_seed(seed)
+    projected = features.float()
+    if features.shape[1] > projection_dim:
+        projection = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        projected = projected @ projection.to(features.device)
+    first = int(torch.randint(count, (1,), generator=generator))
+    chosen = [first]
+    min_dist = torch.cdist(projected, projected[first : first + 1]).squeeze(1)
+    for _ in range(size - 1):
+        farthest = int(torch.argmax(min_dist))
+        chosen.append(farthest)
+        min_dist = torch.minimum(min_dist, torch.cdist(projected, projected[farthest : farthest + 1]).squeeze(1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class NearestNeighbourScorer(nn.Module):
+    """Distance of each patch feature to its nearest memory-bank row: `[N, C, h, w]` → `[N, 1, h, w]`."""
+
+    def __init__(self, memory_bank: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("memory_bank", memory_bank.float().contiguous())
+        self.register_buffer("bank_sq_norm", memory_bank.float().pow(2).sum(dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        cross = queries @ self.memory_bank.t()  # [N, hw, K]
+        sq_dist = queries.pow(2).sum(dim=-1, keepdim=True) - 2.0 * cross + self.bank_sq_norm
+        nearest = sq_dist.min(dim=-1).values.clamp_min(0.0).sqrt()
+        return nearest.reshape(n, 1, h, w)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = max(int(math.ceil(3.0 * sigma)), 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+class AnomalyHead(nn.Module):
+    """Memory bank + calibration: ViT block maps → anomaly probability `[N, 1, T, T]`.
+
+    Args:
+        memory_bank: coreset of normal patch features `[K, C]`.
+        feature_blocks: blocks whose tokens form the features (as when the bank was built).
+        blur_sigma: gaussian smoothing of the upsampled map, in pixels.
+    """
+
+    def __init__(self, memory_bank: torch.Tensor, feature_blocks: Sequence[int], *, blur_sigma: float = 4.0) -> None:
+        super().__init__()
+        self.feature_blocks = tuple(int(b) for b in feature_blocks)
+        self.scorer = NearestNeighbourScorer(memory_bank)
+        self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
+        # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
+        self.register_buffer("center", torch.tensor(0.0))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.config = {
+            "feature_blocks": list(self.feature_blocks),
+            "bank_shape": list(memory_bank.shape),
+            "blur_sigma": float(blur_sigma),
+        }
+
+    def forward(self, size: Sequence[int], maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid((self.raw_score(size, maps) - self.center) / self.scale)
+
+    def raw_score(self, size: Sequence[int], maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Uncalibrated per-pixel score: upsampled, smoothed nearest-neighbour distance."""
+        distances = self.scorer(local_patch_features(maps, self.feature_blocks))
+        upsampled = F.interpolate(distances, size=tuple(size), mode="bilinear", align_corners=False)
+        return self._blur(upsampled)
+
+    def calibrate(self, normal_scores: torch.Tensor) -> None:
+        """Fit the logistic on raw scores of held-out normal pixels (never those the bank was built from)."""
+        flat = normal_scores.detach().flatten().float()
+        if flat.numel() > 1_000_000:  # torch.quantile caps its input size; a subsample is plenty
+            flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        center = torch.quantile(flat, CALIBRATION_QUANTILE)
+        median = torch.quantile(flat, 0.5)
+        logit_at_median = math.log(MEDIAN_PROBABILITY / (1.0 - MEDIAN_PROBABILITY))
+        scale = ((median - center) / logit_at_median).clamp_min(1e-6)
+        self.center.fill_(float(center))
+        self.scale.fill_(float(scale))
+
+    def _blur(self, maps: torch.Tensor) -> torch.Tensor:
+        radius = self.blur_kernel.numel() // 2
+        # Replicate padding: zero padding would darken the borders, where defects are as likely as anywhere.
+        padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
+        horizontal = F.conv2d(padded, self.blur_kernel.view(1, 1, 1, -1))
+        return F.conv2d(horizontal, self.blur_kernel.view(1, 1, -1, 1))
+
+
+def anomaly_feature_blocks(depth: int) -> tuple[int, ...]:
+    """Mid-level blocks: local enough to localise, abstract enough to ignore texture noise."""
+    blocks = default_feature_blocks(depth)
+    return blocks[:-1] if len(blocks) > 1 else blocks

@@ -1,0 +1,126 @@
+"""Per-pixel defect head: ViT patch features fused with a shallow full-resolution conv branch.
+
+A 1-4 px scratch vanishes inside a 16 px patch token, so the ViT alone cannot draw it. The head is a
+small U-Net whose encoder runs on the image itself at 1/1, 1/2 and 1/4 resolution; the ViT's patch
+features (one or more blocks, projected by a 1x1 conv) are upsampled to 1/4 and concatenated there,
+and the decoder climbs back to full resolution through the skip connections. The ViT says *what*
+looks wrong, the conv branch says *exactly where*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Format
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+def fix_input_size(backbone: VisionTransformer, img_size: int) -> VisionTransformer:
+    """Pin a ViT to one square input size, with its position grid resampled once, here.
+
+    A fixed size keeps the position-embedding resampling out of the training step and out of the
+    exported graph (the antialiased resample does not export cleanly).
+    """
+    backbone.set_input_size(img_size=(img_size, img_size))
+    backbone.dynamic_img_size = False
+    patch_embed = backbone.patch_embed
+    patch_embed.strict_img_size = True
+    patch_embed.flatten = True
+    patch_embed.output_fmt = Format.NCHW
+    return backbone
+
+
+def default_feature_blocks(depth: int) -> tuple[int, ...]:
+    """Three blocks spread over the second half and the end of the network (mid-level and semantic)."""
+    return tuple(sorted({max(depth // 2 - 1, 0), max(3 * depth // 4 - 1, 0), depth - 1}))
+
+
+def vit_feature_maps(backbone: VisionTransformer, images: torch.Tensor, blocks: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Patch-token maps `[N, D, H/p, W/p]` of the given blocks, keyed by block index, in one forward pass."""
+    wanted = sorted(set(blocks))
+    maps = backbone.forward_intermediates(images, indices=wanted, output_fmt="NCHW", intermediates_only=True)
+    return dict(zip(wanted, maps))
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 conv + BatchNorm + ReLU; the first conv may stride to halve the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class FusionDecoder(nn.Module):
+    """The conv U-Net around the ViT features: image + patch maps → one logit per pixel.
+
+    Args:
+        vit_channels: channels of the concatenated ViT maps.
+        widths: channels of the conv branch at 1/1, 1/2 and 1/4 resolution.
+        vit_width: channels the ViT maps are projected to before fusion.
+    """
+
+    def __init__(self, vit_channels: int, *, widths: tuple[int, int, int] = (16, 32, 48), vit_width: int = 64) -> None:
+        super().__init__()
+        full, half, quarter = widths
+        self.enc_full = ConvBlock(3, full)
+        self.enc_half = ConvBlock(full, half, stride=2)
+        self.enc_quarter = ConvBlock(half, quarter, stride=2)
+        self.vit_proj = nn.Sequential(nn.Conv2d(vit_channels, vit_width, 1), nn.BatchNorm2d(vit_width), nn.ReLU(inplace=True))
+        self.fuse_quarter = ConvBlock(quarter + vit_width, vit_width)
+        self.dec_half = ConvBlock(vit_width + half, half)
+        self.dec_full = ConvBlock(half + full, full)
+        self.to_logit = nn.Conv2d(full, 1, 1)
+
+    def forward(self, images: torch.Tensor, vit_maps: torch.Tensor) -> torch.Tensor:
+        skip_full = self.enc_full(images)
+        skip_half = self.enc_half(skip_full)
+        quarter = self.enc_quarter(skip_half)
+        vit = F.interpolate(self.vit_proj(vit_maps), size=quarter.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.fuse_quarter(torch.cat([quarter, vit], dim=1))
+        x = F.interpolate(x, size=skip_half.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.dec_half(torch.cat([x, skip_half], dim=1))
+        x = F.interpolate(x, size=skip_full.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.dec_full(torch.cat([x, skip_full], dim=1))
+        return self.to_logit(x)
+
+
+class SegmentationHead(nn.Module):
+    """`FusionDecoder` fed from chosen ViT blocks: images + block maps → defect logits `[N, 1, T, T]`.
+
+    Args:
+        embed_dim: the backbone's token width.
+        feature_blocks: blocks whose patch tokens feed the decoder.
+        widths: conv-branch channels at 1/1, 1/2, 1/4 resolution.
+        vit_width: channels of the projected ViT features.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        feature_blocks: Sequence[int],
+        *,
+        widths: Sequence[int] = (16, 32, 48),
+        vit_width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.feature_blocks = tuple(int(b) for b in feature_blocks)
+        full, half, quarter = (int(w) for w in widths)
+        self.decoder = FusionDecoder(embed_dim * len(self.feature_blocks), widths=(full, half, quarter), vit_width=vit_width)
+        self.config = {"feature_blocks": list(self.feature_blocks), "widths": [full, half, quarter], "vit_width": vit_width}
+
+    def forward(self, images: torch.Tensor, maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        vit_maps = torch.cat([maps[b] for b in self.feature_blocks], dim=1)
+        return self.decoder(images, vit_maps)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
