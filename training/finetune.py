@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from training.data.labeled import LabeledSample, load_labeled_set, pick_per_line, read_mask
 from training.errors import UserError
 from training.fit_normal import (
-    normalisation_stats,
     sample_tiles,
     build_anomaly_head,
     calibrate_on_normal,
@@ -32,7 +31,7 @@ from training.fit_normal import (
 )
 from training.hybrid import InspectionModel, TorchPredictor, backbone_recipe, default_overlap, fit_fusion_weight, save_run
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
-from training.models.backbone import load_backbone
+from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ def finetune(config: FinetuneConfig) -> dict:
     train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
     tile = config.image_size
     backbone = fix_input_size(load_backbone(config.backbone, img_size=tile), tile)
-    mean, std = normalisation_stats(backbone)
+    mean, std = PIXEL_MEAN, PIXEL_STD
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)))
     model = InspectionModel(backbone, segmentation=head).to(device)
     losses = train_head(model, CropSampler(train, tile, mean, std, config.seed), config, device)

@@ -26,7 +26,7 @@ from training.hybrid import (
     save_run,
 )
 from training.models.anomaly import AnomalyHead, anomaly_feature_blocks, greedy_coreset, local_patch_features
-from training.models.backbone import load_backbone
+from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size, vit_feature_maps
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         raise UserError(f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2")
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
-    mean, std = normalisation_stats(backbone)
+    mean, std = PIXEL_MEAN, PIXEL_STD
     head = build_anomaly_head(
         backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed,
@@ -176,13 +176,6 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
     return thresholds
-
-
-def normalisation_stats(backbone: torch.nn.Module) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    cfg = getattr(backbone, "pretrained_cfg", None) or {}
-    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
-    return mean, std
 
 
 def sample_tiles(images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...], count: int = 4) -> torch.Tensor:

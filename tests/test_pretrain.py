@@ -1,0 +1,135 @@
+"""The pretraining loop on a tiny ViT: it learns, resumes exactly, saves on Ctrl-C and reports bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+import training.pretrain as pretrain_module
+from training.models.backbone import load_backbone
+from training.pretrain import run_pretrain
+from training.pretrain_config import PretrainConfig
+
+TINY = {"patch_size": 8, "depth": 2}
+
+
+def cli_app() -> typer.Typer:
+    """A `train-pipeline` with only the pretrain verb (the callback keeps it a command group)."""
+    from training.cli import pretrain as pretrain_cli
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    pretrain_cli.register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "nested").mkdir()
+    for index in range(8):
+        rng = np.random.default_rng(index)
+        # Smooth blobs rather than noise, so that views of one image resemble each other.
+        image = cv2.GaussianBlur((rng.random((48, 64, 3)) * 255).astype(np.uint8), (0, 0), 4)
+        cv2.imwrite(str(root / ("nested" if index % 2 else ".") / f"image_{index}.png"), image)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> PretrainConfig:
+    settings = dict(
+        data=data, out=out, arch="test_vit", global_size=32, local_size=16, local_crops=2, points=2,
+        batch_size=4, steps=4, workers=0, log_every=1, num_prototypes=64, head_hidden_dim=64, projection_dim=32,
+        model_kwargs=TINY, drop_path=0.0, progress=False, seed=3,
+    )
+    settings.update(overrides)
+    return PretrainConfig(**settings)
+
+
+def logged(run: Path, key: str = "loss") -> list[float]:
+    return [json.loads(line)[key] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["densedino", "densedino-crr", "dino"])
+def test_a_few_steps_lower_the_loss(objective: str, image_folder: Path, tmp_path: Path) -> None:
+    # A frozen teacher and center make the target fixed, so the loss must fall as the student fits it.
+    config = tiny_config(image_folder, tmp_path / "run", objective=objective, steps=12, lr=0.02, warmup=0.0,
+                         momentum=(1.0, 1.0), center_momentum=1.0, weight_decay=(0.0, 0.0), batch_size=8)
+    result = run_pretrain(config)
+    losses = logged(tmp_path / "run")
+    assert result.steps == 12 and result.skipped_images == 1
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    backbone = load_backbone(tmp_path / "run")
+    assert backbone.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 64)
+
+
+def test_resume_continues_exactly_after_ctrl_c(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    straight = tmp_path / "straight"
+    run_pretrain(tiny_config(image_folder, straight))
+
+    interrupted = tmp_path / "interrupted"
+    real_step = pretrain_module.train_step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        result = real_step(*args, **kwargs)
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(pretrain_module, "train_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(tiny_config(image_folder, interrupted))
+    assert torch.load(interrupted / "checkpoint.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(pretrain_module, "train_step", real_step)
+    run_pretrain(tiny_config(image_folder, interrupted, resume=True))
+
+    assert len(logged(interrupted)) == 4
+    np.testing.assert_allclose(logged(interrupted)[2:], logged(straight)[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_changed_settings(image_folder: Path, tmp_path: Path) -> None:
+    from training.errors import UserError
+
+    run_pretrain(tiny_config(image_folder, tmp_path / "run", steps=1, objective="dino"))
+    with pytest.raises(UserError, match="batch_size"):
+        run_pretrain(tiny_config(image_folder, tmp_path / "run", steps=1, objective="dino", batch_size=2, resume=True))
+
+
+def test_cli_writes_run_folder(image_folder: Path, tmp_path: Path) -> None:
+    # test_vit has 16-px patches: a 32-px global view is a 2×2 grid, enough for the plumbing.
+    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--arch", "test_vit",
+            "--global-size", "32", "--local-size", "16", "--local-crops", "1", "--batch-size", "4", "--steps", "1",
+            "--workers", "0", "--device", "cpu", "--prototypes", "32", "--head-hidden-dim", "32", "--log-every", "1"]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "backbone.pt"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert "1 unreadable" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data", "/nonexistent/folder"], "does not exist"),
+        (["--objective", "simclr"], "--objective"),
+        (["--arch", "resnet_nope"], "unknown architecture"),
+    ],
+)
+def test_cli_bad_input_is_one_line(extra: list[str], message: str, image_folder: Path, tmp_path: Path) -> None:
+    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--device", "cpu", "--workers", "0", *extra]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output

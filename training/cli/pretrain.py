@@ -1,0 +1,64 @@
+"""`train-pipeline pretrain`: self-supervised pretraining on a folder of unlabeled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.cli._common import user_errors
+
+Opt = typer.Option
+
+
+def pretrain(
+    data: Annotated[Path, Opt("--data", help="Folder tree of unlabeled images.")],
+    out: Annotated[Path, Opt("--out", help="Run folder (config, metrics, checkpoint.pt, backbone.pt).")],
+    arch: Annotated[str, Opt(help="timm ViT name, e.g. vit_small_patch16_224.")] = "vit_small_patch16_224",
+    objective: Annotated[str, Opt(help="densedino, densedino-crr (coding rate) or dino (image level).")] = "densedino",
+    global_size: Annotated[int, Opt("--global-size", help="Side of global views (px).")] = 224,
+    local_size: Annotated[int, Opt("--local-size", help="Side of local views (px).")] = 96,
+    global_crops: Annotated[int, Opt("--global-crops", help="Global views per image.")] = 2,
+    local_crops: Annotated[int, Opt("--local-crops", help="Local views per image.")] = 4,
+    points: Annotated[int, Opt("--points", help="Reference points k per (global, view) pair.")] = 2,
+    batch_size: Annotated[int, Opt("--batch-size", help="Images per process.")] = 64,
+    epochs: Annotated[int, Opt(help="Passes over the data (ignored when --steps is given).")] = 100,
+    steps: Annotated[int | None, Opt(help="Total optimization steps.")] = None,
+    lr: Annotated[float, Opt(help="Learning rate per 256 images (scaled by the global batch).")] = 5e-4,
+    alpha: Annotated[float, Opt(help="Weight of the image-level loss; 1 − alpha goes to points.")] = 0.5,
+    prototypes: Annotated[int, Opt("--prototypes", help="DINO head prototypes.")] = 65536,
+    head_hidden_dim: Annotated[int, Opt("--head-hidden-dim", help="Hidden width of the heads.")] = 2048,
+    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
+    workers: Annotated[int, Opt(help="Data-loading worker processes.")] = 8,
+    seed: Annotated[int, Opt(help="Seed of weights, views and augmentation.")] = 0,
+    checkpoint_every: Annotated[int, Opt("--checkpoint-every", help="Save the training state every N steps.")] = 1000,
+    log_every: Annotated[int, Opt("--log-every", help="Write metrics every N steps.")] = 20,
+    compile: Annotated[bool, Opt("--compile", help="torch.compile the networks.")] = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+) -> None:
+    """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs."""
+    from training.pretrain import run_pretrain  # torch/timm only when the verb runs
+    from training.pretrain_config import PretrainConfig
+
+    with user_errors():
+        config = PretrainConfig(
+            data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
+            global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
+            epochs=epochs, steps=steps, lr=lr, alpha=alpha, num_prototypes=prototypes,
+            head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
+            checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
+        )
+        try:
+            result = run_pretrain(config)
+        except KeyboardInterrupt:
+            typer.secho(f"interrupted: checkpoint saved in {out}; continue with --resume", err=True)
+            raise typer.Exit(code=130) from None
+    typer.echo(f"{result.steps} steps; backbone written to {result.run_dir / 'backbone.pt'}")
+    if result.skipped_images:
+        typer.echo(f"{result.skipped_images} unreadable image(s) skipped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `pretrain` verb to `app`."""
+    app.command("pretrain")(pretrain)

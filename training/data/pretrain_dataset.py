@@ -1,0 +1,136 @@
+"""The pretraining data path: a folder of images → batches of uint8 multi-crop views.
+
+Randomness is a pure function of (seed, epoch, image index), never of the worker that draws it, so
+a run is reproducible with any number of workers and resumes exactly mid-epoch: the sampler hands
+out `(epoch, index)` keys and can start at any batch of an epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from training.data.images import read_image_rgb
+from training.data.multicrop import MultiCropConfig, MultiCropSample, make_views
+from training.errors import UserError
+
+SampleKey = tuple[int, int]  # (epoch, image index)
+
+
+@dataclass
+class ViewBatch:
+    """A batch of views, view-major so that each view kind is one contiguous block.
+
+    Attributes:
+        global_crops: `[G, B, 3, Sg, Sg]` uint8.
+        local_crops: `[L, B, 3, Sl, Sl]` uint8.
+        teacher_points: `[G, B, V·k, 2]`: the reference points of global view g, pair-major (j, m).
+        student_points: `[V, B, G·k, 2]`: the reference points of view j, pair-major (g, m).
+        skipped: Paths of unreadable files met while building the batch.
+    """
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor
+    teacher_points: torch.Tensor
+    student_points: torch.Tensor
+    skipped: list[str]
+
+    def _map(self, fn) -> ViewBatch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewBatch(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+    def pin_memory(self) -> ViewBatch:
+        """Called by the DataLoader when `pin_memory=True`."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device) -> ViewBatch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    @property
+    def batch_size(self) -> int:
+        return self.global_crops.shape[1]
+
+
+@dataclass(frozen=True)
+class _Item:
+    sample: MultiCropSample
+    skipped: list[str]
+
+
+class MultiCropDataset(Dataset[_Item]):
+    """Multi-crop views of the images of a folder tree; unreadable files are replaced by the next one."""
+
+    def __init__(self, paths: Sequence[Path], config: MultiCropConfig, seed: int) -> None:
+        self.paths, self.config, self.seed = list(paths), config, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: SampleKey) -> _Item:
+        epoch, index = key
+        skipped: list[str] = []
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            image = read_image_rgb(path)
+            if image is not None:
+                rng = np.random.default_rng((self.seed, epoch, index))
+                return _Item(make_views(image, rng, self.config), skipped)
+            skipped.append(str(path))
+        raise UserError("none of the images could be read")
+
+
+def collate_views(items: list[_Item]) -> ViewBatch:
+    """Stack items into a view-major `ViewBatch` (runs in the worker, so the reshuffle is free)."""
+    samples = [item.sample for item in items]
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(s, name) for s in samples]))
+
+    teacher = stack("teacher_points")  # [B, G, V, k, 2]
+    student = stack("student_points")  # [B, V, G, k, 2]
+    return ViewBatch(
+        global_crops=stack("global_crops").transpose(0, 1).contiguous(),
+        local_crops=stack("local_crops").transpose(0, 1).contiguous(),
+        teacher_points=teacher.flatten(2, 3).transpose(0, 1).contiguous(),
+        student_points=student.flatten(2, 3).transpose(0, 1).contiguous(),
+        skipped=[path for item in items for path in item.skipped],
+    )
+
+
+class ResumableSampler(Sampler[SampleKey]):
+    """This rank's shuffled share of one epoch, as `(epoch, index)` keys, from any batch onwards.
+
+    Wraps `DistributedSampler` (the rank split and per-epoch shuffle) and trims the epoch to whole
+    batches, so every rank runs the same number of steps.
+    """
+
+    def __init__(self, num_items: int, *, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self._inner = DistributedSampler(
+            range(num_items), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        self.batch_size = batch_size
+        self.batches_per_epoch = len(self._inner) // batch_size
+        if self.batches_per_epoch == 0:
+            raise UserError(
+                f"{num_items} images are too few for batch size {batch_size} on {world_size} process(es)"
+            )
+        self._epoch, self._start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        """Start the next iteration at batch `start_batch` of `epoch`."""
+        self._epoch, self._start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self._start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        self._inner.set_epoch(self._epoch)
+        indices = list(self._inner)[: self.batches_per_epoch * self.batch_size]
+        for index in indices[self._start_batch * self.batch_size :]:
+            yield self._epoch, index

@@ -1,0 +1,1 @@
+"""Models: ViT backbone with reference tokens, projection heads, segmentation head."""

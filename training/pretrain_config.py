@@ -1,0 +1,121 @@
+"""Every setting of a pretraining run, validated once and written to RUN/config.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from training.data.multicrop import MultiCropConfig
+from training.errors import UserError
+
+Objective = Literal["densedino", "densedino-crr", "dino"]
+OBJECTIVES: tuple[str, ...] = ("densedino", "densedino-crr", "dino")
+
+# Settings that may differ between a run and its resumption (they do not change the result).
+RUNTIME_ONLY = frozenset({"resume", "workers", "device", "checkpoint_every", "log_every", "compile", "progress"})
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of `run_pretrain`; the defaults suit one GPU server and ViT-S/16."""
+
+    data: Path
+    out: Path
+    arch: str = "vit_small_patch16_224"
+    objective: Objective = "densedino"
+    global_size: int = 224
+    local_size: int = 96
+    global_crops: int = 2
+    local_crops: int = 4
+    global_scale: tuple[float, float] = (0.25, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    points: int = 2
+    batch_size: int = 64
+    epochs: int = 100
+    steps: int | None = None  # overrides epochs when set
+    lr: float = 5e-4  # per 256 images; the peak lr is lr · global batch / 256
+    min_lr: float = 1e-6
+    warmup: float = 0.1  # fraction of the steps spent warming the lr up
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    momentum: tuple[float, float] = (0.996, 1.0)
+    clip_grad: float = 3.0
+    drop_path: float = 0.1
+    alpha: float = 0.5
+    num_prototypes: int = 65536
+    projection_dim: int = 256
+    head_hidden_dim: int = 2048
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    eps_sq: float = 0.05
+    learned_ref_content: bool = False
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 8
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    compile: bool = False
+    resume: bool = False
+    progress: bool = True
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # ViT overrides (tiny test models)
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.global_scale, self.local_scale = tuple(self.global_scale), tuple(self.local_scale)
+        self.weight_decay, self.momentum = tuple(self.weight_decay), tuple(self.momentum)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        positive = {"--global-size": self.global_size, "--local-size": self.local_size, "--batch-size": self.batch_size,
+                    "--points": self.points, "--global-crops": self.global_crops, "--epochs": self.epochs,
+                    "--checkpoint-every": self.checkpoint_every, "--log-every": self.log_every}
+        for flag, value in positive.items():
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.local_crops < 0 or self.workers < 0:
+            raise UserError("--local-crops and --workers cannot be negative")
+        if self.objective != "dino" and self.global_crops < 2 and self.local_crops < 1:
+            raise UserError("the dense objectives need at least two views (--global-crops 2 or --local-crops ≥ 1)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha must lie in [0, 1], got {self.alpha}")
+        for name, (low, high) in (("global", self.global_scale), ("local", self.local_scale)):
+            if not 0.0 < low <= high <= 1.0:
+                raise UserError(f"the {name} crop scale range must satisfy 0 < low ≤ high ≤ 1, got ({low}, {high})")
+
+    @property
+    def dense(self) -> bool:
+        """Whether the objective has a point level (reference tokens)."""
+        return self.objective != "dino"
+
+    def multicrop(self) -> MultiCropConfig:
+        return MultiCropConfig(
+            global_crops=self.global_crops, global_size=self.global_size, global_scale=self.global_scale,
+            local_crops=self.local_crops, local_size=self.local_size, local_scale=self.local_scale,
+            points=self.points,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["data"], values["out"] = str(self.data), str(self.out)
+        return values
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def check_resumable_from(self, saved: dict[str, Any]) -> None:
+        """Raise if a setting that shapes the result differs from the run being resumed."""
+        current = json.loads(json.dumps(self.to_json()))  # compare as JSON: tuples and lists alike
+        saved = json.loads(json.dumps(saved))
+        names = [f.name for f in fields(self) if f.name not in RUNTIME_ONLY]
+        changed = [name for name in names if saved.get(name) != current.get(name)]
+        if changed:
+            raise UserError(
+                f"cannot resume: settings differ from the checkpointed run ({', '.join(changed)}); "
+                "use the same flags or a new --out"
+            )
