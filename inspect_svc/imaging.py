@@ -52,10 +52,12 @@ def configure_decoder_limits(
     for name, value in limits.items():
         if override or name not in os.environ:
             os.environ[name] = value
-    if "cv2" in sys.modules:
+    if "cv2" not in sys.modules:
+        return True
+    # The import-time default is silent: a process that loaded cv2 first (training, tests) has chosen.
+    if override:
         logger.warning("cv2 is already imported; OpenCV keeps the decode caps it started with")
-        return False
-    return True
+    return False
 
 
 configure_decoder_limits(DEFAULT_MAX_PIXELS, override=False)

@@ -200,7 +200,10 @@ def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneCon
     losses = []
     for step in range(steps):
         images, masks = sampler.batch(config.batch_size)
-        loss = focal_dice_loss(model.segmentation_logits(images.to(device)), masks.to(device))
+        # bf16 on CUDA for the forward pass only; the loss is computed in fp32.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model.segmentation_logits(images.to(device))
+        loss = focal_dice_loss(logits.float(), masks.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -239,7 +242,7 @@ def finetune(config: FinetuneConfig) -> dict:
         _add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
     elif config.anomaly_branch:
         log.warning("fewer than 2 defect-free training images: no anomaly branch, the model is supervised only")
-    thresholds, metrics = _choose_thresholds(predictor, val)
+    thresholds, metrics = choose_thresholds(predictor, val)
     metrics.update(kind=model.kind, train_images=len(train.images), train_defective=len(train.defective_indices()),
                    val_images=len(val.images), final_loss=float(np.mean(losses[-10:])), steps=len(losses))
     save_run(
@@ -275,7 +278,7 @@ def _add_anomaly_branch(
     model.fusion_weight.fill_(weight)
 
 
-def _choose_thresholds(predictor: TorchPredictor, val: LabeledImages) -> tuple[dict[str, float], dict]:
+def choose_thresholds(predictor: TorchPredictor, val: LabeledImages) -> tuple[dict[str, float], dict]:
     """Pixel threshold at max pooled F1 on validation; image threshold at max image-level F1."""
     maps = [predictor.predict(image) for image in val.images]
     scores = np.concatenate([m.ravel() for m in maps])

@@ -150,6 +150,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     Raises:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
+    torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
     if len(images) < 2:

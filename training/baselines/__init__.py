@@ -1,0 +1,1 @@
+"""Baselines the product's models are measured against (trained from scratch, no pretraining)."""

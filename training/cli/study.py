@@ -1,0 +1,83 @@
+"""`train-pipeline label-study`: label efficiency and unseen defect types, against a from-scratch U-Net."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.cli._common import user_errors
+
+Opt = typer.Option
+
+
+def label_study(
+    backbone: Annotated[
+        list[str],
+        Opt("--backbone", help="Pretrain run folder, backbone.pt or random:<arch>; repeat to compare."),
+    ],
+    data: Annotated[Path, Opt("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout).")],
+    out: Annotated[Path, Opt("--out", help="Study folder: study.json, study.md, splits/, runs/.")],
+    labels: Annotated[
+        str, Opt("--labels", help="Labeled defect images per line, comma-separated.")
+    ] = "1,5,20",
+    held_out_types: Annotated[
+        str,
+        Opt(
+            "--held-out-types",
+            help="Defect types kept out of the labels (trained at the middle budget); '' skips.",
+        ),
+    ] = "scratch,crack",
+    steps: Annotated[
+        int, Opt("--steps", help="Optimisation steps of every fine-tuning and of the U-Net.")
+    ] = 500,
+    batch_size: Annotated[int, Opt("--batch-size", help="Tiles per step.")] = 16,
+    image_size: Annotated[
+        int, Opt("--image-size", help="Tile side in pixels (the models' input size).")
+    ] = 224,
+    test_fraction: Annotated[
+        float, Opt("--test-fraction", help="Share of each line and defect type kept for testing.")
+    ] = 0.3,
+    include_unet: Annotated[
+        bool, Opt("--include-unet/--no-include-unet", help="Train the from-scratch U-Net baseline.")
+    ] = True,
+    include_zero_label: Annotated[
+        bool,
+        Opt(
+            "--include-zero-label/--no-include-zero-label",
+            help="Score the zero-label mode alone, per backbone.",
+        ),
+    ] = True,
+    device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
+    seed: Annotated[int, Opt("--seed", help="Seed of the splits, label picks and training.")] = 0,
+) -> None:
+    """Train and score every backbone at each labels budget, the U-Net baseline, and the zero-label mode.
+
+    The test split is fixed for all rows; rerunning the same command skips the models already done.
+    """
+    from training.study import StudyConfig, parse_labels, parse_types, run_study
+
+    with user_errors():
+        config = StudyConfig(
+            backbones=tuple(backbone),
+            data=data,
+            out=out,
+            labels=parse_labels(labels),
+            held_out_types=parse_types(held_out_types),
+            steps=steps,
+            batch_size=batch_size,
+            image_size=image_size,
+            test_fraction=test_fraction,
+            include_unet=include_unet,
+            include_zero_label=include_zero_label,
+            device=device,
+            seed=seed,
+        )
+        study = run_study(config, progress=typer.echo)
+    typer.echo(f"{len(study['rows'])} rows → {out / 'study.md'} and {out / 'study.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `label-study` verb to `app`."""
+    app.command("label-study")(label_study)
