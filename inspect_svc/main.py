@@ -12,12 +12,16 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inspect_svc import __version__
 from inspect_svc.api import ROUTERS
+from inspect_svc.dashboard.deps import TEMPLATES
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from inspect_svc.engine.inference import EngineNotReady
 from inspect_svc.imaging import ImageRejected
@@ -34,6 +38,8 @@ from inspect_svc.storage.spool import ResultSpool, SpoolReplayer
 
 log = logging.getLogger(__name__)
 
+DASHBOARD_PREFIX = "/dashboard"
+
 
 def create_app(settings: Settings) -> FastAPI:
     """A ready-to-serve app for `settings`; nothing is opened until the lifespan starts."""
@@ -49,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     _add_error_handlers(app, metrics)
+    _add_dashboard_error_pages(app)
     # Added last = outermost: the body cap applies before anything reads the body.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -154,6 +161,35 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         app.add_exception_handler(overload, overloaded)
     for unavailable in UNAVAILABLE_ERRORS:
         app.add_exception_handler(unavailable, database_unavailable)
+
+
+def _add_dashboard_error_pages(app: FastAPI) -> None:
+    """Client errors on dashboard pages render as an HTML page; the JSON API keeps JSON bodies."""
+
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if not _wants_error_page(request, error.status_code):
+            return await http_exception_handler(request, error)
+        context = {
+            "status_code": error.status_code,
+            "title": HTTPStatus(error.status_code).phrase,
+            "message": str(error.detail),
+            "user": None,  # the page is shown without the operator's menu: no session lookup on errors
+        }
+        return TEMPLATES.TemplateResponse(
+            request, "error.html", context, status_code=error.status_code, headers=error.headers
+        )
+
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+
+
+def _wants_error_page(request: Request, status_code: int) -> bool:
+    """A 4xx under /dashboard, unless the caller asked for JSON (the mask editor's fetch does)."""
+    path = request.url.path
+    on_dashboard = path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+    if not on_dashboard or not 400 <= status_code < 500:
+        return False
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept or "application/json" not in accept
 
 
 def _overload_reason(error: Exception) -> str:

@@ -88,17 +88,24 @@ class InspectionDB(Base):
     __tablename__ = "inspections"
     __table_args__ = (
         UniqueConstraint("camera_id", "frame_id", name="uq_inspections_camera_frame"),
-        Index("ix_inspections_verdict_created", "verdict", "created_at"),
-        Index("ix_inspections_line_created", "line", "created_at"),
-        Index("ix_inspections_created", "created_at"),
-        Index("ix_inspections_score", "score"),
+        # The review queue: each (filter, sort) pair it offers, with `id` as the keyset tie-breaker.
+        Index("ix_inspections_score_id", "score", "id"),
+        Index("ix_inspections_created_id", "created_at", "id"),
+        Index("ix_inspections_verdict_score_id", "verdict", "score", "id"),
+        Index("ix_inspections_verdict_created_id", "verdict", "created_at", "id"),
+        Index("ix_inspections_line_score_id", "line", "score", "id"),
+        Index("ix_inspections_line_created_id", "line", "created_at", "id"),
+        Index("ix_inspections_camera_score_id", "camera_id", "score", "id"),
+        Index("ix_inspections_camera_created_id", "camera_id", "created_at", "id"),
+        Index("ix_inspections_model_score_id", "model_version", "score", "id"),
+        Index("ix_inspections_model_created_id", "model_version", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     camera_id: Mapped[str] = mapped_column(String(64))
     frame_id: Mapped[str] = mapped_column(String(128))
     line: Mapped[str | None] = mapped_column(String(64))
-    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
     pixel_threshold: Mapped[float] = mapped_column(Float)
     image_threshold: Mapped[float] = mapped_column(Float)
     verdict: Mapped[str] = mapped_column(String(8))
