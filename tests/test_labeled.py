@@ -165,3 +165,35 @@ def test_pick_per_line_is_deterministic_nested_and_per_line() -> None:
     assert pick_per_line(samples, 5, seed=1) != five
     with pytest.raises(UserError):
         pick_per_line(samples, 0, seed=0)
+
+
+def test_several_labeled_folders_read_as_one_set(tmp_path: Path) -> None:
+    from training.data.labeled import load_labeled_sets
+
+    first = _write_folder_set(tmp_path / "first", stems=("a1", "a2"), defective=("a1",))
+    second = _write_folder_set(tmp_path / "second", stems=("b1",), defective=("b1",))
+    merged = load_labeled_sets([first, second])
+    assert [s.stem for s in merged.samples] == ["a1", "a2", "b1"]
+    assert len(merged.defective) == 2
+
+
+def test_the_same_image_in_two_folders_is_refused(tmp_path: Path) -> None:
+    from training.data.labeled import load_labeled_sets
+
+    first = _write_folder_set(tmp_path / "first", stems=("a1",), defective=())
+    second = _write_folder_set(tmp_path / "second", stems=("a1",), defective=())
+    with pytest.raises(UserError, match="'a1' is in both"):
+        load_labeled_sets([first, second])
+
+
+def _write_folder_set(root: Path, *, stems: tuple[str, ...], defective: tuple[str, ...]) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem in stems:
+        image = np.full((16, 16, 3), 120, np.uint8)
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), image)
+        if stem in defective:
+            mask = np.zeros((16, 16), np.uint8)
+            mask[4:8, 4:8] = 255
+            cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)
+    return root

@@ -10,6 +10,7 @@ are chosen on the validation split, and the run is saved.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -19,17 +20,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.labeled import LabeledSample, load_labeled_set, pick_per_line, read_mask
+from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
 from training.errors import UserError
 from training.fit_normal import (
-    sample_tiles,
     build_anomaly_head,
     calibrate_on_normal,
     data_fingerprint,
     holdout_split,
     read_images,
+    sample_tiles,
 )
-from training.hybrid import InspectionModel, TorchPredictor, backbone_recipe, default_overlap, fit_fusion_weight, save_run
+from training.hybrid import (
+    InspectionModel,
+    TorchPredictor,
+    backbone_recipe,
+    default_overlap,
+    fit_fusion_weight,
+    save_run,
+)
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
@@ -44,7 +52,7 @@ class FinetuneConfig:
     """Options of `finetune` (mirrors `train-pipeline finetune`)."""
 
     backbone: str
-    data: Path
+    data: Path | tuple[Path, ...]  # one labeled folder, or several read as one set
     out: Path
     image_size: int = 224
     steps: int | None = 500
@@ -59,6 +67,10 @@ class FinetuneConfig:
     val_fraction: float = 0.2
     device: str = "cpu"
     seed: int = 0
+
+    @property
+    def data_roots(self) -> tuple[Path, ...]:
+        return (self.data,) if isinstance(self.data, Path) else tuple(self.data)
 
 
 @dataclass
@@ -248,20 +260,30 @@ def finetune(config: FinetuneConfig) -> dict:
     save_run(
         config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=tile, mean=mean, std=std,
         thresholds=thresholds, metrics={"validation": metrics},
-        data_fingerprint=data_fingerprint([s.image for s in samples] + [s.mask for s in samples if s.mask], config.data),
+        data_fingerprint=_fingerprint(samples, config.data_roots),
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
     return metrics
 
 
 def _select_samples(config: FinetuneConfig) -> list[LabeledSample]:
-    labeled = load_labeled_set(config.data)
+    labeled = load_labeled_sets(config.data_roots)
     if not labeled.defective:
-        raise UserError(f"{config.data} holds no image with a defect mask; use fit-normal for defect-free images only")
+        folders = ", ".join(str(root) for root in config.data_roots)
+        raise UserError(f"{folders} hold(s) no image with a defect mask; use fit-normal for defect-free images only")
     defective = labeled.defective
     if config.labeled_defects is not None:
         defective = pick_per_line(defective, config.labeled_defects, config.seed)
     return sorted(defective + labeled.defect_free, key=lambda s: s.stem)
+
+
+def _fingerprint(samples: list[LabeledSample], roots: tuple[Path, ...]) -> str:
+    """One folder: the fingerprint of its files; several: a digest of each folder's fingerprint, in order."""
+    per_root = []
+    for root in roots:
+        files = [p for s in samples for p in (s.image, s.mask) if p is not None and p.is_relative_to(root)]
+        per_root.append(data_fingerprint(files, root))
+    return per_root[0] if len(per_root) == 1 else hashlib.sha256("\n".join(per_root).encode()).hexdigest()
 
 
 def _add_anomaly_branch(

@@ -21,7 +21,10 @@ BankOpt = Annotated[int, typer.Option("--bank-size", help="Memory-bank rows kept
 
 def finetune(
     backbone: BackboneOpt,
-    data: Annotated[Path, typer.Option("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout).")],
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders."),
+    ],
     out: OutOpt,
     image_size: ImageSizeOpt = 224,
     steps: Annotated[int, typer.Option("--steps", help="Optimisation steps (ignored when --epochs is given).")] = 500,
@@ -41,11 +44,12 @@ def finetune(
     seed: SeedOpt = 0,
 ) -> None:
     """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split."""
-    from training.finetune import FinetuneConfig, finetune as run_finetune
+    from training.finetune import FinetuneConfig
+    from training.finetune import finetune as run_finetune
 
     _log_to_stderr()
     config = FinetuneConfig(
-        backbone=backbone, data=data, out=out, image_size=image_size, steps=steps, epochs=epochs,
+        backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
         anomaly_branch=anomaly_branch, bank_size=bank_size, labeled_defects=labeled_defects, device=device, seed=seed,
     )
@@ -66,7 +70,8 @@ def fit_normal(
     seed: SeedOpt = 0,
 ) -> None:
     """Zero-label mode: anomaly model from defect-free images only."""
-    from training.fit_normal import FitNormalConfig, fit_normal as run_fit_normal
+    from training.fit_normal import FitNormalConfig
+    from training.fit_normal import fit_normal as run_fit_normal
 
     _log_to_stderr()
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
@@ -94,14 +99,33 @@ def export(
     model: Annotated[Path, typer.Option("--model", help="Model run folder (from finetune or fit-normal).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 17,
+    int8: Annotated[bool, typer.Option("--int8", help="Write an INT8-quantized graph (for CPUs).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Write an fp16 graph (for GPUs); float32 in and out.")] = False,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval-data", help="Labeled folder: measure the pixel AUROC change of --int8/--fp16.")
+    ] = None,
 ) -> None:
-    """Export a run as a model bundle (ONNX + model.json), after a PyTorch-vs-ONNX Runtime parity check."""
+    """Export a run as a model bundle (ONNX + model.json), after a PyTorch-vs-ONNX Runtime parity check.
+
+    With --int8 or --fp16 the bundle holds that variant instead, written only after its accuracy change
+    and CPU speed-up against the fp32 graph were measured and found within tolerance.
+    """
     from training.export import export_run
 
+    if int8 and fp16:
+        typer.secho("error: choose one of --int8 and --fp16 (each variant is a bundle of its own)", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
+    if eval_data is not None and not (int8 or fp16):
+        typer.secho("error: --eval-data measures a variant; add --int8 or --fp16", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     with user_errors():
-        result = export_run(model, out, opset=opset)
+        result = export_run(model, out, opset=opset, precision=precision, eval_data=eval_data)
     manifest = result.bundle.manifest
-    typer.echo(f"bundle {manifest.model_version} ({manifest.kind}) in {out}; parity max |Δp| {result.parity_max_abs_diff:.1e}")
+    typer.echo(f"bundle {manifest.model_version} ({manifest.kind}, {manifest.precision}) in {out}; "
+               f"fp32 parity max |Δp| {result.parity_max_abs_diff:.1e}")
+    if result.variant is not None:
+        typer.echo(result.variant.summary())
 
 
 def register(app: typer.Typer) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,7 @@ class LabeledSet:
     """The samples of a labeled folder, sorted by stem."""
 
     root: Path
-    layout: str  # "folders" or "mvtec"
+    layout: str  # "folders", "mvtec", or "mixed" for several folders of both
     samples: list[LabeledSample] = field(default_factory=list)
 
     @property
@@ -112,6 +112,31 @@ def load_labeled_set(root: Path | str) -> LabeledSet:
         f"{root} is not a labeled set: expected an images/ folder (with masks/), "
         "or the MVTec AD layout (train/, test/, ground_truth/)"
     )
+
+
+def load_labeled_sets(roots: Sequence[Path | str]) -> LabeledSet:
+    """Several labeled folders read as one set (e.g. the reviewed inspections plus the earlier labels).
+
+    Raises:
+        UserError: any folder is unreadable as a labeled set, or two folders hold an image of the same
+            stem (the same image passed twice would weigh double and could leak into validation).
+    """
+    sets = [load_labeled_set(root) for root in roots]
+    if not sets:
+        raise UserError("no labeled folder given")
+    if len(sets) == 1:
+        return sets[0]
+    seen: dict[str, Path] = {}
+    for labeled in sets:
+        for sample in labeled.samples:
+            if sample.stem in seen:
+                raise UserError(
+                    f"image {sample.stem!r} is in both {seen[sample.stem]} and {labeled.root}: pass each image once"
+                )
+            seen[sample.stem] = labeled.root
+    samples = sorted((s for labeled in sets for s in labeled.samples), key=lambda s: s.stem)
+    layout = sets[0].layout if len({labeled.layout for labeled in sets}) == 1 else "mixed"
+    return LabeledSet(root=sets[0].root, layout=layout, samples=samples)
 
 
 def read_mask(path: Path | str, shape: tuple[int, ...]) -> np.ndarray:
