@@ -25,12 +25,17 @@ def mask_png(map_png: bytes, pixel_threshold: float) -> bytes:
 
 
 def overlay_png(image_bytes: bytes, media_type: str, map_png: bytes, *, opacity: float = OVERLAY_OPACITY) -> bytes:
-    """The frame with its probability map blended on top as a heat map (blue = clean, red = defect)."""
+    """The frame with its probability map blended on top as a heat map (red = defect).
+
+    The heat map's weight grows with the probability, so clean areas show the part itself and only
+    suspicious ones are tinted: an operator must still see the surface under a flagged region.
+    """
     cv2 = imaging.opencv()
     frame_rgb = imaging.decode_image(image_bytes, media_type, max_pixels=imaging.DEFAULT_MAX_PIXELS)
     grey = np.rint(read_probability_png(map_png) * 255.0).astype(np.uint8)
     if grey.shape != frame_rgb.shape[:2]:
         grey = cv2.resize(grey, (frame_rgb.shape[1], frame_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     heat_rgb = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    blended = cv2.addWeighted(frame_rgb, 1.0 - opacity, heat_rgb, opacity, 0.0)
-    return imaging.encode_png(blended)
+    alpha = (grey.astype(np.float32) / 255.0 * opacity)[..., None]
+    blended = frame_rgb.astype(np.float32) * (1.0 - alpha) + heat_rgb.astype(np.float32) * alpha
+    return imaging.encode_png(np.rint(blended).astype(np.uint8))
