@@ -69,6 +69,8 @@ class BundleManifest(BaseModel):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     output_semantics: str = "probability of defect per pixel, float32 [N, 1, H, W]"
+    # Arithmetic inside the graph; inputs and outputs are float32 whatever it is.
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     thresholds: Thresholds = Field(default_factory=Thresholds)
     tiling: Tiling
     metrics: dict[str, float | int | str | dict] = Field(default_factory=dict)

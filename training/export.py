@@ -4,6 +4,7 @@ The graph maps normalised tiles `image` [N, 3, T, T] to probabilities `prob` [N,
 sigmoid, the anomaly branch and the fusion are inside, the thresholds are not (they live in
 `model.json`, where an operator can move them without a re-export). The tile size is fixed (the
 position grid was resampled once, before tracing) and the batch axis is dynamic.
+`--int8` and `--fp16` bundles are derived from the checked fp32 graph (`training.export_variants`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ import torch
 
 from inspect_svc.bundle import Bundle, BundleManifest, Thresholds, Tiling, sha256_file, utc_now, write_bundle
 from training.errors import UserError
+from training.export_variants import (
+    Precision,
+    VariantReport,
+    check_tolerance,
+    convert_fp16,
+    labeled_pixel_auroc,
+    ms_per_batch,
+    probability_diffs,
+    quantize_int8,
+    timing_batch,
+)
 from training.hybrid import RunModel, default_overlap, load_run, load_sample_tiles
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of fp32 probabilities between ORT and PyTorch
@@ -29,6 +41,7 @@ MIN_OPSET = 17
 class ExportResult:
     bundle: Bundle
     parity_max_abs_diff: float
+    variant: VariantReport | None = None  # set for fp16 and int8 bundles
 
 
 def export_onnx(run: RunModel, path: Path, *, opset: int = MIN_OPSET) -> None:
@@ -71,15 +84,25 @@ def model_version(onnx_path: Path) -> str:
     return f"{utc_now():%Y%m%dT%H%M%S}-{sha256_file(onnx_path)[:8]}"
 
 
-def export_run(run_dir: Path, out: Path, *, opset: int = MIN_OPSET) -> ExportResult:
-    """Export `run_dir` to the bundle folder `out`.
+def export_run(
+    run_dir: Path, out: Path, *, opset: int = MIN_OPSET, precision: Precision = "fp32", eval_data: Path | None = None
+) -> ExportResult:
+    """Export `run_dir` to the bundle folder `out`, at fp32 or as a measured fp16/INT8 variant.
+
+    The fp32 graph is always traced and parity-checked first; a variant is derived from it, compared
+    with it (see `training.export_variants`), and written only within tolerance.
+
+    Args:
+        eval_data: a labeled folder; with a variant, pixel AUROC is measured on it for both graphs.
 
     Raises:
-        UserError: not a run, or ONNX Runtime disagrees with PyTorch beyond `PARITY_TOLERANCE`.
+        UserError: not a run, ONNX Runtime disagrees with PyTorch beyond `PARITY_TOLERANCE`, or the
+            variant changes detection beyond its tolerance.
     """
     run = load_run(run_dir)
-    with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        onnx_path = scratch / "model.onnx"
         export_onnx(run, onnx_path, opset=opset)
         diff = parity_max_abs_diff(run, onnx_path)
         if not diff < PARITY_TOLERANCE:
@@ -87,23 +110,83 @@ def export_run(run_dir: Path, out: Path, *, opset: int = MIN_OPSET) -> ExportRes
                 f"export parity failed: ONNX Runtime and PyTorch differ by {diff:.2e} on probabilities "
                 f"(tolerance {PARITY_TOLERANCE:.0e}); no bundle was written"
             )
-        manifest = BundleManifest(
-            model_version=model_version(onnx_path),
-            created_at=utc_now(),
-            kind=run.model.kind,
-            backbone=run.backbone_name,
-            patch_size=run.patch_size,
-            input_size=run.tile,
-            mean=run.mean,
-            std=run.std,
-            thresholds=Thresholds(pixel=run.thresholds["pixel"], image=run.thresholds["image"]),
-            tiling=Tiling(tile=run.tile, overlap=default_overlap(run.tile)),
-            metrics=_manifest_metrics(run, diff),
-            data_fingerprint=run.data_fingerprint,
-            onnx_sha256=hashlib.sha256(b"").hexdigest(),  # replaced by write_bundle
-        )
-        bundle = write_bundle(out, onnx_path, manifest)
-    return ExportResult(bundle=bundle, parity_max_abs_diff=diff)
+        metrics = _manifest_metrics(run, diff)
+        if precision == "fp32":
+            return ExportResult(write_bundle(out, onnx_path, _manifest(run, onnx_path, metrics)), diff)
+        variant_path, method = _derive_variant(run, onnx_path, scratch, precision)
+        report = _measure_variant(run, onnx_path, variant_path, precision, method, eval_data, scratch, metrics)
+        check_tolerance(report)
+        metrics[precision] = report.as_metrics()
+        bundle = write_bundle(out, variant_path, _manifest(run, variant_path, metrics, precision))
+    return ExportResult(bundle=bundle, parity_max_abs_diff=diff, variant=report)
+
+
+def _manifest(run: RunModel, onnx_path: Path, metrics: dict, precision: Precision = "fp32") -> BundleManifest:
+    return BundleManifest(
+        model_version=model_version(onnx_path),
+        created_at=utc_now(),
+        kind=run.model.kind,
+        backbone=run.backbone_name,
+        patch_size=run.patch_size,
+        input_size=run.tile,
+        mean=run.mean,
+        std=run.std,
+        precision=precision,
+        thresholds=Thresholds(pixel=run.thresholds["pixel"], image=run.thresholds["image"]),
+        tiling=Tiling(tile=run.tile, overlap=default_overlap(run.tile)),
+        metrics=metrics,
+        data_fingerprint=run.data_fingerprint,
+        onnx_sha256=hashlib.sha256(b"").hexdigest(),  # replaced by write_bundle
+    )
+
+
+def _real_tiles(run: RunModel) -> np.ndarray:
+    """The run's stored real tiles, or random ones for a run saved without them (calibration needs some)."""
+    real = load_sample_tiles(run.root)
+    if real is None or not len(real):
+        real = torch.randn(4, 3, run.tile, run.tile, generator=torch.Generator().manual_seed(0))
+    return np.ascontiguousarray(real.numpy(), dtype=np.float32)
+
+
+def _derive_variant(run: RunModel, fp32_path: Path, scratch: Path, precision: Precision) -> tuple[Path, str]:
+    """Write the reduced-precision graph; for INT8, static and dynamic quantization are both tried and
+    the one closer to fp32 on the run's real tiles is kept (which wins depends on the model)."""
+    target = scratch / f"model-{precision}.onnx"
+    if precision == "fp16":
+        convert_fp16(fp32_path, target)
+        return target, "float16"
+    tiles = _real_tiles(run)
+    candidates = {}
+    for method in ("static", "dynamic"):
+        candidates[method] = scratch / f"model-int8-{method}.onnx"
+        quantize_int8(fp32_path, candidates[method], tiles, method=method)
+    best = min(candidates, key=lambda m: probability_diffs(fp32_path, candidates[m], tiles)[1])
+    candidates[best].replace(target)
+    return target, best
+
+
+def _measure_variant(
+    run: RunModel, fp32_path: Path, variant_path: Path, precision: Precision, method: str,
+    eval_data: Path | None, scratch: Path, metrics: dict,
+) -> VariantReport:
+    from inspect_svc.engine.session import available_cpus
+
+    tiles = _real_tiles(run)
+    batch, threads = timing_batch(tiles), available_cpus()
+    max_diff, mean_diff = probability_diffs(fp32_path, variant_path, tiles)
+    aurocs: dict[str, float] = {}
+    if eval_data is not None:
+        for name, path, graph_precision in (("fp32", fp32_path, "fp32"), ("variant", variant_path, precision)):
+            bundle_dir = scratch / f"bundle-{name}"
+            write_bundle(bundle_dir, path, _manifest(run, path, metrics, graph_precision))
+            aurocs[name] = labeled_pixel_auroc(bundle_dir, eval_data)
+    return VariantReport(
+        precision=precision, method=method, max_abs_diff=max_diff, mean_abs_diff=mean_diff,
+        fp32_ms_per_batch=ms_per_batch(fp32_path, batch, threads=threads),
+        variant_ms_per_batch=ms_per_batch(variant_path, batch, threads=threads),
+        batch=len(batch), threads=threads,
+        pixel_auroc_fp32=aurocs.get("fp32"), pixel_auroc_variant=aurocs.get("variant"),
+    )
 
 
 def _manifest_metrics(run: RunModel, parity: float) -> dict:
