@@ -24,6 +24,7 @@ class Series:
     colour: str
     points: str  # "x,y x,y …" for <polyline points>
     last_value: float
+    markers: list[tuple[float, float]]  # a dot per hour, so a lone hour still shows
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def line_chart(
     y_format: str = "{:.0%}",
 ) -> LineChart:
     """Lay out `series` (name -> points) on a time axis [start, end] and a value axis [0, y_max]."""
-    left, top, right, bottom = 48, 12, 12, 28
+    left, top, right, bottom = 48, 12, 44, 28  # the right margin holds half of the last time label
     plot_width, plot_height = width - left - right, height - top - bottom
     span = max((end - start).total_seconds(), 1.0)
     y_max = y_max if y_max > 0 else 1.0
@@ -61,15 +62,16 @@ def line_chart(
     def y_of(value: float) -> float:
         return top + plot_height * (1.0 - min(value, y_max) / y_max)
 
-    laid_out = [
-        Series(
+    laid_out = []
+    for index, (name, points) in enumerate(sorted(series.items())):
+        coordinates = [(round(x_of(moment), 1), round(y_of(value), 1)) for moment, value in points]
+        laid_out.append(Series(
             name=name,
             colour=PALETTE[index % len(PALETTE)],
-            points=" ".join(f"{x_of(moment):.1f},{y_of(value):.1f}" for moment, value in points),
+            points=" ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates),
             last_value=points[-1][1] if points else 0.0,
-        )
-        for index, (name, points) in enumerate(sorted(series.items()))
-    ]
+            markers=coordinates,
+        ))
     x_ticks = [
         Tick(
             position=x_of(start + (end - start) * step / 4),
