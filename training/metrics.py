@@ -1,7 +1,9 @@
 """Segmentation and detection metrics for defect maps, in plain numpy.
 
 All curves are computed exactly from sorted scores (no threshold grid), so ties are handled the way
-the textbook definitions handle them: pixels with equal scores cross a threshold together.
+the textbook definitions handle them: pixels with equal scores cross a threshold together. Scores
+are first rounded to `SCORE_DECIMALS`: float32 probabilities saturate near 0 and 1, and differences
+below that (PyTorch vs ONNX Runtime, CPU vs GPU) would otherwise reorder thousands of tied pixels.
 
 - `auroc`: area under the ROC curve (ties count one half, as in the Mann-Whitney U statistic).
 - `aupro`: area under the per-region-overlap curve up to a false-positive rate (0.3 by default),
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+SCORE_DECIMALS = 6  # float32 probabilities carry ~7 significant digits; below 1e-6 is numerical noise
 
 
 @dataclass(frozen=True)
@@ -137,11 +141,15 @@ def image_scores(score_maps: list[np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 def _flatten(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+    scores = _quantize(np.asarray(scores, dtype=np.float64).ravel())
     positive = np.asarray(labels).ravel().astype(bool)
     if scores.shape != positive.shape:
         raise ValueError(f"{scores.size} scores but {positive.size} labels")
     return scores, positive
+
+
+def _quantize(scores: np.ndarray) -> np.ndarray:
+    return np.round(scores, SCORE_DECIMALS)
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -177,7 +185,7 @@ def _region_weights(
         labelled, count = ndimage.label(mask, structure=connectivity)
         areas = np.bincount(labelled.ravel())
         pixel_area = np.where(labelled > 0, areas[labelled], 0).ravel()
-        all_scores.append(np.asarray(score_map, dtype=np.float64).ravel())
+        all_scores.append(_quantize(np.asarray(score_map, dtype=np.float64).ravel()))
         all_areas.append(pixel_area)
         all_normal.append(~mask.ravel())
         n_regions += count
