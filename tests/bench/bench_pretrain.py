@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="GPU peak (bf16 dense) for MFU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also profile 5 model-only steps: print the top operators, write a trace to DIR")
     return parser.parse_args()
 
 
@@ -96,6 +98,19 @@ def sampler_start(trainer: Trainer, epoch: int) -> int:
     return epoch * trainer.sampler.batches_per_epoch
 
 
+def profile_steps(trainer: Trainer, batch, out: Path, device: torch.device) -> None:
+    """Where a step's time goes: the operators with the most device (or CPU) time, and a trace file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as profiler:
+        time_steps(trainer, iter(lambda: batch, None), 5, device)
+    sort_key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort_key, row_limit=25, max_name_column_width=60))
+    out.mkdir(parents=True, exist_ok=True)
+    profiler.export_chrome_trace(str(out / "pretrain_step_trace.json"))
+
+
 def report(name: str, seconds: float, batch_size: int, flops: float, peak_tflops: float) -> None:
     mfu = flops / seconds / (peak_tflops * 1e12) if flops else float("nan")
     print(f"{name:<22} {seconds * 1e3:8.1f} ms/step {batch_size / seconds:9.1f} images/s   MFU {mfu:6.1%}")
@@ -140,6 +155,8 @@ def main() -> None:
            args.peak_tflops)
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    if args.profile:
+        profile_steps(trainer, fixed, args.profile, device)
 
 
 if __name__ == "__main__":
