@@ -7,13 +7,15 @@ embedded SQLite file). Errors are one line on stderr and a non-zero exit, never 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from inspect_svc.bundle import BundleError
 from inspect_svc.schemas import CameraCreate, UserCreate
@@ -69,8 +71,15 @@ def load_settings(db: str | None = None, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    return make_session_factory(make_engine(settings.database_url))
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    """One committed transaction on the settings' database; its connection pool is closed afterwards."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()  # `serve` would otherwise keep an idle connection open for the server's lifetime
 
 
 # --- serve ---------------------------------------------------------------------------------------------
@@ -85,10 +94,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port")] = None,
 ) -> None:
     """Run the service; prints its URL, and a demo camera key on a fresh database."""
-    import uvicorn  # noqa: PLC0415 (only this command needs the server)
+    import uvicorn  # only this command needs the server
 
-    from inspect_svc.main import create_app  # noqa: PLC0415 (keeps `--help` fast)
-    from inspect_svc.model_manager import open_bundle  # noqa: PLC0415
+    from inspect_svc.main import create_app  # imported late: keeps `--help` fast
+    from inspect_svc.model_manager import open_bundle
 
     settings = load_settings(db, model=model, host=host, port=port)
     if settings.model is not None:
@@ -111,7 +120,7 @@ def _demo_key(settings: Settings) -> str | None:
     if not settings.require_api_key:
         return None
     try:
-        with session_scope(_sessions(settings)) as session:
+        with _session(settings) as session:
             if repo.list_cameras(session):
                 return None
             api_key = new_api_key()
@@ -167,7 +176,7 @@ def camera_add(
     camera = CameraCreate(name=name, line=line)
     api_key = new_api_key()
     try:
-        with session_scope(_sessions(load_settings(db))) as session:
+        with _session(load_settings(db)) as session:
             repo.create_camera(session, camera=camera, api_key_hash=hash_api_key(api_key))
     except IntegrityError:
         _fail(f"camera {name!r} already exists")
@@ -178,7 +187,7 @@ def camera_add(
 @friendly_errors
 def camera_list(db: DbOption = None) -> None:
     """List cameras (keys are never shown again)."""
-    with session_scope(_sessions(load_settings(db))) as session:
+    with _session(load_settings(db)) as session:
         for camera in repo.list_cameras(session):
             state = "active" if camera.active else "disabled"
             typer.echo(f"{camera.name}\t{camera.line or '-'}\t{state}")
@@ -195,11 +204,11 @@ def model_add(
     activate: Annotated[bool, typer.Option(help="also mark it active (used at the next start)")] = False,
 ) -> None:
     """Verify a bundle and register its version."""
-    from inspect_svc.model_manager import open_bundle  # noqa: PLC0415
+    from inspect_svc.model_manager import open_bundle
 
     settings = load_settings(db)
     loaded = open_bundle(bundle, settings)
-    with session_scope(_sessions(settings)) as session:
+    with _session(settings) as session:
         version = repo.register_model_version(session, bundle=loaded).version
         if activate:
             repo.mark_model_active(session, version=version)
@@ -210,7 +219,7 @@ def model_add(
 @friendly_errors
 def model_activate(version: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
     """Mark VERSION active for the next start (a running service swaps with POST /models/VERSION/activate)."""
-    with session_scope(_sessions(load_settings(db))) as session:
+    with _session(load_settings(db)) as session:
         repo.mark_model_active(session, version=version)
     typer.echo(f"{version} is active")
 
@@ -219,7 +228,7 @@ def model_activate(version: Annotated[str, typer.Argument()], db: DbOption = Non
 @friendly_errors
 def model_list(db: DbOption = None) -> None:
     """List registered model versions; `*` marks the active one."""
-    with session_scope(_sessions(load_settings(db))) as session:
+    with _session(load_settings(db)) as session:
         for model in repo.list_model_versions(session):
             typer.echo(f"{'*' if model.active else ' '} {model.version}\t{model.kind}\t{model.bundle_path}")
 
@@ -240,7 +249,7 @@ def user_add(
     """Create a dashboard user (the password is asked for, or read from INSPECT_NEW_PASSWORD)."""
     user = UserCreate(username=username, password=password, role=role)  # type: ignore[arg-type]
     try:
-        with session_scope(_sessions(load_settings(db))) as session:
+        with _session(load_settings(db)) as session:
             repo.create_user(session, user=user)
     except IntegrityError:
         _fail(f"user {username!r} already exists")

@@ -65,7 +65,7 @@ configure_decoder_limits(DEFAULT_MAX_PIXELS, override=False)
 
 def opencv() -> ModuleType:
     """The cv2 module, imported only after the decode caps are in the environment."""
-    import cv2  # noqa: PLC0415 (deliberately lazy, see the module docstring)
+    import cv2  # deliberately lazy, see the module docstring
 
     return cv2
 
@@ -241,7 +241,7 @@ def _check_complete(data: bytes, image_format: str) -> None:
 
 def _header_size(data: bytes, image_format: str) -> tuple[int, int]:
     """(width, height) from the header alone: Pillow's open() parses it without decoding pixels."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (only needed here)
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[image_format]]) as header:

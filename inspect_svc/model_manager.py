@@ -83,12 +83,15 @@ class ModelManager:
     async def serve(self, bundle: Bundle) -> None:
         """Make `bundle` the serving model: start the engine on it, or hot-swap to it."""
         async with self._lock:
-            if self.engine is None:
-                engine = InferenceEngine(bundle, engine_config(self.settings), on_batch=self.on_batch)
-                await engine.start()
-                self.engine = engine
-            else:
-                await self.engine.swap(bundle)
+            await self._serve_locked(bundle)
+
+    async def _serve_locked(self, bundle: Bundle) -> None:
+        if self.engine is None:
+            engine = InferenceEngine(bundle, engine_config(self.settings), on_batch=self.on_batch)
+            await engine.start()
+            self.engine = engine
+        else:
+            await self.engine.swap(bundle)
 
     async def stop(self) -> None:
         """Refuse new frames and finish the accepted ones."""
@@ -110,13 +113,17 @@ class ModelManager:
         Raises:
             ModelNotFound: the version is not registered.
             BundleError: its files have gone or changed since registration.
+            EngineError: the runtime cannot load the graph, or it disagrees with its manifest.
         """
         registered = await asyncio.to_thread(self._get, version)
         if registered is None:
             raise ModelNotFound(f"model version {version!r} is not registered")
         bundle = await asyncio.to_thread(open_bundle, registered.bundle_path, self.settings)
-        await self.serve(bundle)
-        return await asyncio.to_thread(self._record, bundle, True)
+        # Swap and record under one lock: two concurrent activations must leave the database marking
+        # the version the engine ended up serving, not whichever write happened to land last.
+        async with self._lock:
+            await self._serve_locked(bundle)
+            return await asyncio.to_thread(self._record, bundle, True)
 
     async def rollback(self) -> ModelVersionPublic:
         """Re-activate the version that was active before the current one.

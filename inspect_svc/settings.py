@@ -82,10 +82,10 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, value: str) -> str:
-        if value.startswith("postgresql://") or value.startswith("postgres://"):
+        if value.startswith(("postgresql://", "postgres://")):
             # One driver for PostgreSQL everywhere: psycopg 3.
             return "postgresql+psycopg://" + value.split("://", 1)[1]
-        if not (value.startswith("sqlite") or value.startswith("postgresql+psycopg")):
+        if not value.startswith(("sqlite", "postgresql+psycopg")):
             raise ValueError(f"database_url must be sqlite:/// or postgresql+psycopg://, got {value!r}")
         return value
 

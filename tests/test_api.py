@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from inspect_svc.bundle import write_bundle
 from inspect_svc.main import create_app
 from tests.conftest import ADMIN, add_camera, make_settings, png_bytes
-from tests.utils.onnx_models import reference_probability
+from tests.utils.onnx_models import make_pixel_model, make_test_bundle, reference_probability
 
 
 def inspect(client: TestClient, headers: dict[str, str], body: bytes | None = None, **params: str):
@@ -174,3 +178,39 @@ def test_readyz_fails_without_a_model(tmp_path):
         key = add_camera(client)
         response = inspect(client, key)
         assert response.status_code == 503 and "retry-after" in response.headers
+
+
+def test_activating_a_graph_that_disagrees_with_its_manifest_is_422(client, camera_key, tmp_path):
+    # Checksums are valid (write_bundle fills them in), but the graph names its output "scores".
+    bundle = make_test_bundle(tmp_path / "mismatch", version="mismatch-1")
+    graph = make_pixel_model(tmp_path / "scores.onnx", tile=32, output_name="scores")
+    write_bundle(bundle.root, graph, bundle.manifest)
+    assert client.post("/models", json={"path": str(bundle.root)}, headers=ADMIN).status_code == 201
+    response = client.post("/models/mismatch-1/activate", headers=ADMIN)
+    assert response.status_code == 422 and "outputs" in response.json()["detail"]
+    assert inspect(client, camera_key).json()["model_version"] == "test-1"
+
+
+def test_concurrent_activations_leave_the_database_marking_the_serving_model(client, second_bundle, monkeypatch):
+    models = client.app.state.service.models
+    assert client.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code == 201
+    record = models._record
+    recording_second = threading.Event()
+
+    def slow_record(bundle, activate):
+        if bundle.manifest.model_version == "test-2":
+            recording_second.set()
+            time.sleep(0.3)  # without the lock, test-1's whole activation fits in here
+        return record(bundle, activate)
+
+    monkeypatch.setattr(models, "_record", slow_record)
+
+    async def both() -> None:
+        first = asyncio.create_task(models.activate("test-2"))
+        while not (recording_second.is_set() or first.done()):
+            await asyncio.sleep(0.01)
+        await asyncio.gather(first, models.activate("test-1"))
+
+    client.portal.call(both)
+    listed = client.get("/models", headers=ADMIN).json()
+    assert [m["version"] for m in listed if m["active"]] == [models.active_version] == ["test-1"]

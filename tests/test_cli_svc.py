@@ -61,6 +61,22 @@ def test_camera_add_prints_a_working_key_once(tmp_path):
     assert invoke("camera", "list", "--db", url).output.strip() == "cam-1\tline-a\tactive"
 
 
+def test_database_commands_close_their_connection_pool(tmp_path, monkeypatch):
+    # `serve` opens one for the demo key before uvicorn starts; it must not stay open for the server's life.
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "--db", url)
+    engines = []
+
+    def recording_engine(database_url):  # type: ignore[no-untyped-def]
+        engines.append(make_engine(database_url))
+        return engines[-1]
+
+    monkeypatch.setattr("inspect_svc.cli.make_engine", recording_engine)
+    assert invoke("camera", "add", "cam-1", "--db", url).exit_code == 0
+    assert invoke("camera", "list", "--db", url).exit_code == 0
+    assert len(engines) == 2 and all(engine.pool.checkedin() == 0 for engine in engines)
+
+
 def test_models_and_users(tmp_path, test_bundle):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     invoke("db", "upgrade", "--db", url)

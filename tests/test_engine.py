@@ -387,3 +387,30 @@ def test_failed_swap_keeps_the_old_model(bundle, tmp_path):
         return output.model_version
 
     assert asyncio.run(scenario()) == "test-1"
+
+
+def test_stop_during_a_swap_stops_the_incoming_model_too(bundle, tmp_path, monkeypatch):
+    incoming = make_test_bundle(tmp_path / "incoming", tile=TILE, version="incoming-2")
+    loading = threading.Event()
+
+    async def scenario():
+        engine = InferenceEngine(bundle, EngineConfig(intra_op_threads=1, max_batch=2))
+        await engine.start()
+        load = engine._load_predictor
+
+        def slow_load(target):
+            loading.set()
+            time.sleep(0.3)  # stop() arrives while the new model is still being loaded
+            return load(target)
+
+        monkeypatch.setattr(engine, "_load_predictor", slow_load)
+        swap = asyncio.create_task(engine.swap(incoming))
+        while not loading.is_set():
+            await asyncio.sleep(0.01)
+        await engine.stop()
+        await swap
+        return engine
+
+    engine = asyncio.run(scenario())
+    # Before the fix the swap installed its model after stop() and left its batcher running.
+    assert engine._slot is None and not engine.ready

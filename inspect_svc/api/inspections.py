@@ -13,7 +13,14 @@ from fastapi.responses import FileResponse
 from inspect_svc import rendering
 from inspect_svc.api.deps import ReaderDep, ServiceDep
 from inspect_svc.api.inspect import NAME
-from inspect_svc.schemas import ErrorBody, InspectionCreate, InspectionFilter, InspectionPage, InspectionPublic, Verdict
+from inspect_svc.schemas import (
+    ErrorBody,
+    InspectionCreate,
+    InspectionFilter,
+    InspectionPage,
+    InspectionPublic,
+    Verdict,
+)
 from inspect_svc.service import ServiceState
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.blobstore import BlobNotFound

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
 from inspect_svc.bundle import BundleError
+from inspect_svc.engine.session import EngineError
 from inspect_svc.model_manager import ModelNotFound
 from inspect_svc.schemas import ErrorBody, ModelRegister, ModelVersionPublic
 from inspect_svc.storage import repositories as repo
@@ -41,7 +42,7 @@ async def rollback(service: ServiceDep) -> ModelVersionPublic:
         return await service.models.rollback()
     except ModelNotFound as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except BundleError as error:
+    except (BundleError, EngineError) as error:  # a bundle whose graph cannot serve: the old model stays
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
 
 
@@ -54,5 +55,5 @@ async def activate(service: ServiceDep, version: str) -> ModelVersionPublic:
         return await service.models.activate(version)
     except ModelNotFound as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except BundleError as error:
+    except (BundleError, EngineError) as error:  # a bundle whose graph cannot serve: the old model stays
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None

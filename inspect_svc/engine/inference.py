@@ -130,14 +130,19 @@ class InferenceEngine:
         self._accepting = True
 
     async def stop(self, drain: bool = True) -> None:
-        """Refuse new requests; with `drain`, finish the accepted ones before stopping."""
+        """Refuse new requests; with `drain`, finish the accepted ones before stopping.
+
+        A swap in progress completes first, so the model it installs is stopped too rather than
+        left serving (with its worker thread) after the engine has stopped.
+        """
         self._accepting = False
-        slot, self._slot = self._slot, None
-        if slot is None:
-            return
-        if drain:
-            await slot.wait_idle()
-        await slot.batcher.stop(drain=drain)
+        async with self._swap_lock:
+            slot, self._slot = self._slot, None
+            if slot is None:
+                return
+            if drain:
+                await slot.wait_idle()
+            await slot.batcher.stop(drain=drain)
 
     async def swap(self, bundle: Bundle) -> str | None:
         """Make `bundle` the active model; returns the version it replaced.
