@@ -15,6 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 import training.pretrain as pretrain_module
+from training.data.photometric import GLOBAL_POLICIES, augment
 from training.models.backbone import load_backbone
 from training.pretrain import run_pretrain
 from training.pretrain_config import PretrainConfig
@@ -133,3 +134,17 @@ def test_cli_bad_input_is_one_line(extra: list[str], message: str, image_folder:
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_each_rank_and_step_draws_its_own_augmentation() -> None:
+    # With one seed for all ranks every process augmented its batch identically, and a resumed
+    # multi-process run restarted every rank from rank 0's generator state.
+    seeds = {pretrain_module.step_seed(3, rank, step) for rank in range(4) for step in range(50)}
+    assert len(seeds) == 200
+    assert pretrain_module.step_seed(3, 1, 7) == pretrain_module.step_seed(3, 1, 7)
+    views = torch.full((4, 3, 16, 16), 128, dtype=torch.uint8)
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(pretrain_module.step_seed(3, rank, 0))
+        draws.append(augment(views, GLOBAL_POLICIES[0]))
+    assert not torch.equal(draws[0], draws[1])

@@ -88,3 +88,10 @@ def test_load_backbone_bad_spec(spec: str) -> None:
 
     with pytest.raises(UserError):
         load_backbone(spec)
+
+
+def test_attention_mask_is_built_once_per_layout() -> None:
+    cpu = torch.device("cpu")
+    first = reference_attention_mask(1, 4, 16, dtype=torch.float32, device=cpu)
+    assert reference_attention_mask(1, 4, 16, dtype=torch.float32, device=cpu) is first
+    assert reference_attention_mask(1, 2, 16, dtype=torch.float32, device=cpu).shape[-1] == 19

@@ -46,7 +46,7 @@ def init_distributed(device_choice: str) -> DistributedContext:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistributedContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device_choice))
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -18,7 +18,9 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,11 +30,17 @@ from tqdm import tqdm
 from training.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
 from training.data.images import SkipCounter, list_images
 from training.data.pretrain_dataset import MultiCropDataset, ResumableSampler, ViewBatch, collate_views
-from training.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed, shutdown_distributed
+from training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from training.losses import CodingRateDistillationLoss, DenseDINOLoss
 from training.models.backbone import BACKBONE_FILE, create_vit, save_backbone
 from training.models.heads import DINOHead, ProjectionHead
 from training.models.self_distillation import SelfDistillationNet, compile_blocks, make_teacher
-from training.losses import CodingRateDistillationLoss, DenseDINOLoss
 from training.monitors import MetricsLog, Throughput, effective_rank
 from training.pretrain_config import PretrainConfig
 from training.pretrain_step import StepParts, StepSettings, train_step
@@ -104,6 +112,16 @@ def build_loader(config: PretrainConfig, ctx: DistributedContext) -> tuple[DataL
     return loader, sampler
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of one step on one process (augmentation draws, stochastic depth).
+
+    Every process draws its own numbers (with one shared seed, all ranks would augment their
+    batches identically), and a resumed run draws exactly what the uninterrupted run drew on
+    every rank, although the checkpoint only holds rank 0's generator states.
+    """
+    return int(np.random.SeedSequence((seed, rank, step)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def _batches(loader: DataLoader, sampler: ResumableSampler, start_step: int) -> Iterator[ViewBatch]:
     """The batch stream from `start_step` on, epoch after epoch."""
     epoch, batch_in_epoch = divmod(start_step, sampler.batches_per_epoch)
@@ -120,7 +138,7 @@ class _StopRequest:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> Self:
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -136,7 +154,7 @@ class Trainer:
 
     def __init__(self, config: PretrainConfig, ctx: DistributedContext) -> None:
         self.config, self.ctx = config, ctx
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank (teacher included)
         self.student_net, self.teacher_net = build_networks(config)
         self.student_net.to(ctx.device).train()
         self.teacher_net.to(ctx.device)
@@ -163,7 +181,7 @@ class Trainer:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             student = DistributedDataParallel(student, device_ids=device_ids)
         return StepParts(
-            student=student, student_net=self.student_net, teacher=self.teacher_net, teacher_net=self.teacher_net,
+            student=student, student_net=self.student_net, teacher=self.teacher_net,
             loss=self.loss, optimizer=self.optimizer, device=self.ctx.device, dense=self.config.dense,
             clip_grad=self.config.clip_grad,
         )
@@ -202,9 +220,8 @@ class Trainer:
         with _StopRequest() as stop:
             while step < self.total_steps:
                 batch = next(batches)
-                for path in batch.skipped:
-                    if path not in {str(p) for p in self.skips.skipped}:
-                        self.skips.add(Path(path))
+                self._count_skipped(batch.skipped)
+                torch.manual_seed(step_seed(config.seed, self.ctx.rank, step))
                 logs, teacher_features = train_step(self.parts, batch, self.settings(step))
                 step += 1
                 throughput.add(batch.batch_size * self.ctx.world_size)
@@ -220,6 +237,15 @@ class Trainer:
         bar.close()
         self.save(step)
         return step
+
+    def _count_skipped(self, paths: list[str]) -> None:
+        """Record unreadable files once each (every epoch meets them again)."""
+        if not paths:
+            return
+        known = {str(p) for p in self.skips.skipped}
+        for path in dict.fromkeys(paths):
+            if path not in known:
+                self.skips.add(Path(path))
 
     def _should_stop(self, stop: _StopRequest, step: int) -> bool:
         if self.ctx.world_size == 1:

@@ -16,12 +16,15 @@ from training.models.self_distillation import GroupOutputs, SelfDistillationNet,
 
 @dataclass
 class StepParts:
-    """What a step touches. `student` may be the DDP / compiled wrapper of `student_net`."""
+    """What a step touches.
+
+    `student` may be the DDP wrapper of `student_net`. The teacher is never wrapped: it gets no
+    gradients, only the EMA update.
+    """
 
     student: nn.Module
     student_net: SelfDistillationNet
-    teacher: nn.Module
-    teacher_net: SelfDistillationNet
+    teacher: SelfDistillationNet
     loss: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
@@ -130,7 +133,7 @@ def train_step(parts: StepParts, batch: ViewBatch, settings: StepSettings) -> tu
         _drop_prototype_grads(parts.student_net)
     parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    ema_update(parts.teacher_net, parts.student_net, settings.momentum)
+    ema_update(parts.teacher, parts.student_net, settings.momentum)
     logs = {"loss": terms.total.detach(), "grad_norm": grad_norm.detach(), **terms.logs}
     return logs, teacher_features[0].detach()
 

@@ -85,8 +85,10 @@ class DemoSummary:
             [
                 f"wrote demo data to {self.out}",
                 f"  unlabeled: {self.unlabeled_count} defect-free images in {self.out / 'unlabeled'}",
-                f"  labeled:   {self.labeled_count} images ({self.defective_count} defective) in "
-                f"{self.out / 'labeled'}",
+                (
+                    f"  labeled:   {self.labeled_count} images ({self.defective_count} defective) in "
+                    f"{self.out / 'labeled'}"
+                ),
                 f"  lines ({sources}): {', '.join(self.lines)}",
                 f"  defects: {families}",
                 f"  contact sheet: {self.out / CONTACT_SHEET}",

@@ -75,8 +75,8 @@ def sample_box(
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(*log_ratio))
-        box_w = int(round(math.sqrt(target * aspect)))
-        box_h = int(round(math.sqrt(target / aspect)))
+        box_w = round(math.sqrt(target * aspect))
+        box_h = round(math.sqrt(target / aspect))
         if 0 < box_w <= width and 0 < box_h <= height:
             x0 = int(rng.integers(0, width - box_w + 1))
             y0 = int(rng.integers(0, height - box_h + 1))

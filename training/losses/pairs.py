@@ -7,16 +7,21 @@ tokens of pair (g, j) in teacher view g against those of the same pair in studen
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 
+@lru_cache(maxsize=16)
 def image_pairs(num_globals: int, num_views: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher and student view indices of the pairs (g, j), j ≠ g; each `[num_pairs]`."""
-    teacher, student = torch.meshgrid(
-        torch.arange(num_globals, device=device), torch.arange(num_views, device=device), indexing="ij"
-    )
-    keep = teacher != student
-    return teacher[keep], student[keep]
+    """Teacher and student view indices of the pairs (g, j), j ≠ g; each `[num_pairs]`, g-major.
+
+    Built on the host and cached per device: selecting with a boolean mask on the device would
+    cost a host synchronization on every step.
+    """
+    pairs = [(g, j) for g in range(num_globals) for j in range(num_views) if g != j]
+    teacher, student = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T
+    return teacher.to(device), student.to(device)
 
 
 def matched_points(teacher_points: torch.Tensor, student_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,11 +32,9 @@ def matched_points(teacher_points: torch.Tensor, student_points: torch.Tensor) -
         student_points: `[V, B, G, k, P]`, student view j, pair (g, j) at index g.
 
     Returns:
-        `(teacher, student)`, each `[num_pairs, B, k, P]`, for the pairs j ≠ g.
+        `(teacher, student)`, each `[num_pairs, B, k, P]`, for the pairs j ≠ g (g-major).
     """
-    num_globals, num_views = teacher_points.shape[0], student_points.shape[0]
-    teacher = teacher_points.permute(0, 2, 1, 3, 4)  # [G, V, B, k, P]
-    student = student_points.permute(2, 0, 1, 3, 4)  # [G, V, B, k, P]
-    keep = torch.ones(num_globals, num_views, dtype=torch.bool, device=teacher.device)
-    keep.fill_diagonal_(False)
-    return teacher[keep], student[keep]
+    teacher_index, student_index = image_pairs(teacher_points.shape[0], student_points.shape[0], teacher_points.device)
+    teacher = teacher_points[teacher_index, :, student_index]  # [pairs, B, k, P]
+    student = student_points[student_index, :, teacher_index]
+    return teacher, student

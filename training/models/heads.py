@@ -7,6 +7,8 @@ an L2-normalized embedding, compared by cosine; no prototypes, no softmax.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +18,7 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequ
     """`num_layers` linear layers with GELU between them."""
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
     layers: list[nn.Module] = []
-    for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for index, (d_in, d_out) in enumerate(pairwise(dims)):
         if index:
             layers.append(nn.GELU())
         layers.append(nn.Linear(d_in, d_out))

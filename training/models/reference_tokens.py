@@ -10,6 +10,7 @@ plain ViT outputs are bit-for-bit those of a forward without reference tokens.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -57,6 +58,7 @@ def reference_position_codes(vit: VisionTransformer, points: torch.Tensor) -> to
     return sampled.squeeze(2).transpose(1, 2).to(vit.pos_embed.dtype)
 
 
+@lru_cache(maxsize=16)
 def reference_attention_mask(
     num_prefix: int, num_refs: int, num_patches: int, *, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -64,6 +66,8 @@ def reference_attention_mask(
 
     Every query is blocked from all reference columns; reference rows are also blocked from the
     prefix (class) columns; then each reference token may attend to itself. No row is fully masked.
+    The mask is cached: a run meets only a few token layouts, so it is built once per layout
+    instead of on every forward. Callers must not modify it in place.
     """
     length = num_prefix + num_refs + num_patches
     refs = slice(num_prefix, num_prefix + num_refs)
