@@ -247,6 +247,9 @@ def test_bad_filters_and_cursors_get_400(client):
     log_in(client, "vera")
     assert client.get("/dashboard/queue", params={"sort": "random"}).status_code == 400
     assert client.get("/dashboard/queue", params={"since": "yesterday"}).status_code == 400
+    # Valid ISO text whose conversion to UTC leaves the calendar.
+    assert client.get("/dashboard/queue", params={"since": "0001-01-01T00:00+01:00"}).status_code == 400
+    assert client.get("/dashboard/queue", params={"until": "9999-12-31T23:59-01:00"}).status_code == 400
     assert client.get("/dashboard/queue", params={"cursor": "%%%"}).status_code == 400
     time_cursor = Cursor(value="2026-01-01T00:00:00+00:00", inspection_id="x").encode()
     assert client.get("/dashboard/queue", params={"cursor": time_cursor}).status_code == 400
@@ -390,6 +393,8 @@ def test_models_page_swaps_only_for_admins(world):
     with TestClient(app) as client:
         csrf = log_in(client, "rita")
         assert client.get("/dashboard/models").status_code == 200
+        # The flash names only a registered version, never whatever a crafted link says.
+        assert "now serving" not in client.get("/dashboard/models", params={"changed": "made-up"}).text
         assert client.post("/dashboard/models/m2/activate", data={"csrf_token": csrf}).status_code == 403
     with TestClient(app) as client:
         csrf = log_in(client, "ada")

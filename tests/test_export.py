@@ -66,3 +66,27 @@ def test_parity_failure_stops_the_export(hybrid_run: Path, tmp_path: Path, monke
 def test_export_of_a_non_run_is_a_one_line_error(tmp_path: Path) -> None:
     result = runner.invoke(model_cli(), ["export", "--model", str(tmp_path), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 2 and "not a model run" in result.output
+
+
+
+def test_parity_check_cannot_pass_on_nan_or_wrong_shape(
+    hybrid_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.export import parity_max_abs_diff
+
+    run = load_run(hybrid_run)
+
+    def torch_output(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return run.model(torch.from_numpy(feeds["image"])).numpy()
+
+    answers = {
+        "nan": lambda feeds: np.full_like(torch_output(feeds), np.nan),  # NaN must not vanish into max()
+        "extra axis": lambda feeds: torch_output(feeds)[None],  # equal values, but broadcast: [1, N, 1, T, T]
+    }
+    for name, answer in answers.items():
+        session = type("FakeSession", (), {"__init__": lambda self, *a, **k: None,
+                                           "run": lambda self, names, feeds, answer=answer: [answer(feeds)]})
+        monkeypatch.setattr(ort, "InferenceSession", session)
+        diff = parity_max_abs_diff(run, tmp_path / "unused.onnx")
+        assert not diff < PARITY_TOLERANCE, name

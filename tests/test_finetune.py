@@ -72,3 +72,14 @@ def test_mask_of_wrong_size_is_a_one_line_error(tmp_path: Path) -> None:
                                          "--out", str(tmp_path / "run"), *TINY_FINETUNE_ARGS])
     assert result.exit_code == 2
     assert "12x10" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--steps", "--image-size", "--bank-size"])
+def test_non_positive_sizes_are_refused_before_training(tmp_path: Path, option: str) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    args = [*TINY_FINETUNE_ARGS]
+    args[args.index(option) + 1] = "0"
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                         "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2, result.output  # a usage error, not a traceback or a run of one step
+    assert option in result.output and not (tmp_path / "run").exists()

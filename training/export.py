@@ -10,6 +10,7 @@ position grid was resampled once, before tracing) and the batch axis is dynamic.
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -61,7 +62,10 @@ def export_onnx(run: RunModel, path: Path, *, opset: int = MIN_OPSET) -> None:
 
 
 def parity_max_abs_diff(run: RunModel, onnx_path: Path, *, seed: int = 0) -> float:
-    """Largest |p_ort − p_torch| over random tiles and the run's stored real tiles (ORT CPU)."""
+    """Largest |p_ort − p_torch| over random tiles and the run's stored real tiles (ORT CPU).
+
+    NaN when either side produced a NaN, infinity when the output shapes differ: both fail the check.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -70,13 +74,16 @@ def parity_max_abs_diff(run: RunModel, onnx_path: Path, *, seed: int = 0) -> flo
     real = load_sample_tiles(run.root)
     if real is not None and len(real):
         inputs.append(real)
-    worst = 0.0
+    diffs = []
     with torch.no_grad():
         for batch in inputs:
             expected = run.model(batch).numpy()
             (actual,) = session.run(["prob"], {"image": batch.numpy()})
-            worst = max(worst, float(np.max(np.abs(actual - expected))))
-    return worst
+            if actual.shape != expected.shape:  # broadcasting would otherwise compare the wrong pixels
+                return float("inf")
+            diffs.append(float(np.max(np.abs(actual - expected))))
+    # np.max, not the builtin max: a NaN anywhere must stay NaN (and so fail the check), not be skipped.
+    return float(np.max(diffs))
 
 
 def model_version(onnx_path: Path) -> str:
@@ -196,4 +203,4 @@ def _manifest_metrics(run: RunModel, parity: float) -> dict:
 
 
 def _is_nan(value: object) -> bool:
-    return isinstance(value, float) and value != value
+    return isinstance(value, float) and math.isnan(value)

@@ -182,7 +182,7 @@ def load_run(root: Path | str) -> RunModel:
         raise UserError(f"{root} is not a model run (no {MODEL_FILE}); run finetune or fit-normal first")
     try:
         payload = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a foreign or truncated file
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
         raise UserError(f"{model_path} is not readable ({type(error).__name__})") from None
     tile = int(payload["tile"])
     recipe = BackboneRecipe(payload["backbone"]["arch"], payload["backbone"]["model_kwargs"], payload["backbone"]["source"])
@@ -262,6 +262,7 @@ class TorchPredictor:
         mean: channel means used for normalisation.
         std: channel standard deviations.
         batch_size: tiles per forward pass.
+        device: where the tiles go; the model must already be there.
     """
 
     def __init__(

@@ -231,6 +231,6 @@ def segmentation_summary(
         "at_threshold": at_threshold.as_dict(),
         "at_best": best_f1_threshold(scores, labels).as_dict(),
         "image_at_threshold": binary_scores(maxima, image_labels, image_threshold).as_dict(),
-        "images": int(len(score_maps)),
+        "images": len(score_maps),
         "defective_images": int(image_labels.sum()),
     }

@@ -86,7 +86,7 @@ def patch_features(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
         tokens = model.forward_features(x)[:, model.num_prefix_tokens :]
-        side = int(round(tokens.shape[1] ** 0.5))
+        side = round(tokens.shape[1] ** 0.5)
         chunks.append(tokens.transpose(1, 2).reshape(len(x), -1, side, side).float())
     return torch.cat(chunks)
 

@@ -63,7 +63,9 @@ def models_page(request: Request, login: Viewer, db: DbSession, changed: str | N
         }
         for version in versions
     ]
-    flash = f"Model {changed} is now serving." if changed else None
+    # Only a registered version: a crafted link must not show a made-up "now serving" message.
+    known = {version.version for version in versions}
+    flash = f"Model {changed} is now serving." if changed in known else None
     context = page_context(
         login,
         "models",

@@ -146,7 +146,8 @@ def login_submit(
     user = repositories.authenticate_user(db, username=username, password=password)
     if user is None:
         error = "Unknown user or wrong password."
-        return _login_page(request, settings, next_url=next, error=error, username=username, status_code=401)
+        next_url = _safe_next(next, "")  # the form echoes only a target the redirect would accept
+        return _login_page(request, settings, next_url=next_url, error=error, username=username, status_code=401)
     ttl = timedelta(hours=settings.dashboard_session_hours)
     token, _ = repositories.create_login_session(db, user_id=user.id, ttl=ttl)
     db.commit()

@@ -12,11 +12,11 @@ from training.cli._common import user_errors
 
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
-ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Tile side in pixels (the model's input size).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Tiles per step.")]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", min=1, help="Tile side in pixels (the model's input size).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
-BankOpt = Annotated[int, typer.Option("--bank-size", help="Memory-bank rows kept by the coreset.")]
+BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows kept by the coreset.")]
 
 
 def finetune(
@@ -27,18 +27,18 @@ def finetune(
     ],
     out: OutOpt,
     image_size: ImageSizeOpt = 224,
-    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps (ignored when --epochs is given).")] = 500,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes of one crop per training image.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps (ignored when --epochs is given).")] = 500,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Passes of one crop per training image.")] = None,
     batch_size: BatchOpt = 8,
     lr: Annotated[float, typer.Option("--lr", help="Head learning rate; unfrozen blocks get a tenth.")] = 1e-3,
-    unfreeze_last: Annotated[int, typer.Option("--unfreeze-last", help="Backbone blocks fine-tuned (0 = frozen).")] = 2,
+    unfreeze_last: Annotated[int, typer.Option("--unfreeze-last", min=0, help="Backbone blocks fine-tuned (0 = frozen).")] = 2,
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Same as --unfreeze-last 0.")] = False,
     anomaly_branch: Annotated[
         bool, typer.Option("--anomaly-branch/--no-anomaly-branch", help="Fuse a zero-label anomaly map (hybrid model).")
     ] = True,
     bank_size: BankOpt = 2048,
     labeled_defects: Annotated[
-        int | None, typer.Option("--labeled-defects", help="Use only N labeled defect images per line.")
+        int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,

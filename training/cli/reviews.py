@@ -23,12 +23,10 @@ def dataset_from_reviews(
     ] = None,
 ) -> None:
     """Export reviewed inspections: corrected masks win, false alarms become defect-free images."""
-    from inspect_svc.settings import Settings
     from training.reviews import export_reviewed_dataset
 
-    blob_root = Settings(data_dir=data_dir).blob_dir if data_dir is not None else None
     with user_errors():
-        manifest = export_reviewed_dataset(db, out, blob_root=blob_root)
+        manifest = export_reviewed_dataset(db, out, data_dir=data_dir)
     typer.echo(
         f"wrote {len(manifest.items)} images ({manifest.defect_images} with a defect mask) to {out}; "
         f"skipped {len(manifest.skipped)} (see manifest.json)"

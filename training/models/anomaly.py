@@ -78,7 +78,7 @@ class NearestNeighbourScorer(nn.Module):
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    radius = max(int(math.ceil(3.0 * sigma)), 1)
+    radius = max(math.ceil(3.0 * sigma), 1)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return kernel / kernel.sum()

@@ -1,0 +1,99 @@
+"""The label-efficiency study's outputs: `study.json` and the Markdown tables of `study.md`.
+
+Everything here reads the study record that `training.study.run_study` builds (plain dicts, as
+`study.json` holds them), so the tables can be re-rendered from a saved `study.json` alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from training.evaluate import THIN_DEFECT_TYPES
+
+STUDY_JSON = "study.json"
+STUDY_MARKDOWN = "study.md"
+
+# Row order of every table: hybrid rows, then the U-Net baseline, then zero-label.
+MODEL_ORDER = ("hybrid", "unet", "zero-label")
+
+
+def write_study(study: dict, out: Path) -> None:
+    """`study.json` (everything) and `study.md` (the tables), written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        (STUDY_JSON, json.dumps(study, indent=1, default=float) + "\n"),
+        (STUDY_MARKDOWN, render_markdown(study)),
+    ):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+def render_markdown(study: dict) -> str:
+    """The label-efficiency tables (all defects, thin defects) and the held-out-type table."""
+    config, split, rows = study["config"], study["split"], study["rows"]
+    setup = (
+        f"Test split: {len(split['test_images'])} images ({split['test_defective']} defective) from "
+        f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
+        f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}."
+    )
+    lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
+    on_test = [r for r in rows if r["evaluated_on"] == "test"]
+    lines += _budget_table("By labeled defect images per line", on_test, config["labels"], lambda m: m)
+    if any("thin_defects" in r["metrics"] for r in on_test):
+        thin = f"Thin defects only ({', '.join(sorted(THIN_DEFECT_TYPES))}, with the defect-free test images)"
+        lines += ["", *_budget_table(thin, on_test, config["labels"], lambda m: m.get("thin_defects"))]
+    held = [r for r in rows if r["evaluated_on"] == "held-out-types"]
+    if held:
+        lines += ["", *_held_out_table(held, config, split)]
+    return "\n".join(lines) + "\n"
+
+
+def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:
+    setting = (
+        f"Trained with {config['held_out_budget']} labeled defect images per line of the other types; tested on "
+        f"{split['held_out_test_images']} test images (held-out-type defects and all defect-free ones)."
+    )
+    body = [
+        f"| {_row_name(r)} | {r['labels_per_line']} | {r['metrics']['pixel_auroc']:.3f} | "
+        f"{r['metrics']['aupro']:.3f} | {r['metrics']['image_auroc']:.3f} |"
+        for r in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"]))
+    ]
+    return [
+        f"## Defect types held out of the labels: {', '.join(config['held_out_types'])}",
+        "",
+        setting,
+        "",
+        "| model | labels/line | pixel AUROC | AUPRO | image AUROC |",
+        "|---|---|---|---|---|",
+        *body,
+    ]
+
+
+def _budget_table(
+    title: str, rows: list[dict], budgets: list[int], pick: Callable[[dict], dict | None]
+) -> list[str]:
+    """Rows = models, columns = labels budgets; `pick` selects the metrics group shown from a row's metrics."""
+    columns = ([0] if any(r["model"] == "zero-label" for r in rows) else []) + list(budgets)
+    cells: dict[str, dict[int, str]] = {}
+    # Hybrid rows first, then the baseline, then zero-label; backbones keep their command-line order.
+    for row in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"])):
+        m = pick(row["metrics"])
+        if m is not None:
+            cells.setdefault(_row_name(row), {})[row["labels_per_line"]] = (
+                f"{m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
+            )
+    header = "| model | " + " | ".join(f"{k} labels/line" for k in columns) + " |"
+    rule = "|---|" + "---|" * len(columns)
+    body = [
+        f"| {name} | " + " | ".join(by_k.get(k, "—") for k in columns) + " |" for name, by_k in cells.items()
+    ]
+    return [f"## {title}", "", header, rule, *body]
+
+
+def _row_name(row: dict) -> str:
+    if row["model"] == "unet":
+        return "U-Net from scratch"
+    return f"{row['model']} · {row['backbone']}"
