@@ -95,7 +95,7 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
         models=models,
     )
     metrics.watch_queue_depth(models.queue_depth)
-    metrics.watch_spool_depth(spool.depth)
+    metrics.watch_spool(spool.depth, spool.rejected_count)
     await _start_model(models, settings)
     service.replayer.start()
     service.replayer.wake()  # results spooled before a restart are replayed first

@@ -53,12 +53,17 @@ class ServiceMetrics:
         )
         self.queue_depth = Gauge("inspect_queue_depth", "frames waiting for the engine", registry=registry)
         self.spool_depth = Gauge("inspect_spool_depth", "results waiting in the outage spool", registry=registry)
+        self.spool_rejected = Gauge(
+            "inspect_spool_rejected", "spooled results the database refused, set aside for an operator",
+            registry=registry,
+        )
 
     def watch_queue_depth(self, read: Callable[[], float]) -> None:
         self.queue_depth.set_function(read)
 
-    def watch_spool_depth(self, read: Callable[[], float]) -> None:
-        self.spool_depth.set_function(read)
+    def watch_spool(self, depth: Callable[[], float], rejected: Callable[[], float]) -> None:
+        self.spool_depth.set_function(depth)
+        self.spool_rejected.set_function(rejected)
 
     def observe_batch(self, size: int) -> None:
         """Engine hook: one ONNX Runtime run over `size` tiles."""

@@ -4,6 +4,10 @@ The spool is its own small SQLite file (synchronous=FULL, so an acknowledged res
 cut), independent of the main database. `SpoolReplayer` drains it into the database with backoff.
 Replays are idempotent: the database ignores a (camera_id, frame_id) it already has, so a result
 replayed twice, or spooled after a write that did land, is still stored exactly once.
+
+A result the database refuses for a reason other than an outage (a constraint or data error) would
+block the queue forever if retried; it is moved to the spool's `rejected` table instead, with the
+error, where an operator can inspect it: nothing accepted is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from sqlalchemy import exc as sa_exc
 
 from inspect_svc.schemas import InspectionCreate
 
@@ -45,6 +51,12 @@ class ResultSpool:
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
             " camera_id TEXT NOT NULL, frame_id TEXT NOT NULL, record TEXT NOT NULL,"
             " UNIQUE (camera_id, frame_id))"
+        )
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS rejected ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, camera_id TEXT NOT NULL,"
+            " frame_id TEXT NOT NULL, record TEXT NOT NULL, error TEXT NOT NULL,"
+            " rejected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
         )
 
     def add(self, record: InspectionCreate) -> InspectionCreate:
@@ -83,6 +95,31 @@ class ResultSpool:
         with self._lock:
             self._connection.execute("DELETE FROM spooled WHERE id = ?", (inspection_id,))
 
+    def reject(self, record: InspectionCreate, error: str) -> None:
+        """Move `record` out of the replay queue into `rejected`, atomically, keeping `error` beside it."""
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO rejected (id, camera_id, frame_id, record, error) VALUES (?, ?, ?, ?, ?)",
+                    (record.id, record.camera_id, record.frame_id, record.model_dump_json(), error),
+                )
+                self._connection.execute("DELETE FROM spooled WHERE id = ?", (record.id,))
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def rejected(self) -> list[tuple[InspectionCreate, str]]:
+        """Results the database refused, oldest first, each with its error."""
+        with self._lock:
+            rows = self._connection.execute("SELECT record, error FROM rejected ORDER BY seq").fetchall()
+        return [(InspectionCreate.model_validate_json(record), error) for record, error in rows]
+
+    def rejected_count(self) -> int:
+        with self._lock:
+            return int(self._connection.execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
+
     def depth(self) -> int:
         with self._lock:
             return self._depth_locked()
@@ -105,6 +142,16 @@ class ResultSpool:
         return int(self._connection.execute("SELECT COUNT(*) FROM spooled").fetchone()[0])
 
 
+def is_database_outage(error: BaseException) -> bool:
+    """True when retrying later may succeed (no connection), False when the database refused the data."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError,
+                ConnectionError, TimeoutError)
+    )
+
+
 class SpoolReplayer:
     """Background task that moves spooled results into the database, backing off while it is down.
 
@@ -114,6 +161,7 @@ class SpoolReplayer:
         min_backoff_s: first wait after a failure; doubles per failure up to `max_backoff_s`.
         max_backoff_s: longest wait between attempts.
         batch: results taken from the spool per pass.
+        is_outage: tells an outage (back off, retry) from a refusal of one record (set it aside).
     """
 
     def __init__(
@@ -124,8 +172,10 @@ class SpoolReplayer:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 30.0,
         batch: int = 100,
+        is_outage: Callable[[BaseException], bool] = is_database_outage,
     ) -> None:
         self.spool = spool
+        self.is_outage = is_outage
         self.store = store
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -154,7 +204,15 @@ class SpoolReplayer:
         moved = 0
         while records := await asyncio.to_thread(self.spool.oldest, self.batch):
             for record in records:
-                await asyncio.to_thread(self.store, record)
+                try:
+                    await asyncio.to_thread(self.store, record)
+                except Exception as error:
+                    if self.is_outage(error):
+                        raise
+                    reason = f"{type(error).__name__}: {error}"
+                    log.error("the database refused spooled result %s; set aside (%s)", record.id, reason)
+                    await asyncio.to_thread(self.spool.reject, record, reason)
+                    continue
                 await asyncio.to_thread(self.spool.remove, record.id)
                 moved += 1
         return moved
