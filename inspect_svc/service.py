@@ -36,7 +36,7 @@ from inspect_svc.schemas import (
 from inspect_svc.security import hash_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
-from inspect_svc.storage.blobstore import BlobStore
+from inspect_svc.storage.blobstore import BlobNotFound, BlobStore
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
 from inspect_svc.storage.models import utc_now
 from inspect_svc.storage.spool import ResultSpool, SpoolFull, SpoolReplayer
@@ -218,7 +218,12 @@ class ServiceState:
         )
 
     async def _replayed(self, record: InspectionCreate, include_map: bool) -> Outcome:
-        map_png = await asyncio.to_thread(self.blobs.read, record.map_key) if include_map else None
+        map_png = None
+        if include_map:
+            try:
+                map_png = await asyncio.to_thread(self.blobs.read, record.map_key)
+            except BlobNotFound:  # pruned by retention: the result itself still stands
+                log.warning("map of inspection %s is no longer stored; replying without it", record.id)
         return Outcome(repo.public_from_record(record), replay=True, map_png=map_png)
 
     def _finish(

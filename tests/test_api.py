@@ -214,3 +214,20 @@ def test_concurrent_activations_leave_the_database_marking_the_serving_model(cli
     client.portal.call(both)
     listed = client.get("/models", headers=ADMIN).json()
     assert [m["version"] for m in listed if m["active"]] == [models.active_version] == ["test-1"]
+
+
+def test_replay_with_map_after_the_map_was_pruned_answers_without_it(client, camera_key):
+    first = inspect(client, camera_key, png_bytes(seed=8), frame_id="pruned").json()
+    client.app.state.service.blobs.path(map_key_of(client, first["id"])).unlink()
+    again = inspect(client, camera_key, png_bytes(seed=8), frame_id="pruned", include="map")
+    assert again.status_code == 200 and again.headers["idempotent-replay"] == "true"
+    assert again.json()["id"] == first["id"] and again.json().get("map_png_base64") is None
+
+
+def map_key_of(client, inspection_id: str) -> str:
+    """The blob key of an inspection's map, read through the service's own repository."""
+    from inspect_svc.storage import repositories
+    from inspect_svc.storage.db import session_scope
+
+    with session_scope(client.app.state.service.sessions) as session:
+        return repositories.get_inspection_record(session, inspection_id=inspection_id).map_key
