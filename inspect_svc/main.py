@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inspect_svc import __version__
+from inspect_svc import imaging
 from inspect_svc.api import ROUTERS
 from inspect_svc.dashboard.deps import TEMPLATES
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
@@ -75,6 +76,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
     if settings.auto_migrate:
         await asyncio.to_thread(migrations.upgrade, settings.database_url)
+    await asyncio.to_thread(imaging.warm_decoders)
     db = make_engine(settings.database_url)
     sessions = make_session_factory(db)
     spool = ResultSpool(settings.spool_path, max_items=settings.spool_max)

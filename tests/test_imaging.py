@@ -185,3 +185,9 @@ def test_configure_decoder_limits_reports_when_too_late(monkeypatch):
     assert configure_decoder_limits(1234, 99) is False
     assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "1234"
     assert os.environ["OPENCV_IO_MAX_IMAGE_WIDTH"] == "99"
+
+
+def test_warming_the_decoders_decodes_every_accepted_format() -> None:
+    from inspect_svc.imaging import warm_decoders
+
+    warm_decoders()  # raises ImageRejected if any accepted format could not round-trip
