@@ -96,6 +96,7 @@ def serve(
     """Run the service; prints its URL, and a demo camera key on a fresh database."""
     import uvicorn  # only this command needs the server
 
+    from inspect_svc.logs import logging_config
     from inspect_svc.main import create_app  # imported late: keeps `--help` fast
     from inspect_svc.model_manager import open_bundle
 
@@ -111,7 +112,8 @@ def serve(
         typer.echo(f"created camera 'demo'; its API key (shown once): {demo_key}")
         typer.echo(f'  curl -H "X-API-Key: {demo_key}" -F file=@part.png {url}/inspect')
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30, log_level="info"
+        create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+        log_config=logging_config(settings.log_format),
     )
 
 

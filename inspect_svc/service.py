@@ -290,6 +290,18 @@ class ServiceState:
     def _observe(self, record: InspectionCreate, replay: bool) -> None:
         if replay:
             return
+        timings = record.timings
+        log.info(
+            "inspected %s/%s: %s %.3f (%.0f ms)", record.camera_id, record.frame_id, record.verdict, record.score,
+            timings.total_ms,
+            extra={
+                "inspection_id": record.id, "camera_id": record.camera_id, "frame_id": record.frame_id,
+                "line": record.line, "model_version": record.model_version, "verdict": record.verdict,
+                "score": round(record.score, 4), "decode_ms": round(timings.decode_ms, 1),
+                "queue_ms": round(timings.queue_ms, 1), "inference_ms": round(timings.inference_ms, 1),
+                "total_ms": round(timings.total_ms, 1),
+            },
+        )
         self.metrics.verdicts.labels(verdict=record.verdict).inc()
         self.metrics.queue_seconds.observe(record.timings.queue_ms / 1000.0)
         self.metrics.inference_seconds.observe(record.timings.inference_ms / 1000.0)

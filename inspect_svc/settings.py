@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one object per line, each inspection with its ids and timings as fields"
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
