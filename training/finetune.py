@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def total_steps(config: FinetuneConfig, train_images: int) -> int:
 
 
 def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneConfig, device: torch.device) -> list[float]:
-    """The optimisation loop (AdamW, warm-up then cosine). Returns the loss per step."""
+    """Choose what trains (the head, and the last backbone blocks if unfrozen), then optimise it."""
     model.segmentation.requires_grad_(True)
     model.backbone.requires_grad_(False)
     if config.unfreeze_last > 0:
@@ -202,19 +203,38 @@ def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneCon
     groups = [{"params": list(model.segmentation.parameters()), "lr": config.lr}]
     if backbone_params:
         groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
     steps = total_steps(config, len(sampler.data.images))
+    return optimise_segmentation(model.segmentation_logits, model, groups, sampler,
+                                 steps=steps, batch_size=config.batch_size, device=device)
+
+
+def optimise_segmentation(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    module: torch.nn.Module,
+    param_groups: list[dict],
+    sampler: CropSampler,
+    *,
+    steps: int,
+    batch_size: int,
+    device: torch.device,
+    label: str = "",
+) -> list[float]:
+    """The supervised loop every per-pixel model here shares: AdamW, warm-up then cosine, focal + dice.
+
+    bf16 autocast on CUDA for the forward pass only; the loss is computed in fp32. `module` is put in
+    training mode for the loop and frozen in eval mode after it. Returns the loss per step.
+    """
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-4)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    model.train()
+    module.train()
     losses = []
     for step in range(steps):
-        images, masks = sampler.batch(config.batch_size)
-        # bf16 on CUDA for the forward pass only; the loss is computed in fp32.
+        images, masks = sampler.batch(batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model.segmentation_logits(images.to(device))
+            logits = forward(images.to(device))
         loss = focal_dice_loss(logits.float(), masks.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -222,8 +242,8 @@ def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneCon
         schedule.step()
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
-            log.info("step %d/%d loss %.4f", step + 1, steps, losses[-1])
-    model.eval().requires_grad_(False)
+            log.info("%sstep %d/%d loss %.4f", label, step + 1, steps, losses[-1])
+    module.eval().requires_grad_(False)
     return losses
 
 

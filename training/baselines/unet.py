@@ -22,14 +22,13 @@ from training.errors import UserError
 from training.finetune import (
     CropSampler,
     choose_thresholds,
-    focal_dice_loss,
     load_images_with_masks,
+    optimise_segmentation,
     split_train_val,
 )
 from training.hybrid import TorchPredictor, default_overlap
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD
 from training.models.segmentation import ConvBlock
-from training.schedules import cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,9 @@ def train_unet(samples: list[LabeledSample], config: UNetConfig) -> TrainedUNet:
         raise UserError("the U-Net baseline needs at least one readable defective training image")
     net = UNet(config.widths).to(device)
     sampler = CropSampler(train, config.image_size, PIXEL_MEAN, PIXEL_STD, config.seed)
-    losses = _optimise(net, sampler, config, device)
+    losses = optimise_segmentation(net, net, [{"params": list(net.parameters()), "lr": config.lr}], sampler,
+                                   steps=max(1, config.steps), batch_size=config.batch_size, device=device,
+                                   label="U-Net ")
     probabilities = nn.Sequential(net, nn.Sigmoid()).eval()
     predictor = TorchPredictor(
         probabilities,
@@ -125,27 +126,3 @@ def train_unet(samples: list[LabeledSample], config: UNetConfig) -> TrainedUNet:
     )
     thresholds, validation = choose_thresholds(predictor, val)
     return TrainedUNet(predictor=predictor, thresholds=thresholds, validation=validation, losses=losses)
-
-
-def _optimise(net: UNet, sampler: CropSampler, config: UNetConfig, device: torch.device) -> list[float]:
-    """AdamW with warm-up then cosine; bf16 autocast on CUDA (the loss itself in fp32). Returns the loss per step."""
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    steps = max(1, config.steps)
-    learning_rates = cosine_schedule(config.lr, 0.0, steps, warmup_steps=max(1, steps // 20))
-    net.train()
-    losses = []
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = float(learning_rates[step])
-        images, masks = sampler.batch(config.batch_size)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net(images.to(device, non_blocking=True))
-        loss = focal_dice_loss(logits.float(), masks.to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            log.info("U-Net step %d/%d loss %.4f", step + 1, steps, losses[-1])
-    net.eval().requires_grad_(False)
-    return losses
