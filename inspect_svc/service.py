@@ -210,12 +210,9 @@ class ServiceState:
         if spooled is not None:
             return spooled
         try:
-            found = await self.run_db(lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id))
+            return await self.run_db(lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id))
         except UNAVAILABLE_ERRORS:
             return None  # the spool will catch a duplicate, and the database ignores one on replay
-        return None if found is None else await self.run_db(
-            lambda s: repo.get_inspection_record(s, inspection_id=found.id)
-        )
 
     async def _replayed(self, record: InspectionCreate, include_map: bool) -> Outcome:
         map_png = None

@@ -93,11 +93,11 @@ def get_inspection(session: Session, *, inspection_id: str) -> InspectionPublic 
     return _inspection_public(*row) if row else None
 
 
-def find_inspection(session: Session, *, camera_id: str, frame_id: str) -> InspectionPublic | None:
-    """The stored result for a camera's frame, if any (the idempotency lookup)."""
-    query = _inspections_query().where(InspectionDB.camera_id == camera_id, InspectionDB.frame_id == frame_id)
-    row = session.execute(query).first()
-    return _inspection_public(*row) if row else None
+def find_inspection(session: Session, *, camera_id: str, frame_id: str) -> InspectionCreate | None:
+    """The full stored record of a camera's frame, if any (the idempotency lookup: one query)."""
+    query = select(InspectionDB).where(InspectionDB.camera_id == camera_id, InspectionDB.frame_id == frame_id)
+    row = session.scalars(query).first()
+    return _inspection_record(row) if row else None
 
 
 def get_inspection_record(session: Session, *, inspection_id: str) -> InspectionCreate | None:
