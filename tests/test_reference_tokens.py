@@ -26,31 +26,64 @@ def vit():
     return model
 
 
+@pytest.mark.parametrize("attention", ["split", "masked"])
 @pytest.mark.parametrize("size", [32, 16])
 @pytest.mark.parametrize("content", ["zero", "learned"])
-def test_class_and_patch_outputs_ignore_reference_tokens(vit, size: int, content: str) -> None:
+def test_class_and_patch_outputs_ignore_reference_tokens(vit, size: int, content: str, attention: str) -> None:
     images = torch.randn(3, 3, size, size)
     points = torch.rand(3, 5, 2) * 2 - 1
     ref_content = torch.zeros(vit.embed_dim) if content == "zero" else torch.randn(vit.embed_dim)
     with torch.no_grad():
         plain = plain_forward(vit, images)
-        with_refs = forward_with_references(vit, images, points, ref_content)
+        with_refs = forward_with_references(vit, images, points, ref_content, attention=attention)
     torch.testing.assert_close(with_refs.cls, plain.cls, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(with_refs.patches, plain.patches, atol=1e-5, rtol=1e-5)
     assert with_refs.refs.shape == (3, 5, vit.embed_dim)
 
 
-def test_reference_tokens_do_not_see_each_other(vit) -> None:
+@pytest.mark.parametrize("attention", ["split", "masked"])
+def test_reference_tokens_do_not_see_each_other(vit, attention: str) -> None:
     images = torch.randn(1, 3, 32, 32)
     points = torch.rand(1, 4, 2) * 2 - 1
     moved = points.clone()
     moved[0, 1:] = -moved[0, 1:]  # move every token but the first
+    zeros = torch.zeros(vit.embed_dim)
     with torch.no_grad():
-        first = forward_with_references(vit, images, points, torch.zeros(vit.embed_dim)).refs[0, 0]
-        again = forward_with_references(vit, images, moved, torch.zeros(vit.embed_dim)).refs[0, 0]
-        elsewhere = forward_with_references(vit, images, moved[:, 1:], torch.zeros(vit.embed_dim)).refs[0, 0]
+        first = forward_with_references(vit, images, points, zeros, attention=attention).refs[0, 0]
+        again = forward_with_references(vit, images, moved, zeros, attention=attention).refs[0, 0]
+        elsewhere = forward_with_references(vit, images, moved[:, 1:], zeros, attention=attention).refs[0, 0]
     torch.testing.assert_close(first, again, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(first, elsewhere, atol=1e-3)
+
+
+@pytest.mark.parametrize("model_kwargs", [TINY, {**TINY, "reg_tokens": 2, "qkv_bias": False}])
+def test_split_attention_equals_the_masked_formulation(model_kwargs: dict) -> None:
+    """The fast split form is the paper's masked attention computed another way: outputs and gradients agree."""
+    torch.manual_seed(1)
+    model = create_vit("test_vit", img_size=32, model_kwargs=model_kwargs).train()  # train mode: dropout paths on
+    with torch.no_grad():
+        model.pos_embed.normal_()
+    images = torch.randn(2, 3, 32, 32)
+    points = torch.rand(2, 6, 2) * 2 - 1
+    content = torch.randn(model.embed_dim)
+    results = {}
+    for attention in ("split", "masked"):
+        model.zero_grad()
+        out = forward_with_references(model, images, points, content, attention=attention)
+        (out.refs.square().sum() + out.cls.sum() + out.patches.mean()).backward()
+        results[attention] = (out, [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    (split, split_grads), (masked, masked_grads) = results["split"], results["masked"]
+    for name in ("cls", "refs", "patches"):
+        torch.testing.assert_close(getattr(split, name), getattr(masked, name), atol=2e-5, rtol=1e-5)
+    assert len(split_grads) == len(masked_grads) > 0
+    for a, b in zip(split_grads, masked_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_reference_attention_is_refused(vit) -> None:
+    with pytest.raises(ValueError, match="reference attention"):
+        forward_with_references(vit, torch.randn(1, 3, 32, 32), torch.zeros(1, 1, 2), torch.zeros(vit.embed_dim),
+                                attention="sparse")
 
 
 def test_mask_layout() -> None:
@@ -95,3 +128,15 @@ def test_attention_mask_is_built_once_per_layout() -> None:
     first = reference_attention_mask(1, 4, 16, dtype=torch.float32, device=cpu)
     assert reference_attention_mask(1, 4, 16, dtype=torch.float32, device=cpu) is first
     assert reference_attention_mask(1, 2, 16, dtype=torch.float32, device=cpu).shape[-1] == 19
+
+
+def test_split_block_compiles_without_graph_breaks(vit) -> None:
+    """`compile_blocks` compiles the split block on the GPU; a graph break there would cost every step."""
+    from training.models.reference_tokens import reference_block
+
+    compiled = torch.compile(reference_block, backend="aot_eager", fullgraph=True)
+    images, points, content = torch.randn(2, 3, 32, 32), torch.rand(2, 4, 2) * 2 - 1, torch.zeros(vit.embed_dim)
+    with torch.no_grad():
+        eager = forward_with_references(vit, images, points, content)
+        traced = forward_with_references(vit, images, points, content, block_fn=compiled)
+    torch.testing.assert_close(traced.refs, eager.refs, atol=1e-5, rtol=1e-5)

@@ -69,7 +69,8 @@ def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDis
         return DINOHead(dim, config.num_prototypes, config.head_hidden_dim, config.projection_dim)
 
     student = SelfDistillationNet(
-        backbone, head(), head() if config.dense else None, learned_ref_content=config.learned_ref_content
+        backbone, head(), head() if config.dense else None, learned_ref_content=config.learned_ref_content,
+        reference_attention=config.reference_attention,
     )
     teacher = make_teacher(student)
     for block in teacher.backbone.blocks:  # the teacher runs deterministically

@@ -9,12 +9,15 @@ from typing import Any, Literal
 
 from training.data.multicrop import MultiCropConfig
 from training.errors import UserError
+from training.models.reference_tokens import REFERENCE_ATTENTION
 
 Objective = Literal["densedino", "densedino-crr", "dino"]
 OBJECTIVES: tuple[str, ...] = ("densedino", "densedino-crr", "dino")
 
 # Settings that may differ between a run and its resumption (they do not change the result).
-RUNTIME_ONLY = frozenset({"resume", "workers", "device", "checkpoint_every", "log_every", "compile", "progress"})
+RUNTIME_ONLY = frozenset(
+    {"resume", "workers", "device", "checkpoint_every", "log_every", "compile", "progress", "reference_attention"}
+)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class PretrainConfig:
     center_momentum: float = 0.9
     eps_sq: float = 0.05
     learned_ref_content: bool = False
+    reference_attention: str = "split"  # "masked": the same maths with an attention mask (slower)
     seed: int = 0
     device: str = "auto"
     workers: int = 8
@@ -82,6 +86,10 @@ class PretrainConfig:
             raise UserError("--local-crops and --workers cannot be negative")
         if self.objective != "dino" and self.global_crops < 2 and self.local_crops < 1:
             raise UserError("the dense objectives need at least two views (--global-crops 2 or --local-crops ≥ 1)")
+        if self.reference_attention not in REFERENCE_ATTENTION:
+            raise UserError(
+                f"--reference-attention must be one of {', '.join(REFERENCE_ATTENTION)}, not {self.reference_attention!r}"
+            )
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must lie in [0, 1], got {self.alpha}")
         for name, (low, high) in (("global", self.global_scale), ("local", self.local_scale)):

@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, cudnn tuning)")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--reference-attention", default="split", choices=["split", "masked"],
+                        help="how blocks keep reference tokens apart (same maths; masked disables flash attention)")
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--data", type=Path, help="folder of images; generated when omitted")
     parser.add_argument("--num-images", type=int, default=1024, help="images to generate without --data")
@@ -128,7 +130,7 @@ def main() -> None:
         data=data, out=tmp / "run", arch=args.arch, objective=args.objective, batch_size=args.batch_size,
         global_crops=args.global_crops, local_crops=args.local_crops, global_size=args.global_size,
         local_size=args.local_size, points=args.points, num_prototypes=args.prototypes, workers=args.workers,
-        steps=10**6, device=args.device, progress=False,
+        steps=10**6, device=args.device, progress=False, reference_attention=args.reference_attention,
     )
     config.out.mkdir(parents=True)
     trainer = Trainer(config, DistributedContext(rank=0, world_size=1, local_rank=0, device=device))
@@ -138,7 +140,8 @@ def main() -> None:
         compile_blocks(trainer.student_net)
         compile_blocks(trainer.teacher_net)
     print(f"{args.arch} {args.objective}: batch {args.batch_size}, {args.global_crops}×{args.global_size} + "
-          f"{args.local_crops}×{args.local_size} px, k={args.points}, compile={args.compile}, device={device}")
+          f"{args.local_crops}×{args.local_size} px, k={args.points}, compile={args.compile}, "
+          f"reference attention={args.reference_attention}, device={device}")
     print(f"FLOPs per step {flops / 1e12:.2f} TFLOP ({flops / args.batch_size / 1e9:.0f} GFLOP per image)")
 
     time_steps(trainer, iter(lambda: fixed, None), args.warmup, device)

@@ -36,6 +36,9 @@ def pretrain(
     log_every: Annotated[int, Opt("--log-every", help="Write metrics every N steps.")] = 20,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the networks.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    reference_attention: Annotated[str, Opt(
+        "--reference-attention", help="split (fast, flash-eligible) or masked: the same maths two ways."
+    )] = "split",
 ) -> None:
     """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs."""
     from training.pretrain import run_pretrain  # torch/timm only when the verb runs
@@ -48,6 +51,7 @@ def pretrain(
             epochs=epochs, steps=steps, lr=lr, alpha=alpha, num_prototypes=prototypes,
             head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
             checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
+            reference_attention=reference_attention,
         )
         try:
             result = run_pretrain(config)

@@ -9,7 +9,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from training.models.reference_tokens import forward_with_references, plain_forward
+from training.models.reference_tokens import (
+    BlockFn,
+    ReferenceAttention,
+    forward_with_references,
+    plain_forward,
+    reference_block,
+)
 
 
 class GroupOutputs(NamedTuple):
@@ -28,6 +34,7 @@ class SelfDistillationNet(nn.Module):
         cls_head: Head on the class token.
         point_head: Head on reference tokens; None for image-level objectives.
         learned_ref_content: Reference tokens carry one learned vector instead of zeros.
+        reference_attention: How blocks apply the reference-token rule ("split" or "masked").
     """
 
     def __init__(
@@ -36,9 +43,12 @@ class SelfDistillationNet(nn.Module):
         cls_head: nn.Module,
         point_head: nn.Module | None = None,
         learned_ref_content: bool = False,
+        reference_attention: ReferenceAttention = "split",
     ) -> None:
         super().__init__()
         self.backbone, self.cls_head, self.point_head = backbone, cls_head, point_head
+        self.reference_attention = reference_attention
+        self.reference_block: BlockFn = reference_block
         content = torch.zeros(backbone.embed_dim)
         if learned_ref_content:
             self.ref_content = nn.Parameter(content)
@@ -53,7 +63,10 @@ class SelfDistillationNet(nn.Module):
         if points is None or self.point_head is None:
             tokens = plain_forward(self.backbone, images)
             return GroupOutputs(self.cls_head(tokens.cls), None, tokens.cls)
-        tokens = forward_with_references(self.backbone, images, points, self.ref_content)
+        tokens = forward_with_references(
+            self.backbone, images, points, self.ref_content,
+            attention=self.reference_attention, block_fn=self.reference_block,
+        )
         return GroupOutputs(self.cls_head(tokens.cls), self.point_head(tokens.refs), tokens.cls)
 
 
@@ -78,7 +91,7 @@ def compile_blocks(net: SelfDistillationNet) -> None:
 
     Compiling block by block keeps parameter names (checkpoints stay plain), compiles one graph
     reused by every block, and leaves the irregular parts (reference-token sampling, heads, losses)
-    eager.
+    eager. The split reference-token block (a function over a block) is compiled the same way.
     """
     # Blocks differ in their stochastic-depth rate and each is seen with and without a mask, so the
     # cache must hold a few graphs per block instead of recompiling forever.
@@ -87,3 +100,4 @@ def compile_blocks(net: SelfDistillationNet) -> None:
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4 * limit)
     for block in net.backbone.blocks:
         block.compile()
+    net.reference_block = torch.compile(reference_block)
