@@ -74,6 +74,20 @@ def test_a_few_steps_lower_the_loss(objective: str, image_folder: Path, tmp_path
     assert backbone.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 64)
 
 
+def test_decoding_on_the_device_trains_from_jpegs(tmp_path: Path) -> None:
+    """`--decode device` end to end (here on the CPU): JPEGs, a PNG and a broken file in one folder."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for index in range(6):
+        image = cv2.GaussianBlur((np.random.default_rng(index).random((48, 64, 3)) * 255).astype(np.uint8), (0, 0), 4)
+        cv2.imwrite(str(root / f"image_{index}.{'png' if index == 0 else 'jpg'}"), image)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    config = tiny_config(root, tmp_path / "run", decode="device", steps=3, batch_size=4)
+    result = run_pretrain(config)
+    assert result.steps == 3 and result.skipped_images == 1
+    assert np.isfinite(logged(tmp_path / "run")).all()
+
+
 def test_resume_continues_exactly_after_ctrl_c(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
     straight = tmp_path / "straight"
     run_pretrain(tiny_config(image_folder, straight))

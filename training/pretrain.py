@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Self
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
+from training.data.device_views import EncodedBatch, collate_encoded
 from training.data.images import SkipCounter, list_images
 from training.data.pretrain_dataset import MultiCropDataset, ResumableSampler, ViewBatch, collate_views
 from training.distributed import (
@@ -101,12 +103,13 @@ def build_optimizer(student: nn.Module, lr: float, device: torch.device) -> torc
 
 def build_loader(config: PretrainConfig, ctx: DistributedContext) -> tuple[DataLoader, ResumableSampler]:
     paths = list_images(config.data)
-    dataset = MultiCropDataset(paths, config.multicrop(), config.seed)
+    dataset = MultiCropDataset(paths, config.multicrop(), config.seed, decode_on=config.decode)
+    collate = collate_views if config.decode == "workers" else partial(collate_encoded, config=config.multicrop())
     sampler = ResumableSampler(
         len(dataset), batch_size=config.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=config.seed
     )
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_views,
+        dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
         num_workers=config.workers, pin_memory=ctx.device.type == "cuda", persistent_workers=config.workers > 0,
         prefetch_factor=4 if config.workers > 0 else None,
     )
@@ -123,7 +126,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence((seed, rank, step)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _batches(loader: DataLoader, sampler: ResumableSampler, start_step: int) -> Iterator[ViewBatch]:
+def _batches(loader: DataLoader, sampler: ResumableSampler, start_step: int) -> Iterator[ViewBatch | EncodedBatch]:
     """The batch stream from `start_step` on, epoch after epoch."""
     epoch, batch_in_epoch = divmod(start_step, sampler.batches_per_epoch)
     while True:
@@ -220,7 +223,7 @@ class Trainer:
         batches = _batches(self.loader, self.sampler, start_step)
         with _StopRequest() as stop:
             while step < self.total_steps:
-                batch = next(batches)
+                batch = next(batches).to(self.ctx.device)  # decodes here with --decode device
                 self._count_skipped(batch.skipped)
                 torch.manual_seed(step_seed(config.seed, self.ctx.rank, step))
                 logs, teacher_features = train_step(self.parts, batch, self.settings(step))

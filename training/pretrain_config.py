@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from training.data.device_views import DECODE_ON
 from training.data.multicrop import MultiCropConfig
 from training.errors import UserError
 from training.models.reference_tokens import REFERENCE_ATTENTION
@@ -16,7 +17,7 @@ OBJECTIVES: tuple[str, ...] = ("densedino", "densedino-crr", "dino")
 
 # Settings that may differ between a run and its resumption (they do not change the result).
 RUNTIME_ONLY = frozenset(
-    {"resume", "workers", "device", "checkpoint_every", "log_every", "compile", "progress", "reference_attention"}
+    {"resume", "workers", "device", "checkpoint_every", "log_every", "compile", "progress", "reference_attention", "decode"}
 )
 
 
@@ -55,6 +56,7 @@ class PretrainConfig:
     eps_sq: float = 0.05
     learned_ref_content: bool = False
     reference_attention: str = "split"  # "masked": the same maths with an attention mask (slower)
+    decode: str = "workers"  # "device": JPEGs decoded and views cut on the GPU (see data/device_views.py)
     seed: int = 0
     device: str = "auto"
     workers: int = 8
@@ -90,6 +92,8 @@ class PretrainConfig:
             raise UserError(
                 f"--reference-attention must be one of {', '.join(REFERENCE_ATTENTION)}, not {self.reference_attention!r}"
             )
+        if self.decode not in DECODE_ON:
+            raise UserError(f"--decode must be one of {', '.join(DECODE_ON)}, not {self.decode!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must lie in [0, 1], got {self.alpha}")
         for name, (low, high) in (("global", self.global_scale), ("local", self.local_scale)):

@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--reference-attention", default="split", choices=["split", "masked"],
                         help="how blocks keep reference tokens apart (same maths; masked disables flash attention)")
+    parser.add_argument("--decode", default="workers", choices=["workers", "device"],
+                        help="decode JPEGs and cut views in the data workers (OpenCV) or on the GPU (nvJPEG)")
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--data", type=Path, help="folder of images; generated when omitted")
     parser.add_argument("--num-images", type=int, default=1024, help="images to generate without --data")
@@ -89,10 +91,13 @@ def time_steps(trainer: Trainer, batches, steps: int, device: torch.device) -> f
     return (time.perf_counter() - start) / steps
 
 
-def time_data(batches, steps: int) -> float:
+def time_data(batches, steps: int, device: torch.device) -> float:
+    """Seconds per batch delivered on the device (with --decode device: decoded and cut there)."""
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        next(batches)
+        next(batches).to(device)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -131,17 +136,18 @@ def main() -> None:
         global_crops=args.global_crops, local_crops=args.local_crops, global_size=args.global_size,
         local_size=args.local_size, points=args.points, num_prototypes=args.prototypes, workers=args.workers,
         steps=10**6, device=args.device, progress=False, reference_attention=args.reference_attention,
+        decode=args.decode,
     )
     config.out.mkdir(parents=True)
     trainer = Trainer(config, DistributedContext(rank=0, world_size=1, local_rank=0, device=device))
-    fixed = next(_batches(trainer.loader, trainer.sampler, 0))
+    fixed = next(_batches(trainer.loader, trainer.sampler, 0)).to(device)
     flops = count_step_flops(trainer, fixed)
     if args.compile:
         compile_blocks(trainer.student_net)
         compile_blocks(trainer.teacher_net)
     print(f"{args.arch} {args.objective}: batch {args.batch_size}, {args.global_crops}×{args.global_size} + "
           f"{args.local_crops}×{args.local_size} px, k={args.points}, compile={args.compile}, "
-          f"reference attention={args.reference_attention}, device={device}")
+          f"reference attention={args.reference_attention}, decode={args.decode}, device={device}")
     print(f"FLOPs per step {flops / 1e12:.2f} TFLOP ({flops / args.batch_size / 1e9:.0f} GFLOP per image)")
 
     time_steps(trainer, iter(lambda: fixed, None), args.warmup, device)
@@ -150,7 +156,7 @@ def main() -> None:
     # Fresh batch streams (starting at later epochs): the loader's prefetch queue starts empty, so the
     # data-only rate is what the workers sustain, not what they had buffered.
     data_steps = max(args.steps, 4 * args.workers)
-    report("data only", time_data(_batches(trainer.loader, trainer.sampler, sampler_start(trainer, 1)), data_steps),
+    report("data only", time_data(_batches(trainer.loader, trainer.sampler, sampler_start(trainer, 1)), data_steps, device),
            args.batch_size, 0.0, args.peak_tflops)
     batches = _batches(trainer.loader, trainer.sampler, sampler_start(trainer, 2))
     time_steps(trainer, batches, 3, device)

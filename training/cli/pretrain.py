@@ -39,6 +39,9 @@ def pretrain(
     reference_attention: Annotated[str, Opt(
         "--reference-attention", help="split (fast, flash-eligible) or masked: the same maths two ways."
     )] = "split",
+    decode: Annotated[str, Opt(
+        "--decode", help="workers (OpenCV in the data workers) or device (JPEGs decoded and cropped on the GPU)."
+    )] = "workers",
 ) -> None:
     """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs."""
     from training.pretrain import run_pretrain  # torch/timm only when the verb runs
@@ -51,7 +54,7 @@ def pretrain(
             epochs=epochs, steps=steps, lr=lr, alpha=alpha, num_prototypes=prototypes,
             head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
             checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
-            reference_attention=reference_attention,
+            reference_attention=reference_attention, decode=decode,
         )
         try:
             result = run_pretrain(config)

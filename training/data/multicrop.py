@@ -186,19 +186,36 @@ def render_view(image: np.ndarray, box: np.ndarray, size: int, flipped: bool) ->
     return np.ascontiguousarray(view.transpose(2, 0, 1))
 
 
-def make_views(image: np.ndarray, rng: np.random.Generator, config: MultiCropConfig) -> MultiCropSample:
-    """All views of one `[H, W, 3]` uint8 image with their boxes, flips and reference points."""
-    height, width = image.shape[:2]
+@dataclass(frozen=True)
+class ViewPlan:
+    """The geometry of one image's views, before any pixel is touched (see `MultiCropSample`)."""
+
+    boxes: np.ndarray
+    flipped: np.ndarray
+    teacher_points: np.ndarray
+    student_points: np.ndarray
+
+    def sizes(self, config: MultiCropConfig) -> list[int]:
+        return [config.global_size] * config.global_crops + [config.local_size] * config.local_crops
+
+
+def plan_views(height: int, width: int, rng: np.random.Generator, config: MultiCropConfig) -> ViewPlan:
+    """Boxes, flips and reference points of the views of an `height × width` image."""
     boxes, flipped = sample_view_boxes(rng, height, width, config)
     teacher_points, student_points = reference_points(rng, boxes, flipped, config.global_crops, config.points)
-    sizes = [config.global_size] * config.global_crops + [config.local_size] * config.local_crops
-    views = [render_view(image, box, size, flip) for box, size, flip in zip(boxes, sizes, flipped)]
+    return ViewPlan(boxes, flipped, teacher_points, student_points)
+
+
+def make_views(image: np.ndarray, rng: np.random.Generator, config: MultiCropConfig) -> MultiCropSample:
+    """All views of one `[H, W, 3]` uint8 image with their boxes, flips and reference points."""
+    plan = plan_views(image.shape[0], image.shape[1], rng, config)
+    views = [render_view(image, box, size, flip) for box, size, flip in zip(plan.boxes, plan.sizes(config), plan.flipped)]
     local_shape = (0, 3, config.local_size, config.local_size)
     return MultiCropSample(
         global_crops=np.stack(views[: config.global_crops]),
         local_crops=np.stack(views[config.global_crops :]) if config.local_crops else np.zeros(local_shape, np.uint8),
-        boxes=boxes,
-        flipped=flipped,
-        teacher_points=teacher_points,
-        student_points=student_points,
+        boxes=plan.boxes,
+        flipped=plan.flipped,
+        teacher_points=plan.teacher_points,
+        student_points=plan.student_points,
     )

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from training.data.device_views import DECODE_ON, DecodeOn, EncodedImage, read_for_device
 from training.data.images import read_image_rgb
 from training.data.multicrop import MultiCropConfig, MultiCropSample, make_views
 from training.errors import UserError
@@ -59,15 +60,21 @@ class ViewBatch:
 
 @dataclass(frozen=True)
 class _Item:
-    sample: MultiCropSample
+    sample: MultiCropSample | EncodedImage
     skipped: list[str]
 
 
 class MultiCropDataset(Dataset[_Item]):
-    """Multi-crop views of the images of a folder tree; unreadable files are replaced by the next one."""
+    """Multi-crop views of the images of a folder tree; unreadable files are replaced by the next one.
 
-    def __init__(self, paths: Sequence[Path], config: MultiCropConfig, seed: int) -> None:
-        self.paths, self.config, self.seed = list(paths), config, seed
+    With `decode_on="device"` an item is the file's bytes and its view plan (`EncodedImage`), and the
+    pixels are decoded and cut on the training device (see `device_views`).
+    """
+
+    def __init__(self, paths: Sequence[Path], config: MultiCropConfig, seed: int, decode_on: DecodeOn = "workers") -> None:
+        if decode_on not in DECODE_ON:
+            raise UserError(f"--decode must be one of {', '.join(DECODE_ON)}, not {decode_on!r}")
+        self.paths, self.config, self.seed, self.decode_on = list(paths), config, seed, decode_on
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,10 +84,15 @@ class MultiCropDataset(Dataset[_Item]):
         skipped: list[str] = []
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
-            image = read_image_rgb(path)
-            if image is not None:
-                rng = np.random.default_rng((self.seed, epoch, index))
-                return _Item(make_views(image, rng, self.config), skipped)
+            rng = np.random.default_rng((self.seed, epoch, index))
+            if self.decode_on == "device":
+                encoded = read_for_device(path, rng, self.config)
+                if encoded is not None:
+                    return _Item(encoded, skipped)
+            else:
+                image = read_image_rgb(path)
+                if image is not None:
+                    return _Item(make_views(image, rng, self.config), skipped)
             skipped.append(str(path))
         raise UserError("none of the images could be read")
 
