@@ -72,7 +72,7 @@ def test_device_views_keep_the_point_correspondence(seed: int) -> None:
     image = coordinate_image()
     plan = plan_views(image.shape[0], image.shape[1], np.random.default_rng(seed), CONFIG)
     source = torch.from_numpy(image).permute(2, 0, 1)
-    globals_ = render_views([source], [plan], range(0, 2), CONFIG.global_size)[:, 0].numpy()
+    globals_ = render_views([source], [plan], range(2), CONFIG.global_size)[:, 0].numpy()
     locals_ = render_views([source], [plan], range(2, 5), CONFIG.local_size)[:, 0].numpy()
     views = list(globals_) + list(locals_)
     k = CONFIG.points
