@@ -123,3 +123,30 @@ def test_variant_flags_are_checked(hybrid: tuple[Path, Path, Path], tmp_path: Pa
     eval_only = runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "b"),
                                             "--eval-data", str(data)])
     assert eval_only.exit_code == 2 and "add --int8 or --fp16" in eval_only.output
+
+
+def test_float_only_chains_are_not_rounded_to_fp16_between_nodes(tmp_path: Path) -> None:
+    """x → Sqrt → Mul(1e3) → Sub(const) → y, all float-only: the fp16 graph must compute it in float32."""
+    from onnx import TensorProto, helper
+
+    from training.export_variants import _cpu_session, convert_fp16
+
+    nodes = [
+        helper.make_node("Sqrt", ["image"], ["root"], name="/anomaly/Sqrt"),
+        helper.make_node("Mul", ["root", "big"], ["scaled"], name="/anomaly/Mul"),
+        helper.make_node("Sub", ["scaled", "offset"], ["prob"], name="/anomaly/Sub"),
+    ]
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [4])],
+        initializer=[helper.make_tensor("big", TensorProto.FLOAT, [], [1000.0]),
+                     helper.make_tensor("offset", TensorProto.FLOAT, [], [1000.0])],
+    )
+    fp32 = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    convert_fp16(fp32, tmp_path / "chain16.onnx")
+    x = np.array([1.0, 1.0001, 1.0003, 0.9999], np.float32)
+    expected = np.sqrt(x) * 1000.0 - 1000.0  # a difference of nearly equal terms, as in a distance
+    (actual,) = _cpu_session(tmp_path / "chain16.onnx").run(["prob"], {"image": x})
+    np.testing.assert_allclose(actual, expected, atol=2e-3)

@@ -29,6 +29,35 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     validation = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
     assert {"pixel_auroc", "aupro", "f1", "iou"} <= set(validation)
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels.
+    assert run.model.anomaly.source == "conv"
+    assert run.model.anomaly.scorer.memory_bank.shape == (32, run.model.segmentation.config["widths"][1])
+    features = run.model.anomaly_features(torch.zeros(2, 3, 32, 32))
+    assert features.shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize("source", ["vit", "conv"])
+def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--anomaly-features", source, *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    model = load_run(tmp_path / "run").model
+    assert model.anomaly.source == source
+    tiles = torch.randn(3, 3, 32, 32)
+    p_head, p_anomaly = model.branch_probabilities(tiles)
+    fused = 1 - (1 - p_head) * (1 - model.fusion_weight * p_anomaly)
+    torch.testing.assert_close(model(tiles), fused)
+    # The calibration's input is the branch's raw score: p_anomaly is its logistic.
+    raw = model.anomaly_raw_score(tiles)
+    torch.testing.assert_close(p_anomaly, torch.sigmoid((raw - model.anomaly.center) / model.anomaly.scale))
+
+
+def test_unknown_anomaly_features_are_refused(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--anomaly-features", "pixels", *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 2 and "--anomaly-features" in result.output
 
 
 def test_no_anomaly_branch_gives_a_supervised_run(tmp_path: Path) -> None:

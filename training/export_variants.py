@@ -9,6 +9,9 @@ What stays in float32, and why:
 - the zero-label branch (`/anomaly/…`): its nearest-neighbour distance is ‖q‖² − 2 q·b + ‖b‖², a
   difference of large, nearly equal terms; at 8 bits (or fp16) the cancellation turns the distance to
   noise, and the branch is a small share of the compute anyway;
+- the conv encoder's first two stages (`…/enc_full/…`, `…/enc_half/…`), whose
+  1/2-resolution output is what a hybrid's anomaly branch measures distances on: rounded to fp16,
+  those features move the anomaly map by several percent. They are a few small convolutions;
 - the graph's inputs and outputs, so the service feeds and reads float32 whatever the precision.
 """
 
@@ -29,7 +32,9 @@ from training.errors import UserError
 Precision = Literal["fp32", "fp16", "int8"]
 Int8Method = Literal["static", "dynamic"]
 
-FLOAT_ONLY_PREFIXES = ("/anomaly/",)
+# Module scopes in node names (`/anomaly/scorer/MatMul`; how much of the parent path a name keeps
+# depends on how the module was called, so a scope is matched anywhere in the name).
+FLOAT_ONLY_SCOPES = ("/anomaly/", "/enc_full/", "/enc_half/")
 # Quantized graphs are judged by what they do to detection, not by bit-exactness: the export fails
 # when pixel AUROC on a labeled set drops by more than this ...
 MAX_AUROC_DROP = 0.01
@@ -86,7 +91,7 @@ def float_only_nodes(onnx_path: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [node.name for node in graph.node if node.name.startswith(FLOAT_ONLY_PREFIXES)]
+    return [node.name for node in graph.node if any(scope in node.name for scope in FLOAT_ONLY_SCOPES)]
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, method: Int8Method) -> None:
@@ -128,7 +133,33 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     converted = convert_float_to_float16(
         model, keep_io_types=True, node_block_list=float_only_nodes(fp32_path), disable_shape_infer=False
     )
-    onnx.save(converted, str(out_path))
+    onnx.save(drop_fp16_round_trips(converted), str(out_path))
+
+
+def drop_fp16_round_trips(model):  # onnx.ModelProto -> onnx.ModelProto (onnx is imported lazily)
+    """Rewire every Cast(float32) fed by a Cast(float16) to the latter's input.
+
+    The converter casts each float32 node's output to fp16 and back before the next float32 node, so
+    a chain of float-only nodes would still round every intermediate value to fp16. Casting the
+    original tensor directly is exact where it was float32 and unchanged where it was fp16.
+    """
+    from onnx import TensorProto
+
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    for node in graph.node:
+        source = producers.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
+        if source is not None and cast_to(source) == TensorProto.FLOAT16:
+            node.input[0] = source.input[0]
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    dead = [node for node in graph.node if node.op_type == "Cast" and not any(out in used for out in node.output)]
+    for node in dead:
+        graph.node.remove(node)
+    return model
 
 
 class _TileReader:

@@ -40,6 +40,7 @@ from training.hybrid import (
     save_run,
 )
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
+from training.models.anomaly import ANOMALY_SOURCES
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
 
@@ -63,6 +64,7 @@ class FinetuneConfig:
     backbone_lr_scale: float = 0.1
     unfreeze_last: int = 2
     anomaly_branch: bool = True
+    anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
     bank_size: int = 2048
     labeled_defects: int | None = None
     val_fraction: float = 0.2
@@ -256,6 +258,8 @@ def finetune(config: FinetuneConfig) -> dict:
     Raises:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
+    if config.anomaly_features not in ANOMALY_SOURCES:
+        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {config.anomaly_features!r}")
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     samples = _select_samples(config)
@@ -312,8 +316,9 @@ def _add_anomaly_branch(
 ) -> None:
     """Memory bank from defect-free training images; calibration on held-out normals; fusion weight on validation."""
     bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
-    model.anomaly = build_anomaly_head(model.backbone, [normal_train[i] for i in bank_idx], tile=config.image_size,
-                                       mean=mean, std=std, bank_size=config.bank_size, device=device, seed=config.seed)
+    build_anomaly_head(model, [normal_train[i] for i in bank_idx], source=config.anomaly_features,
+                       tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size, device=device,
+                       seed=config.seed)
     calibrate_on_normal(model, predictor, [normal_train[i] for i in calib_idx])
     branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)

@@ -25,9 +25,9 @@ from training.hybrid import (
     normalise_image,
     save_run,
 )
-from training.models.anomaly import AnomalyHead, anomaly_feature_blocks, greedy_coreset, local_patch_features
+from training.models.anomaly import AnomalySource, AnomalyHead, anomaly_feature_blocks, greedy_coreset
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
-from training.models.segmentation import fix_input_size, vit_feature_maps
+from training.models.segmentation import fix_input_size
 
 log = logging.getLogger(__name__)
 
@@ -86,46 +86,49 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
 
 @torch.no_grad()
 def build_anomaly_head(
-    backbone: torch.nn.Module,
+    model: InspectionModel,
     images: list[np.ndarray],
     *,
+    source: AnomalySource,
     tile: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     bank_size: int,
     device: torch.device,
     seed: int = 0,
-) -> AnomalyHead:
-    """Memory bank (greedy coreset) of the patch features of defect-free images, tiled without overlap."""
+) -> None:
+    """Give `model` an anomaly head whose memory bank is a greedy coreset of the normal images' features.
+
+    Images are tiled without overlap. Each image contributes at most its share of
+    `MAX_CANDIDATE_PATCHES` rows (a random subset), so memory stays bounded however many
+    high-resolution images there are and fine (2 px) features are.
+    """
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 
-    blocks = anomaly_feature_blocks(len(backbone.blocks))
+    model.anomaly = AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(model.backbone.blocks)), source=source)
+    model.anomaly.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))
     rows = []
     for image in images:
         boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
         tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
-        features = local_patch_features(vit_feature_maps(backbone, tiles, blocks), blocks)
-        rows.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
+        features = model.anomaly_features(tiles)
+        features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu()
+        if features.shape[0] > per_image:
+            features = features[torch.randperm(features.shape[0], generator=generator)[:per_image]]
+        rows.append(features)
     candidates = torch.cat(rows)
-    if candidates.shape[0] > MAX_CANDIDATE_PATCHES:
-        keep = torch.randperm(candidates.shape[0], generator=torch.Generator().manual_seed(seed))
-        candidates = candidates[keep[:MAX_CANDIDATE_PATCHES]]
     chosen = greedy_coreset(candidates.to(device), bank_size, seed=seed).cpu()
-    log.info("memory bank: %d of %d normal patches", len(chosen), candidates.shape[0])
-    return AnomalyHead(candidates[chosen], blocks).to(device)
+    log.info("memory bank (%s features): %d of %d normal positions", source, len(chosen), candidates.shape[0])
+    model.anomaly.set_memory_bank(candidates[chosen].to(device))
 
 
 @torch.no_grad()
 def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, normal_images: list[np.ndarray]) -> None:
     """Fit the anomaly head's logistic on raw scores of held-out defect-free images."""
-    head = model.anomaly
-
-    def raw(tiles: torch.Tensor) -> torch.Tensor:
-        maps = vit_feature_maps(model.backbone, tiles, head.feature_blocks)
-        return head.raw_score(tiles.shape[-2:], maps)
-
-    scores = [predictor.predict_outputs(image, raw)[0] for image in normal_images]
-    head.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
+    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0] for image in normal_images]
+    model.anomaly.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
 
 
 def normal_thresholds(maps: list[np.ndarray]) -> dict[str, float]:
@@ -158,11 +161,11 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
     mean, std = PIXEL_MEAN, PIXEL_STD
-    head = build_anomaly_head(
-        backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
+    model = InspectionModel(backbone, anomaly=AnomalyHead(torch.zeros(1, 1), (0,))).eval()
+    build_anomaly_head(
+        model, [images[i] for i in bank_idx], source="vit", tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed,
     )
-    model = InspectionModel(backbone, anomaly=head).eval()
     predictor = TorchPredictor(model, tile=config.image_size, overlap=default_overlap(config.image_size),
                                mean=mean, std=std, batch_size=config.batch_size, device=device)
     held_out = [images[i] for i in held_idx]

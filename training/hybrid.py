@@ -4,6 +4,8 @@
 follows from the heads it holds: "supervised" (head only), "zero-label" (anomaly head only), or
 "hybrid", where p = 1 − (1 − p_head)(1 − w · p_anomaly): a noisy-OR, so a defect type nobody labeled
 still lights up through the anomaly branch, and w (fitted on validation) tempers its false alarms.
+The anomaly branch scores ViT patch features (zero-label runs) or, in a hybrid, the head's own conv
+encoder at 1/2 resolution (see `training.models.anomaly`).
 
 A run directory stores it as `model.pt` (recipe + weights) beside `threshold.json` and `metrics.json`.
 """
@@ -23,7 +25,7 @@ from torch import nn
 from training.errors import UserError
 from training.models.anomaly import AnomalyHead
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX, create_vit, patch_size_of
-from training.models.segmentation import SegmentationHead, fix_input_size, vit_feature_maps
+from training.models.segmentation import EncodedImage, SegmentationHead, fix_input_size, vit_feature_maps
 
 MODEL_FILE = "model.pt"
 THRESHOLD_FILE = "threshold.json"
@@ -47,6 +49,8 @@ class InspectionModel(nn.Module):
         super().__init__()
         if segmentation is None and anomaly is None:
             raise ValueError("an inspection model needs a segmentation head, an anomaly head, or both")
+        if anomaly is not None and anomaly.source == "conv" and segmentation is None:
+            raise ValueError("an anomaly head on conv features needs the segmentation head that computes them")
         self.backbone = backbone
         self.segmentation = segmentation
         self.anomaly = anomaly
@@ -59,21 +63,44 @@ class InspectionModel(nn.Module):
         return "supervised" if self.segmentation is not None else "zero-label"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = vit_feature_maps(self.backbone, images, self._blocks())
-        if self.segmentation is None:
-            return self.anomaly(images.shape[-2:], maps)
-        p_head = torch.sigmoid(self.segmentation(images, maps))
-        if self.anomaly is None:
-            return p_head
-        p_anomaly = self.anomaly(images.shape[-2:], maps)
+        p_head, p_anomaly = self.branch_probabilities(images)
+        if p_head is None or p_anomaly is None:
+            return p_head if p_anomaly is None else p_anomaly
         return 1.0 - (1.0 - p_head) * (1.0 - self.fusion_weight * p_anomaly)
 
     def branch_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(p_head, p_anomaly) separately, for fitting the fusion weight."""
+        """(p_head, p_anomaly) separately, for fitting the fusion weight; None for a missing branch."""
         maps = vit_feature_maps(self.backbone, images, self._blocks())
-        p_head = torch.sigmoid(self.segmentation(images, maps)) if self.segmentation is not None else None
-        p_anomaly = self.anomaly(images.shape[-2:], maps) if self.anomaly is not None else None
+        encoded = self.segmentation.encode(images) if self.segmentation is not None else None
+        p_head = torch.sigmoid(self.segmentation.decode(encoded, maps)) if encoded is not None else None
+        p_anomaly = None
+        if self.anomaly is not None:
+            p_anomaly = self.anomaly(images.shape[-2:], self._anomaly_features(maps, encoded))
         return p_head, p_anomaly
+
+    def anomaly_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature map the anomaly branch scores, as its memory bank holds it: `[N, C, h, w]`."""
+        return self.anomaly.local_features(self._anomaly_input(images))
+
+    def anomaly_raw_score(self, images: torch.Tensor) -> torch.Tensor:
+        """The anomaly branch's uncalibrated per-pixel score (what its calibration is fitted on)."""
+        return self.anomaly.raw_score(images.shape[-2:], self._anomaly_input(images))
+
+    def _anomaly_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The anomaly branch's input alone (ViT blocks or conv encoder, whichever it reads)."""
+        if self.anomaly is None:
+            raise ValueError("this model has no anomaly head")
+        if self.anomaly.source == "vit":
+            return self._anomaly_features(vit_feature_maps(self.backbone, images, self.anomaly.feature_blocks), None)
+        return self._anomaly_features({}, self.segmentation.encode(images))
+
+    def _anomaly_features(self, maps: dict[int, torch.Tensor], encoded: EncodedImage | None) -> torch.Tensor:
+        """The anomaly branch's input before its neighbourhood averaging."""
+        if self.anomaly.source == "vit":
+            return torch.cat([maps[b] for b in self.anomaly.feature_blocks], dim=1)
+        if encoded is None:
+            raise ValueError("conv anomaly features need the segmentation head's encoder")
+        return encoded.half
 
     def segmentation_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The supervised head's logits (what fine-tuning trains)."""
@@ -83,10 +110,9 @@ class InspectionModel(nn.Module):
         return self.segmentation(images, maps)
 
     def _blocks(self) -> tuple[int, ...]:
-        blocks: set[int] = set()
-        for head in (self.segmentation, self.anomaly):
-            if head is not None:
-                blocks.update(head.feature_blocks)
+        blocks: set[int] = set(self.segmentation.feature_blocks) if self.segmentation is not None else set()
+        if self.anomaly is not None and self.anomaly.source == "vit":
+            blocks.update(self.anomaly.feature_blocks)
         return tuple(sorted(blocks))
 
 
@@ -214,7 +240,8 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
         segmentation = SegmentationHead(backbone.embed_dim, cfg["feature_blocks"], widths=cfg["widths"], vit_width=cfg["vit_width"])
     if payload.get("anomaly"):
         cfg = payload["anomaly"]
-        anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"])
+        anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],
+                              source=cfg.get("source", "vit"))  # runs saved before conv features: "vit"
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
 
 

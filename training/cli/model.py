@@ -36,6 +36,9 @@ def finetune(
     anomaly_branch: Annotated[
         bool, typer.Option("--anomaly-branch/--no-anomaly-branch", help="Fuse a zero-label anomaly map (hybrid model).")
     ] = True,
+    anomaly_features: Annotated[str, typer.Option(
+        "--anomaly-features", help="conv: the head's encoder at 1/2 resolution (thin defects); vit: patch tokens.",
+    )] = "conv",
     bank_size: BankOpt = 2048,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
@@ -51,7 +54,8 @@ def finetune(
     config = FinetuneConfig(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
-        anomaly_branch=anomaly_branch, bank_size=bank_size, labeled_defects=labeled_defects, device=device, seed=seed,
+        anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, bank_size=bank_size,
+        labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():
         metrics = run_finetune(config)

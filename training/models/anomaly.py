@@ -6,6 +6,14 @@ greedily subsampled to a fixed-size coreset that still covers them (k-center), a
 scores its distance to the nearest bank entry. The map is upsampled to pixels, smoothed, and turned
 into a probability-like value with a logistic fitted on normal statistics.
 
+Two feature sources:
+- "vit": the backbone's patch tokens (mid-level blocks), one feature per 16 px patch. What the
+  zero-label mode has before any label exists.
+- "conv": the fine-tuned head's conv encoder at 1/2 resolution, one feature per 2 px. A thin scratch
+  fills a few percent of a 16 px patch but a whole 2 px cell, and the encoder, trained on the labeled
+  defect types, describes local structure that also tells unlabeled types apart (measured in
+  docs/BENCHMARKS.md §3). The hybrid model uses it.
+
 Everything in `AnomalyHead.forward` is plain tensor algebra, so the bank is a constant of the
 exported graph and the nearest-neighbour search is MatMul + ReduceMin:
 d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +37,14 @@ CALIBRATION_QUANTILE = 0.99
 MEDIAN_PROBABILITY = 0.05
 
 
-def local_patch_features(maps: dict[int, torch.Tensor], blocks: Sequence[int]) -> torch.Tensor:
-    """Concatenate block maps and average each patch with its 3x3 neighbours: `[N, C, h, w]`."""
-    features = torch.cat([maps[b] for b in blocks], dim=1)
+AnomalySource = Literal["vit", "conv"]
+ANOMALY_SOURCES: tuple[str, ...] = get_args(AnomalySource)
+# Smoothing of the upsampled distance map, in pixels: about a quarter of a 16 px patch, one conv cell.
+DEFAULT_BLUR = {"vit": 4.0, "conv": 2.0}
+
+
+def neighbourhood_mean(features: torch.Tensor) -> torch.Tensor:
+    """Average each position of `[N, C, h, w]` with its 3x3 neighbours (borders: the neighbours that exist)."""
     return F.avg_pool2d(features, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
 
@@ -85,17 +99,30 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 class AnomalyHead(nn.Module):
-    """Memory bank + calibration: ViT block maps → anomaly probability `[N, 1, T, T]`.
+    """Memory bank + calibration: a feature map → anomaly probability `[N, 1, T, T]`.
 
     Args:
-        memory_bank: coreset of normal patch features `[K, C]`.
-        feature_blocks: blocks whose tokens form the features (as when the bank was built).
-        blur_sigma: gaussian smoothing of the upsampled map, in pixels.
+        memory_bank: coreset of normal features `[K, C]`.
+        feature_blocks: ViT blocks whose tokens form the features (source "vit"; kept for "conv" too,
+            where they are what the segmentation head reads).
+        source: "vit" or "conv" (see the module docstring); `InspectionModel` builds the features.
+        blur_sigma: gaussian smoothing of the upsampled map, in pixels (default per source).
     """
 
-    def __init__(self, memory_bank: torch.Tensor, feature_blocks: Sequence[int], *, blur_sigma: float = 4.0) -> None:
+    def __init__(
+        self,
+        memory_bank: torch.Tensor,
+        feature_blocks: Sequence[int],
+        *,
+        source: AnomalySource = "vit",
+        blur_sigma: float | None = None,
+    ) -> None:
         super().__init__()
+        if source not in ANOMALY_SOURCES:
+            raise ValueError(f"unknown anomaly feature source {source!r}; expected one of {ANOMALY_SOURCES}")
+        blur_sigma = DEFAULT_BLUR[source] if blur_sigma is None else blur_sigma
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
+        self.source = source
         self.scorer = NearestNeighbourScorer(memory_bank)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
@@ -105,16 +132,31 @@ class AnomalyHead(nn.Module):
             "feature_blocks": list(self.feature_blocks),
             "bank_shape": list(memory_bank.shape),
             "blur_sigma": float(blur_sigma),
+            "source": source,
         }
 
-    def forward(self, size: Sequence[int], maps: dict[int, torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid((self.raw_score(size, maps) - self.center) / self.scale)
+    def forward(self, size: Sequence[int], features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((self.raw_score(size, features) - self.center) / self.scale)
 
-    def raw_score(self, size: Sequence[int], maps: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Uncalibrated per-pixel score: upsampled, smoothed nearest-neighbour distance."""
-        distances = self.scorer(local_patch_features(maps, self.feature_blocks))
+    def raw_score(self, size: Sequence[int], features: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated per-pixel score of a feature map: upsampled, smoothed nearest-neighbour distance."""
+        distances = self.scorer(self.local_features(features))
         upsampled = F.interpolate(distances, size=tuple(size), mode="bilinear", align_corners=False)
         return self._blur(upsampled)
+
+    @staticmethod
+    def local_features(features: torch.Tensor) -> torch.Tensor:
+        """What the bank holds and a query is: each position averaged with its 3x3 neighbours.
+
+        Done here rather than by the caller so that, in an exported graph, it sits in the head's scope
+        (which reduced-precision variants keep in float32).
+        """
+        return neighbourhood_mean(features)
+
+    def set_memory_bank(self, memory_bank: torch.Tensor) -> None:
+        """Replace the bank (built after the head, from the features the head defines)."""
+        self.scorer = NearestNeighbourScorer(memory_bank.to(self.center.device))
+        self.config["bank_shape"] = list(memory_bank.shape)
 
     def calibrate(self, normal_scores: torch.Tensor) -> None:
         """Fit the logistic on raw scores of held-out normal pixels (never those the bank was built from)."""

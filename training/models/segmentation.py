@@ -10,6 +10,7 @@ looks wrong, the conv branch says *exactly where*.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,14 @@ def vit_feature_maps(backbone: VisionTransformer, images: torch.Tensor, blocks: 
     wanted = sorted(set(blocks))
     maps = backbone.forward_intermediates(images, indices=wanted, output_fmt="NCHW", intermediates_only=True)
     return dict(zip(wanted, maps))
+
+
+class EncodedImage(NamedTuple):
+    """Encoder maps of the conv branch (the anomaly branch reads `half` too)."""
+
+    full: torch.Tensor
+    half: torch.Tensor
+    quarter: torch.Tensor
 
 
 class ConvBlock(nn.Sequential):
@@ -81,9 +90,16 @@ class FusionDecoder(nn.Module):
         self.to_logit = nn.Conv2d(full, 1, 1)
 
     def forward(self, images: torch.Tensor, vit_maps: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images), vit_maps)
+
+    def encode(self, images: torch.Tensor) -> EncodedImage:
+        """The conv branch's encoder maps at 1/1, 1/2 and 1/4 resolution."""
         skip_full = self.enc_full(images)
         skip_half = self.enc_half(skip_full)
-        quarter = self.enc_quarter(skip_half)
+        return EncodedImage(skip_full, skip_half, self.enc_quarter(skip_half))
+
+    def decode(self, encoded: EncodedImage, vit_maps: torch.Tensor) -> torch.Tensor:
+        skip_full, skip_half, quarter = encoded
         vit = F.interpolate(self.vit_proj(vit_maps), size=quarter.shape[-2:], mode="bilinear", align_corners=False)
         x = self.fuse_quarter(torch.cat([quarter, vit], dim=1))
         x = F.interpolate(x, size=skip_half.shape[-2:], mode="bilinear", align_corners=False)
@@ -118,8 +134,14 @@ class SegmentationHead(nn.Module):
         self.config = {"feature_blocks": list(self.feature_blocks), "widths": [full, half, quarter], "vit_width": vit_width}
 
     def forward(self, images: torch.Tensor, maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        return self.decode(self.encode(images), maps)
+
+    def encode(self, images: torch.Tensor) -> EncodedImage:
+        return self.decoder.encode(images)
+
+    def decode(self, encoded: EncodedImage, maps: dict[int, torch.Tensor]) -> torch.Tensor:
         vit_maps = torch.cat([maps[b] for b in self.feature_blocks], dim=1)
-        return self.decoder(images, vit_maps)
+        return self.decoder.decode(encoded, vit_maps)
 
 
 def count_parameters(module: nn.Module) -> int:
