@@ -15,7 +15,13 @@ from inspect_svc.engine.predictor import Predictor
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.errors import UserError
 from training.export import export_run
-from training.export_variants import MAX_AUROC_DROP, MAX_PROB_DIFF, VariantReport, check_tolerance, float_only_nodes
+from training.export_variants import (
+    MAX_AUROC_DROP,
+    MAX_PROB_DIFF,
+    VariantReport,
+    check_tolerance,
+    float_only_nodes,
+)
 
 runner = CliRunner()
 

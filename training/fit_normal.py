@@ -25,7 +25,7 @@ from training.hybrid import (
     normalise_image,
     save_run,
 )
-from training.models.anomaly import AnomalySource, AnomalyHead, anomaly_feature_blocks, greedy_coreset
+from training.models.anomaly import AnomalyHead, AnomalySource, anomaly_feature_blocks, greedy_coreset
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
 
