@@ -132,6 +132,28 @@ def test_rerun_reuses_finished_models(study_run: tuple[Path, Path, str]) -> None
     assert json.loads((out / "study.json").read_text())["rows"] == before
 
 
+def test_other_anomaly_features_retrain_only_the_hybrids(study_run: tuple[Path, Path, str]) -> None:
+    data, out, _ = study_run
+    before = json.loads((out / "study.json").read_text())["rows"]
+    hybrids = len({row["run"] for row in before if row["model"] == "hybrid"})
+    try:
+        result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS,
+                                     "--anomaly-features", "vit"])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("cached") == 7 - hybrids
+        assert json.loads((out / "study.json").read_text())["config"]["anomaly_features"] == "vit"
+        assert "hybrid anomaly branch on vit features" in (out / "study.md").read_text()
+    finally:  # leave the module's study as the other tests expect it
+        runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
+
+
+def test_unknown_anomaly_features_are_a_one_line_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["label-study", "--backbone", TINY_BACKBONE, "--data", str(tmp_path), "--out",
+                                 str(tmp_path / "out"), "--anomaly-features", "pixels"])
+    assert result.exit_code == 2 and "--anomaly-features" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_split_is_stratified_deterministic_and_disjoint() -> None:
     samples = [
         LabeledSample(f"{line}-d{i}", Path(f"{line}-d{i}.png"), Path(f"m{i}.png"), ("stain",), line)

@@ -44,6 +44,7 @@ from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
 from training.fit_normal import data_fingerprint, holdout_split
+from training.models.anomaly import ANOMALY_SOURCES
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.study_report import write_study
 
@@ -86,6 +87,7 @@ class StudyConfig:
     test_fraction: float = 0.3
     include_unet: bool = True
     include_zero_label: bool = True
+    anomaly_features: str = "conv"
     device: str = "auto"
     seed: int = 0
 
@@ -353,6 +355,7 @@ def _train_hybrid(
             steps=config.steps,
             batch_size=config.batch_size,
             labeled_defects=job.labels,
+            anomaly_features=config.anomaly_features,
             device=str(device),
             seed=config.seed,
         )
@@ -570,6 +573,8 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         "device": device.type,
         "test_fraction": config.test_fraction,
         "held_out_types": list(config.held_out_types),
+        # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
+        "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
         "data": str(config.data.resolve()),
         "test_split": digest,
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),
@@ -597,6 +602,8 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
+    if config.anomaly_features not in ANOMALY_SOURCES:
+        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {config.anomaly_features!r}")
 
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:

@@ -37,7 +37,8 @@ def render_markdown(study: dict) -> str:
     setup = (
         f"Test split: {len(split['test_images'])} images ({split['test_defective']} defective) from "
         f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
-        f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}."
+        f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}; "
+        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features."
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]

@@ -49,6 +49,9 @@ def label_study(
             help="Score the zero-label mode alone, per backbone.",
         ),
     ] = True,
+    anomaly_features: Annotated[
+        str, Opt("--anomaly-features", help="What the hybrid's anomaly branch reads: conv (default) or vit.")
+    ] = "conv",
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, Opt("--seed", help="Seed of the splits, label picks and training.")] = 0,
 ) -> None:
@@ -71,6 +74,7 @@ def label_study(
             test_fraction=test_fraction,
             include_unet=include_unet,
             include_zero_label=include_zero_label,
+            anomaly_features=anomaly_features,
             device=device,
             seed=seed,
         )
