@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import training.pretrain as pretrain_module
 from training.data.photometric import GLOBAL_POLICIES, augment
+from training.errors import UserError
 from training.models.backbone import load_backbone
 from training.pretrain import run_pretrain
 from training.pretrain_config import PretrainConfig
@@ -86,6 +87,16 @@ def test_decoding_on_the_device_trains_from_jpegs(tmp_path: Path) -> None:
     result = run_pretrain(config)
     assert result.steps == 3 and result.skipped_images == 1
     assert np.isfinite(logged(tmp_path / "run")).all()
+
+
+def test_point_head_can_have_its_own_prototype_count(image_folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(image_folder, tmp_path / "run", point_prototypes=16, steps=2)
+    trainer_net, _ = pretrain_module.build_networks(config)
+    assert trainer_net.point_head.prototypes.shape[0] == 16
+    assert trainer_net.cls_head.prototypes.shape[0] == 64
+    assert run_pretrain(config).steps == 2 and np.isfinite(logged(tmp_path / "run")).all()
+    with pytest.raises(UserError, match="--point-prototypes"):
+        tiny_config(image_folder, tmp_path / "bad", point_prototypes=0)
 
 
 def test_resume_continues_exactly_after_ctrl_c(image_folder: Path, tmp_path: Path, monkeypatch) -> None:

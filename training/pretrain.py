@@ -65,13 +65,13 @@ def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDis
     )
     dim = backbone.embed_dim
 
-    def head() -> nn.Module:
+    def head(prototypes: int) -> nn.Module:
         if config.objective == "densedino-crr":
             return ProjectionHead(dim, config.projection_dim, config.head_hidden_dim)
-        return DINOHead(dim, config.num_prototypes, config.head_hidden_dim, config.projection_dim)
+        return DINOHead(dim, prototypes, config.head_hidden_dim, config.projection_dim)
 
     student = SelfDistillationNet(
-        backbone, head(), head() if config.dense else None, learned_ref_content=config.learned_ref_content,
+        backbone, head(config.num_prototypes), head(config.point_prototype_count) if config.dense else None, learned_ref_content=config.learned_ref_content,
         reference_attention=config.reference_attention,
     )
     teacher = make_teacher(student)
@@ -84,8 +84,9 @@ def build_loss(config: PretrainConfig) -> nn.Module:
     if config.objective == "densedino-crr":
         return CodingRateDistillationLoss(use_points=True, alpha=config.alpha, eps_sq=config.eps_sq)
     return DenseDINOLoss(
-        config.num_prototypes, use_points=config.dense, alpha=config.alpha, student_temp=config.student_temp,
-        teacher_temp=config.teacher_temp, center_momentum=config.center_momentum,
+        config.num_prototypes, point_prototypes=config.point_prototype_count, use_points=config.dense,
+        alpha=config.alpha, student_temp=config.student_temp, teacher_temp=config.teacher_temp,
+        center_momentum=config.center_momentum,
     )
 
 

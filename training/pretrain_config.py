@@ -48,6 +48,9 @@ class PretrainConfig:
     drop_path: float = 0.1
     alpha: float = 0.5
     num_prototypes: int = 65536
+    # The point head's own count (None: num_prototypes). Its logits are [reference tokens, K] per view
+    # pair, ~100x the class head's rows, so K there sets much of the step's memory traffic.
+    point_prototypes: int | None = None
     projection_dim: int = 256
     head_hidden_dim: int = 2048
     student_temp: float = 0.1
@@ -82,6 +85,8 @@ class PretrainConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
+        if self.point_prototypes is not None and self.point_prototypes < 1:
+            raise UserError(f"--point-prototypes must be at least 1, got {self.point_prototypes}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
         if self.local_crops < 0 or self.workers < 0:
@@ -99,6 +104,10 @@ class PretrainConfig:
         for name, (low, high) in (("global", self.global_scale), ("local", self.local_scale)):
             if not 0.0 < low <= high <= 1.0:
                 raise UserError(f"the {name} crop scale range must satisfy 0 < low ≤ high ≤ 1, got ({low}, {high})")
+
+    @property
+    def point_prototype_count(self) -> int:
+        return self.point_prototypes or self.num_prototypes
 
     @property
     def dense(self) -> bool:

@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--local-size", type=int, default=224)
     parser.add_argument("--points", type=int, default=2)
     parser.add_argument("--prototypes", type=int, default=65536)
+    parser.add_argument("--point-prototypes", type=int, default=None, help="point head prototypes (default: --prototypes)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, cudnn tuning)")
     parser.add_argument("--compile", action="store_true")
@@ -134,7 +135,8 @@ def main() -> None:
     config = PretrainConfig(
         data=data, out=tmp / "run", arch=args.arch, objective=args.objective, batch_size=args.batch_size,
         global_crops=args.global_crops, local_crops=args.local_crops, global_size=args.global_size,
-        local_size=args.local_size, points=args.points, num_prototypes=args.prototypes, workers=args.workers,
+        local_size=args.local_size, points=args.points, num_prototypes=args.prototypes,
+        point_prototypes=args.point_prototypes, workers=args.workers,
         steps=10**6, device=args.device, progress=False, reference_attention=args.reference_attention,
         decode=args.decode,
     )

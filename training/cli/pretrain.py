@@ -28,6 +28,9 @@ def pretrain(
     lr: Annotated[float, Opt(help="Learning rate per 256 images (scaled by the global batch).")] = 5e-4,
     alpha: Annotated[float, Opt(help="Weight of the image-level loss; 1 − alpha goes to points.")] = 0.5,
     prototypes: Annotated[int, Opt("--prototypes", help="DINO head prototypes.")] = 65536,
+    point_prototypes: Annotated[int | None, Opt(
+        "--point-prototypes", help="Prototypes of the point head (default: --prototypes)."
+    )] = None,
     head_hidden_dim: Annotated[int, Opt("--head-hidden-dim", help="Hidden width of the heads.")] = 2048,
     device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
     workers: Annotated[int, Opt(help="Data-loading worker processes.")] = 8,
@@ -52,6 +55,7 @@ def pretrain(
             data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
             global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
             epochs=epochs, steps=steps, lr=lr, alpha=alpha, num_prototypes=prototypes,
+            point_prototypes=point_prototypes,
             head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
             checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
             reference_attention=reference_attention, decode=decode,

@@ -25,6 +25,7 @@ class DenseDINOLoss(nn.Module):
         num_prototypes: int,
         *,
         use_points: bool,
+        point_prototypes: int | None = None,
         alpha: float = 0.5,
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
@@ -33,7 +34,8 @@ class DenseDINOLoss(nn.Module):
         super().__init__()
         self.alpha = alpha if use_points else 1.0
         self.image = DINOLoss(num_prototypes, student_temp, teacher_temp, center_momentum)
-        self.point = DINOLoss(num_prototypes, student_temp, teacher_temp, center_momentum) if use_points else None
+        point_prototypes = point_prototypes or num_prototypes
+        self.point = DINOLoss(point_prototypes, student_temp, teacher_temp, center_momentum) if use_points else None
 
     def forward(
         self,
