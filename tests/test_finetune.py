@@ -36,14 +36,17 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert features.shape[-2:] == (16, 16)
 
 
-@pytest.mark.parametrize("source", ["vit", "conv"])
-def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize(("source", "stride"), [("vit", 1), ("conv", 1), ("conv", 2)])
+def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--anomaly-features", source, *TINY_FINETUNE_ARGS])
+                                         str(tmp_path / "run"), "--anomaly-features", source,
+                                         "--anomaly-stride", str(stride), *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
     model = load_run(tmp_path / "run").model
-    assert model.anomaly.source == source
+    assert model.anomaly.source == source and model.anomaly.stride == stride
+    if source == "conv":  # one query per 2x2 pixels, or per 4x4 with stride 2
+        assert model.anomaly_features(torch.zeros(1, 3, 32, 32)).shape[-1] == 16 // stride
     tiles = torch.randn(3, 3, 32, 32)
     p_head, p_anomaly = model.branch_probabilities(tiles)
     fused = 1 - (1 - p_head) * (1 - model.fusion_weight * p_anomaly)
@@ -53,11 +56,12 @@ def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str) -> None:
     torch.testing.assert_close(p_anomaly, torch.sigmoid((raw - model.anomaly.center) / model.anomaly.scale))
 
 
-def test_unknown_anomaly_features_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "value"), [("--anomaly-features", "pixels"), ("--anomaly-stride", "0")])
+def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--anomaly-features", "pixels", *TINY_FINETUNE_ARGS])
-    assert result.exit_code == 2 and "--anomaly-features" in result.output
+                                         str(tmp_path / "run"), option, value, *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 2 and option in result.output
 
 
 def test_no_anomaly_branch_gives_a_supervised_run(tmp_path: Path) -> None:

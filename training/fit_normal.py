@@ -90,6 +90,7 @@ def build_anomaly_head(
     images: list[np.ndarray],
     *,
     source: AnomalySource,
+    stride: int = 1,
     tile: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -105,7 +106,8 @@ def build_anomaly_head(
     """
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 
-    model.anomaly = AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(model.backbone.blocks)), source=source)
+    blocks = anomaly_feature_blocks(len(model.backbone.blocks))
+    model.anomaly = AnomalyHead(torch.zeros(1, 1), blocks, source=source, stride=stride)
     model.anomaly.to(device)
     generator = torch.Generator().manual_seed(seed)
     per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))

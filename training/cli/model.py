@@ -39,6 +39,9 @@ def finetune(
     anomaly_features: Annotated[str, typer.Option(
         "--anomaly-features", help="conv: the head's encoder at 1/2 resolution (thin defects); vit: patch tokens.",
     )] = "conv",
+    anomaly_stride: Annotated[int, typer.Option(
+        "--anomaly-stride", help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).",
+    )] = 1,
     bank_size: BankOpt = 2048,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
@@ -54,7 +57,8 @@ def finetune(
     config = FinetuneConfig(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
-        anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, bank_size=bank_size,
+        anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
+        bank_size=bank_size,
         labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():

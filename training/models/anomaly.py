@@ -43,9 +43,13 @@ ANOMALY_SOURCES: tuple[str, ...] = get_args(AnomalySource)
 DEFAULT_BLUR = {"vit": 4.0, "conv": 2.0}
 
 
-def neighbourhood_mean(features: torch.Tensor) -> torch.Tensor:
-    """Average each position of `[N, C, h, w]` with its 3x3 neighbours (borders: the neighbours that exist)."""
-    return F.avg_pool2d(features, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+def neighbourhood_mean(features: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Average each position of `[N, C, h, w]` with its 3x3 neighbours (borders: the neighbours that exist).
+
+    With `stride` 2 only every other position (in each direction) is kept: a quarter of the queries,
+    each still covering its neighbours, so nothing between two kept positions goes unseen.
+    """
+    return F.avg_pool2d(features, kernel_size=3, stride=stride, padding=1, count_include_pad=False)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -107,6 +111,7 @@ class AnomalyHead(nn.Module):
             where they are what the segmentation head reads).
         source: "vit" or "conv" (see the module docstring); `InspectionModel` builds the features.
         blur_sigma: gaussian smoothing of the upsampled map, in pixels (default per source).
+        stride: keep every `stride`-th position of the averaged feature map (fewer queries to score).
     """
 
     def __init__(
@@ -116,13 +121,16 @@ class AnomalyHead(nn.Module):
         *,
         source: AnomalySource = "vit",
         blur_sigma: float | None = None,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"unknown anomaly feature source {source!r}; expected one of {ANOMALY_SOURCES}")
         blur_sigma = DEFAULT_BLUR[source] if blur_sigma is None else blur_sigma
+        if stride < 1:
+            raise ValueError(f"stride must be at least 1, got {stride}")
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
-        self.source = source
+        self.source, self.stride = source, int(stride)
         self.scorer = NearestNeighbourScorer(memory_bank)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
@@ -133,6 +141,7 @@ class AnomalyHead(nn.Module):
             "bank_shape": list(memory_bank.shape),
             "blur_sigma": float(blur_sigma),
             "source": source,
+            "stride": int(stride),
         }
 
     def forward(self, size: Sequence[int], features: torch.Tensor) -> torch.Tensor:
@@ -144,14 +153,13 @@ class AnomalyHead(nn.Module):
         upsampled = F.interpolate(distances, size=tuple(size), mode="bilinear", align_corners=False)
         return self._blur(upsampled)
 
-    @staticmethod
-    def local_features(features: torch.Tensor) -> torch.Tensor:
+    def local_features(self, features: torch.Tensor) -> torch.Tensor:
         """What the bank holds and a query is: each position averaged with its 3x3 neighbours.
 
         Done here rather than by the caller so that, in an exported graph, it sits in the head's scope
         (which reduced-precision variants keep in float32).
         """
-        return neighbourhood_mean(features)
+        return neighbourhood_mean(features, self.stride)
 
     def set_memory_bank(self, memory_bank: torch.Tensor) -> None:
         """Replace the bank (built after the head, from the features the head defines)."""
