@@ -19,8 +19,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inspect_svc import __version__
-from inspect_svc import imaging
+from inspect_svc import __version__, imaging
 from inspect_svc.api import ROUTERS
 from inspect_svc.dashboard.deps import TEMPLATES
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull

@@ -7,8 +7,13 @@ import torch
 from torch import nn
 
 from training.hybrid import InspectionModel, TorchPredictor
-from training.models.segmentation import SegmentationHead, count_parameters, default_feature_blocks, fix_input_size
 from training.models.backbone import create_vit
+from training.models.segmentation import (
+    SegmentationHead,
+    count_parameters,
+    default_feature_blocks,
+    fix_input_size,
+)
 
 
 def tiny_model(tile: int = 32) -> InspectionModel:

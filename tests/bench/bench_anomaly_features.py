@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def stage_branch(
     generator = torch.Generator().manual_seed(args.seed)
     candidates = candidates[torch.randperm(len(candidates), generator=generator)[:MAX_ROWS]]
     head.set_memory_bank(candidates[greedy_coreset(candidates, args.bank_size, seed=args.seed)])
-    raw = [predictor.predict_outputs(normal[i], lambda t: _raw(run_forward, features, stage, head, t))[0]
+    raw = [predictor.predict_outputs(normal[i], partial(_raw, run_forward, features, stage, head))[0]
            for i in calib_idx]
     head.calibrate(torch.from_numpy(np.concatenate([r.ravel() for r in raw])))
     return head
@@ -103,6 +104,10 @@ def stage_branch(
 def _raw(run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor) -> torch.Tensor:
     run_forward(tiles)
     return head.raw_score(tiles.shape[-2:], features.outputs[stage])
+
+
+def _probability(run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid((_raw(run_forward, features, stage, head, tiles) - head.center) / head.scale)
 
 
 @torch.no_grad()
@@ -134,9 +139,8 @@ def main() -> None:
         for stage in args.stages.split(","):
             for stride in (int(s) for s in args.strides.split(",")):
                 branch = stage_branch(run_forward, features, stage, stride, normal, predictor, args)
-                maps = [predictor.predict_outputs(img, lambda t: torch.sigmoid(
-                    (_raw(run_forward, features, stage, branch, t) - branch.center) / branch.scale))[0]
-                    for img in test.images]
+                maps = [predictor.predict_outputs(img, partial(_probability, run_forward, features, stage, branch))[0]
+                        for img in test.images]
                 fused = [1 - (1 - h) * (1 - a) for h, a in zip(head_maps, maps)]
                 name = f"{label} {stage}" + (f" stride {stride}" if stride > 1 else "")
                 results[name] = score(maps, test.masks)

@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from training.pretrain import Trainer, _batches  # noqa: E402
-from training.pretrain_config import PretrainConfig  # noqa: E402
 from training.distributed import DistributedContext, resolve_device  # noqa: E402
 from training.models.self_distillation import compile_blocks  # noqa: E402
+from training.pretrain import Trainer, _batches  # noqa: E402
+from training.pretrain_config import PretrainConfig  # noqa: E402
 from training.pretrain_step import train_step  # noqa: E402
 
 
