@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from training.data.images import read_image_rgb, to_rgb8
 from training.data.multicrop import MultiCropConfig, ViewPlan, plan_views
 from training.errors import UserError
+
+if TYPE_CHECKING:
+    from training.data.pretrain_dataset import ViewBatch
 
 DecodeOn = Literal["workers", "device"]
 DECODE_ON: tuple[str, ...] = get_args(DecodeOn)
@@ -79,8 +82,8 @@ class EncodedBatch:
     def pin_memory(self) -> EncodedBatch:
         return self  # a few MB of bytes: pinning would cost more than it saves
 
-    def to(self, device: torch.device):  # -> ViewBatch (imported late: pretrain_dataset imports us)
-        from training.data.pretrain_dataset import ViewBatch
+    def to(self, device: torch.device) -> ViewBatch:
+        from training.data.pretrain_dataset import ViewBatch  # late: pretrain_dataset imports this module
 
         decoded, skipped = decode_batch(self.items, device)
         stand_in = _first_decoded(decoded)
