@@ -25,6 +25,8 @@ from inspect_svc.storage import migrations
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory, session_scope
 
+DEMO_PART = "demo/part.png"  # the shipped defective part, relative to the repository root
+
 app = typer.Typer(help="The defect inspection service.", no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 camera_app = typer.Typer(help="Line cameras and their API keys.", no_args_is_help=True)
@@ -110,11 +112,14 @@ def serve(
     demo_key = _demo_key(settings)
     if demo_key is not None:
         typer.echo(f"created camera 'demo'; its API key (shown once): {demo_key}")
-        typer.echo(f'  curl -H "X-API-Key: {demo_key}" -F file=@part.png {url}/inspect')
+        # From the repository root the shipped defective part makes the example ready to paste.
+        image = DEMO_PART if Path(DEMO_PART).is_file() else "<image.png>"
+        typer.echo(f'  curl -H "X-API-Key: {demo_key}" -F file=@{image} {url}/inspect')
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
         log_config=logging_config(settings.log_format),
     )
+
 
 
 def _demo_key(settings: Settings) -> str | None:
