@@ -22,15 +22,15 @@ from inspect_svc.storage.db import session_scope
 from inspect_svc.storage.models import ReviewDB
 from tests.utils.reviews import (
     BASE_TIME,
+    CSRF_FIELD,
     PASSWORD,
     add_inspection,
     add_user,
     dashboard_app,
+    log_in,
     make_world,
     mask_png,
 )
-
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -45,20 +45,6 @@ def world(tmp_path):
 def client(world):
     with TestClient(dashboard_app(world), base_url="http://testserver") as test_client:
         yield test_client
-
-
-def log_in(client: TestClient, username: str, password: str = PASSWORD) -> str:
-    """Log in through the form; returns the session's CSRF token."""
-    form = client.get("/dashboard/login")
-    login_token = CSRF_FIELD.search(form.text).group(1)
-    reply = client.post(
-        "/dashboard/login",
-        data={"username": username, "password": password, "csrf_token": login_token, "next": ""},
-        follow_redirects=False,
-    )
-    assert reply.status_code == 303, reply.text
-    page = client.get("/dashboard/queue")
-    return CSRF_FIELD.search(page.text).group(1)
 
 
 def reviews_of(world, inspection_id: str) -> list[ReviewDB]:

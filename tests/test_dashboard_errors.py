@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -13,9 +12,8 @@ from inspect_svc.schemas import UserCreate
 from inspect_svc.storage import repositories
 from inspect_svc.storage.db import make_engine, make_session_factory, session_scope
 from tests.conftest import ADMIN, make_settings
-from tests.utils.reviews import PASSWORD
+from tests.utils.reviews import PASSWORD, log_in
 
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
@@ -31,21 +29,6 @@ def app_client(tmp_path, test_bundle) -> Iterator[TestClient]:
             )
         engine.dispose()
         yield client
-
-
-def log_in(client: TestClient, username: str) -> str:
-    form = client.get("/dashboard/login")
-    reply = client.post(
-        "/dashboard/login",
-        data={
-            "username": username,
-            "password": PASSWORD,
-            "csrf_token": CSRF_FIELD.search(form.text).group(1),
-        },
-        follow_redirects=False,
-    )
-    assert reply.status_code == 303, reply.text
-    return CSRF_FIELD.search(client.get("/dashboard/queue").text).group(1)
 
 
 def assert_error_page(reply, status: int, message: str) -> None:

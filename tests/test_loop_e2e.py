@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from inspect_svc.main import create_app
 from inspect_svc.settings import Settings
 from tests.conftest import ADMIN, add_camera, make_settings
 from tests.synthetic_labeled import TINY_BACKBONE, write_labeled_set
-from tests.utils.reviews import PASSWORD, mask_png
+from tests.utils.reviews import PASSWORD, log_in, mask_png
 from training.cli import app as train_pipeline_cli
 from training.evaluate import METRICS_FILE, evaluate
 from training.export import export_run
@@ -34,7 +33,6 @@ from training.finetune import FinetuneConfig, finetune
 pytestmark = pytest.mark.slow
 
 runner = CliRunner()
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 TILE = 32
 HEADLINE_METRICS = ("pixel_auroc", "aupro", "image_auroc", "f1", "iou")
 
@@ -59,19 +57,6 @@ def png_of(path: Path) -> bytes:
     buffer = io.BytesIO()
     Image.open(path).convert("RGB").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def log_in(client: TestClient, username: str) -> str:
-    """Log in through the dashboard form; returns the session's CSRF token."""
-    form = client.get("/dashboard/login")
-    login_token = CSRF_FIELD.search(form.text).group(1)
-    reply = client.post(
-        "/dashboard/login",
-        data={"username": username, "password": PASSWORD, "csrf_token": login_token, "next": ""},
-        follow_redirects=False,
-    )
-    assert reply.status_code == 303, reply.text
-    return CSRF_FIELD.search(client.get("/dashboard/queue").text).group(1)
 
 
 def review(

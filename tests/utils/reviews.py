@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +26,7 @@ from inspect_svc.storage.db import make_engine, make_session_factory, session_sc
 from inspect_svc.storage.models import Base
 
 PASSWORD = "correct horse battery"
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 BASE_TIME = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 
 
@@ -131,3 +134,16 @@ def mask_png(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(mask).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def log_in(client: TestClient, username: str, password: str = PASSWORD) -> str:
+    """Log in through the dashboard form; returns the session's CSRF token."""
+    form = client.get("/dashboard/login")
+    login_token = CSRF_FIELD.search(form.text).group(1)
+    reply = client.post(
+        "/dashboard/login",
+        data={"username": username, "password": password, "csrf_token": login_token, "next": ""},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303, reply.text
+    return CSRF_FIELD.search(client.get("/dashboard/queue").text).group(1)
