@@ -36,6 +36,12 @@ TINY_STUDY_ARGS = [
 ]
 
 
+def invoke_study(data: Path, out: Path, *options: str):
+    """`label-study` with the tiny backbone on `data`, plus `options`."""
+    return runner.invoke(app, ["label-study", "--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(out),
+                               *options])
+
+
 def two_line_set(root: Path) -> Path:
     """12 defective (scratch and crack alternate) + 8 defect-free images, over two lines."""
     write_labeled_set(root, defective=DEFECTIVE, normal=NORMAL)
@@ -148,8 +154,7 @@ def test_other_anomaly_features_retrain_only_the_hybrids(study_run: tuple[Path, 
 
 
 def test_unknown_anomaly_features_are_a_one_line_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["label-study", "--backbone", TINY_BACKBONE, "--data", str(tmp_path), "--out",
-                                 str(tmp_path / "out"), "--anomaly-features", "pixels"])
+    result = invoke_study(tmp_path, tmp_path / "out", "--anomaly-features", "pixels")
     assert result.exit_code == 2 and "--anomaly-features" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
@@ -191,20 +196,7 @@ def test_unet_loss_decreases(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("labels", ["1,x", "0,5", ",", "-1"])
 def test_bad_labels_list_is_a_one_line_error(tmp_path: Path, labels: str) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "label-study",
-            "--backbone",
-            TINY_BACKBONE,
-            "--data",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "out"),
-            "--labels",
-            labels,
-        ],
-    )
+    result = invoke_study(tmp_path, tmp_path / "out", "--labels", labels)
     assert result.exit_code == 2
     assert "--labels" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -212,22 +204,7 @@ def test_bad_labels_list_is_a_one_line_error(tmp_path: Path, labels: str) -> Non
 
 def test_unknown_held_out_type_is_a_one_line_error(tmp_path: Path) -> None:
     data = two_line_set(tmp_path / "data")
-    result = runner.invoke(
-        app,
-        [
-            "label-study",
-            "--backbone",
-            TINY_BACKBONE,
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "out"),
-            "--held-out-types",
-            "scratch,dent",
-            "--device",
-            "cpu",
-        ],
-    )
+    result = invoke_study(data, tmp_path / "out", "--held-out-types", "scratch,dent", "--device", "cpu")
     assert result.exit_code == 2
     assert "dent" in result.output and "crack, scratch" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
