@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -52,8 +53,8 @@ def test_device_views_match_worker_views(tmp_path: Path) -> None:
     paths = [write_jpeg(tmp_path / f"{i}.jpg", np.roll(smooth_image(), 40 * i, axis=1)) for i in range(3)]
     device_batch = batch_of(paths).to(CPU)
     worker_batch = collate_views([
-        type("Item", (), {"sample": make_views(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB),
-                                                 np.random.default_rng((0, i)), CONFIG), "skipped": []})()
+        SimpleNamespace(sample=make_views(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB),
+                                          np.random.default_rng((0, i)), CONFIG), skipped=[])
         for i, p in enumerate(paths)
     ])
     for name in ("global_crops", "local_crops", "teacher_points", "student_points"):

@@ -33,7 +33,7 @@ from training.fit_normal import holdout_split  # noqa: E402
 from training.hybrid import TorchPredictor, default_overlap, load_run, normalise_image  # noqa: E402
 from training.metrics import aupro, auroc, image_scores  # noqa: E402
 from training.models.anomaly import AnomalyHead, greedy_coreset  # noqa: E402
-from training.models.segmentation import SegmentationHead  # noqa: E402
+from training.models.segmentation import SegmentationHead, vit_feature_maps  # noqa: E402
 
 STAGES = ("enc_full", "enc_half", "enc_quarter", "fuse_quarter", "dec_half", "dec_full")
 MAX_ROWS = 60_000
@@ -134,7 +134,7 @@ def main() -> None:
         features = StageFeatures(head)
 
         def run_forward(tiles: torch.Tensor, head: SegmentationHead = head) -> None:
-            head(tiles, {b: _vit_maps(model, tiles)[b] for b in head.feature_blocks})
+            head(tiles, vit_feature_maps(model.backbone, tiles, head.feature_blocks))
 
         for stage in args.stages.split(","):
             for stride in (int(s) for s in args.strides.split(",")):
@@ -154,12 +154,6 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
                                        indent=1) + "\n")
-
-
-def _vit_maps(model, tiles: torch.Tensor) -> dict[int, torch.Tensor]:
-    from training.models.segmentation import vit_feature_maps
-
-    return vit_feature_maps(model.backbone, tiles, model.segmentation.feature_blocks)
 
 
 if __name__ == "__main__":
