@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
 from training.errors import UserError
 from training.fit_normal import (
-    build_anomaly_head,
     calibrate_on_normal,
     data_fingerprint,
+    empty_anomaly_head,
+    fill_memory_bank,
     holdout_split,
     read_images,
     sample_tiles,
@@ -328,9 +329,9 @@ def _add_anomaly_branch(
     if not calibration:
         bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
         bank, calibration = [normal_train[i] for i in bank_idx], [normal_train[i] for i in calib_idx]
-    build_anomaly_head(model, bank, source=config.anomaly_features, stride=config.anomaly_stride,
-                       tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size, device=device,
-                       seed=config.seed)
+    model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride).to(device)
+    fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
+                     device=device, seed=config.seed)
     calibrate_on_normal(model, predictor, calibration)
     branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)

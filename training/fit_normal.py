@@ -84,13 +84,16 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
+def empty_anomaly_head(backbone: torch.nn.Module, source: AnomalySource, stride: int = 1) -> AnomalyHead:
+    """An anomaly head reading `source` features of `backbone`'s mid-level blocks, its bank still to fill."""
+    return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride)
+
+
 @torch.no_grad()
-def build_anomaly_head(
+def fill_memory_bank(
     model: InspectionModel,
     images: list[np.ndarray],
     *,
-    source: AnomalySource,
-    stride: int = 1,
     tile: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -98,17 +101,15 @@ def build_anomaly_head(
     device: torch.device,
     seed: int = 0,
 ) -> None:
-    """Give `model` an anomaly head whose memory bank is a greedy coreset of the normal images' features.
+    """Fill `model.anomaly`'s memory bank with a greedy coreset of the normal images' features.
 
-    Images are tiled without overlap. Each image contributes at most its share of
-    `MAX_CANDIDATE_PATCHES` rows (a random subset), so memory stays bounded however many
-    high-resolution images there are and fine (2 px) features are.
+    The features are whatever the head reads (its source and stride). Images are tiled without
+    overlap. Each image contributes at most its share of `MAX_CANDIDATE_PATCHES` rows (a random
+    subset), so memory stays bounded however many high-resolution images there are and fine (2 px)
+    features are.
     """
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 
-    blocks = anomaly_feature_blocks(len(model.backbone.blocks))
-    model.anomaly = AnomalyHead(torch.zeros(1, 1), blocks, source=source, stride=stride)
-    model.anomaly.to(device)
     generator = torch.Generator().manual_seed(seed)
     per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))
     rows = []
@@ -122,7 +123,8 @@ def build_anomaly_head(
         rows.append(features)
     candidates = torch.cat(rows)
     chosen = greedy_coreset(candidates.to(device), bank_size, seed=seed).cpu()
-    log.info("memory bank (%s features): %d of %d normal positions", source, len(chosen), candidates.shape[0])
+    log.info("memory bank (%s features): %d of %d normal positions", model.anomaly.source, len(chosen),
+             candidates.shape[0])
     model.anomaly.set_memory_bank(candidates[chosen].to(device))
 
 
@@ -163,9 +165,9 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
     mean, std = PIXEL_MEAN, PIXEL_STD
-    model = InspectionModel(backbone, anomaly=AnomalyHead(torch.zeros(1, 1), (0,))).eval()
-    build_anomaly_head(
-        model, [images[i] for i in bank_idx], source="vit", tile=config.image_size, mean=mean, std=std,
+    model = InspectionModel(backbone, anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
+    fill_memory_bank(
+        model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed,
     )
     predictor = TorchPredictor(model, tile=config.image_size, overlap=default_overlap(config.image_size),
