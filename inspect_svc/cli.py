@@ -121,7 +121,6 @@ def serve(
     )
 
 
-
 def _demo_key(settings: Settings) -> str | None:
     """On a database without cameras (and keys required) create a 'demo' camera, so curl works at once."""
     if not settings.require_api_key:
