@@ -29,22 +29,26 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     validation = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
     assert {"pixel_auroc", "aupro", "f1", "iou"} <= set(validation)
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
-    # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels.
+    # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels,
+    # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all).
     assert run.model.anomaly.source == "conv"
-    assert run.model.anomaly.scorer.memory_bank.shape == (32, run.model.segmentation.config["widths"][1])
+    banks = run.model.anomaly.scorer.tile_banks
+    assert banks.shape[1:] == (32 // 4, run.model.segmentation.config["widths"][1])
+    assert run.model.anomaly.scorer.neighbours == min(4, banks.shape[0])
     features = run.model.anomaly_features(torch.zeros(2, 3, 32, 32))
     assert features.shape[-2:] == (16, 16)
 
 
-@pytest.mark.parametrize(("source", "stride"), [("vit", 1), ("conv", 1), ("conv", 2)])
-def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int) -> None:
+@pytest.mark.parametrize(("source", "stride", "neighbours"), [("vit", 1, 4), ("conv", 1, 4), ("conv", 2, 2), ("conv", 1, 0)])
+def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int, neighbours: int) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--anomaly-features", source,
-                                         "--anomaly-stride", str(stride), *TINY_FINETUNE_ARGS])
+                                         str(tmp_path / "run"), "--anomaly-features", source, "--anomaly-stride",
+                                         str(stride), "--neighbour-tiles", str(neighbours), *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
     model = load_run(tmp_path / "run").model
     assert model.anomaly.source == source and model.anomaly.stride == stride
+    assert (model.anomaly.config["neighbour_tiles"] > 0) == (neighbours > 0)
     if source == "conv":  # one query per 2x2 pixels, or per 4x4 with stride 2
         assert model.anomaly_features(torch.zeros(1, 3, 32, 32)).shape[-1] == 16 // stride
     tiles = torch.randn(3, 3, 32, 32)
@@ -56,7 +60,9 @@ def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: 
     torch.testing.assert_close(p_anomaly, torch.sigmoid((raw - model.anomaly.center) / model.anomaly.scale))
 
 
-@pytest.mark.parametrize(("option", "value"), [("--anomaly-features", "pixels"), ("--anomaly-stride", "0")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1")]
+)
 def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",

@@ -25,6 +25,7 @@ from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_lin
 from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
+    check_neighbour_tiles,
     data_fingerprint,
     empty_anomaly_head,
     fill_memory_bank,
@@ -68,6 +69,7 @@ class FinetuneConfig:
     anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
     bank_size: int = 2048
+    neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     labeled_defects: int | None = None
     val_fraction: float = 0.2
     device: str = "cpu"
@@ -264,9 +266,10 @@ def finetune(config: FinetuneConfig) -> dict:
         raise UserError(f"--anomaly-stride must be at least 1, got {config.anomaly_stride}")
     if config.anomaly_features not in ANOMALY_SOURCES:
         raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {config.anomaly_features!r}")
+    check_neighbour_tiles(config.neighbour_tiles)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    samples = _select_samples(config)
+    samples = select_samples(config)
     train_samples, val_samples = split_train_val(samples, config.val_fraction, config.seed)
     train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
     tile = config.image_size
@@ -279,7 +282,7 @@ def finetune(config: FinetuneConfig) -> dict:
     predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
     normal_train = [img for img, m in zip(train.images, train.masks) if not m.any()]
     if config.anomaly_branch and len(normal_train) >= 2:
-        _add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
+        add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
     elif config.anomaly_branch:
         log.warning("fewer than 2 defect-free training images: no anomaly branch, the model is supervised only")
     thresholds, metrics = choose_thresholds(predictor, val)
@@ -294,7 +297,7 @@ def finetune(config: FinetuneConfig) -> dict:
     return metrics
 
 
-def _select_samples(config: FinetuneConfig) -> list[LabeledSample]:
+def select_samples(config: FinetuneConfig) -> list[LabeledSample]:
     labeled = load_labeled_sets(config.data_roots)
     if not labeled.defective:
         folders = ", ".join(str(root) for root in config.data_roots)
@@ -314,7 +317,7 @@ def _fingerprint(samples: list[LabeledSample], roots: tuple[Path, ...]) -> str:
     return per_root[0] if len(per_root) == 1 else hashlib.sha256("\n".join(per_root).encode()).hexdigest()
 
 
-def _add_anomaly_branch(
+def add_anomaly_branch(
     model: InspectionModel, predictor: TorchPredictor, normal_train: list[np.ndarray], val: LabeledImages,
     config: FinetuneConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
 ) -> None:
@@ -331,7 +334,7 @@ def _add_anomaly_branch(
         bank, calibration = [normal_train[i] for i in bank_idx], [normal_train[i] for i in calib_idx]
     model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride).to(device)
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
-                     device=device, seed=config.seed)
+                     device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)
     branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)

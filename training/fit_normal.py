@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from training.hybrid import (
     normalise_image,
     save_run,
 )
-from training.models.anomaly import AnomalyHead, AnomalySource, anomaly_feature_blocks, greedy_coreset
+from training.models.anomaly import (
+    AnomalyHead,
+    AnomalySource,
+    anomaly_feature_blocks,
+    greedy_coreset,
+    tile_descriptor,
+)
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
 
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # Bank rows gathered before the coreset step; beyond this a random subsample keeps memory bounded.
 MAX_CANDIDATE_PATCHES = 200_000
+# Normal tiles that keep a bank of their own (retrieval mode); more are thinned to cover their variety.
+MAX_BANK_TILES = 96
 PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
 
 
@@ -45,6 +54,7 @@ class FitNormalConfig:
     out: Path
     image_size: int = 224
     bank_size: int = 2048
+    neighbour_tiles: int = 4  # see training.models.anomaly; 0: one bank for every tile
     holdout_fraction: float = 0.2
     batch_size: int = 16
     device: str = "cpu"
@@ -84,6 +94,11 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
+def check_neighbour_tiles(neighbour_tiles: int) -> None:
+    if neighbour_tiles < 0:
+        raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
+
+
 def empty_anomaly_head(backbone: torch.nn.Module, source: AnomalySource, stride: int = 1) -> AnomalyHead:
     """An anomaly head reading `source` features of `backbone`'s mid-level blocks, its bank still to fill."""
     return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride)
@@ -100,23 +115,27 @@ def fill_memory_bank(
     bank_size: int,
     device: torch.device,
     seed: int = 0,
+    neighbour_tiles: int = 0,
+    max_bank_tiles: int = MAX_BANK_TILES,
 ) -> None:
-    """Fill `model.anomaly`'s memory bank with a greedy coreset of the normal images' features.
+    """Fill `model.anomaly`'s memory bank with greedy coresets of the normal images' features.
 
     The features are whatever the head reads (its source and stride). Images are tiled without
-    overlap. Each image contributes at most its share of `MAX_CANDIDATE_PATCHES` rows (a random
-    subset), so memory stays bounded however many high-resolution images there are and fine (2 px)
-    features are.
+    overlap. With `neighbour_tiles` 0 there is one bank of `bank_size` rows; otherwise each normal
+    tile keeps a bank of its own, of `bank_size // neighbour_tiles` rows, so that a query still meets
+    `bank_size` rows (see `training.models.anomaly`); at most `max_bank_tiles` tiles are kept, chosen
+    to cover the range of surfaces (k-center on their descriptors).
     """
-    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
-
+    if neighbour_tiles:
+        _fill_tile_banks(model, _feature_tiles(model, images, tile, mean, std, device), bank_size=bank_size,
+                         neighbour_tiles=neighbour_tiles, max_bank_tiles=max_bank_tiles, device=device, seed=seed)
+        return
     generator = torch.Generator().manual_seed(seed)
+    # Each image contributes at most its share of MAX_CANDIDATE_PATCHES rows (a random subset), so memory
+    # stays bounded however many high-resolution images there are and fine (2 px) features are.
     per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))
     rows = []
-    for image in images:
-        boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
-        tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
-        features = model.anomaly_features(tiles)
+    for features in _feature_tiles(model, images, tile, mean, std, device):
         features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu()
         if features.shape[0] > per_image:
             features = features[torch.randperm(features.shape[0], generator=generator)[:per_image]]
@@ -126,6 +145,40 @@ def fill_memory_bank(
     log.info("memory bank (%s features): %d of %d normal positions", model.anomaly.source, len(chosen),
              candidates.shape[0])
     model.anomaly.set_memory_bank(candidates[chosen].to(device))
+
+
+def _feature_tiles(
+    model: InspectionModel, images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...],
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """Per image, the anomaly features `[tiles, C, h, w]` of its non-overlapping tiles."""
+    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
+
+    for image in images:
+        boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
+        tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
+        yield model.anomaly_features(tiles)
+
+
+def _fill_tile_banks(
+    model: InspectionModel, feature_tiles: Iterator[torch.Tensor], *, bank_size: int, neighbour_tiles: int,
+    max_bank_tiles: int, device: torch.device, seed: int,
+) -> None:
+    """One coreset bank per normal tile, keyed by its descriptor (`fill_memory_bank` with neighbour tiles)."""
+    banks, descriptors = [], []
+    for features in feature_tiles:
+        descriptors.append(tile_descriptor(features).cpu())
+        rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
+        for one in features:
+            rows = one.flatten(1).t()
+            banks.append(rows[greedy_coreset(rows, rows_per_tile, seed=seed).to(rows.device)].cpu())
+    keys = torch.cat(descriptors)
+    kept = greedy_coreset(keys.to(device), max_bank_tiles, seed=seed).cpu() if len(banks) > max_bank_tiles else torch.arange(len(banks))
+    neighbours = min(neighbour_tiles, len(kept))
+    tile_banks = torch.stack([banks[i] for i in kept.tolist()])
+    log.info("memory bank (%s features): %d normal tiles x %d positions, each query tile scored against its %d nearest",
+             model.anomaly.source, tile_banks.shape[0], tile_banks.shape[1], neighbours)
+    model.anomaly.set_memory_bank(tile_banks.to(device), keys[kept].to(device), neighbours)
 
 
 @torch.no_grad()
@@ -157,6 +210,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     Raises:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
+    check_neighbour_tiles(config.neighbour_tiles)
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
@@ -168,7 +222,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     model = InspectionModel(backbone, anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
     fill_memory_bank(
         model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
-        bank_size=config.bank_size, device=device, seed=config.seed,
+        bank_size=config.bank_size, device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles,
     )
     predictor = TorchPredictor(model, tile=config.image_size, overlap=default_overlap(config.image_size),
                                mean=mean, std=std, batch_size=config.batch_size, device=device)

@@ -241,7 +241,8 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
     if payload.get("anomaly"):
         cfg = payload["anomaly"]
         anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],
-                              source=cfg.get("source", "vit"), stride=cfg.get("stride", 1))  # older runs: vit, 1
+                              source=cfg.get("source", "vit"), stride=cfg.get("stride", 1),  # older runs: vit, 1, 0
+                              neighbour_tiles=cfg.get("neighbour_tiles", 0))
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
 
 

@@ -88,6 +88,7 @@ class StudyConfig:
     include_unet: bool = True
     include_zero_label: bool = True
     anomaly_features: str = "conv"
+    neighbour_tiles: int = 4
     device: str = "auto"
     seed: int = 0
 
@@ -356,6 +357,7 @@ def _train_hybrid(
             batch_size=config.batch_size,
             labeled_defects=job.labels,
             anomaly_features=config.anomaly_features,
+            neighbour_tiles=config.neighbour_tiles,
             device=str(device),
             seed=config.seed,
         )
@@ -386,6 +388,7 @@ def _train_zero_label(
             data=root,
             out=run_dir,
             image_size=config.image_size,
+            neighbour_tiles=config.neighbour_tiles,
             device=str(device),
             seed=config.seed,
         )
@@ -575,6 +578,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         "held_out_types": list(config.held_out_types),
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
+        "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
         "data": str(config.data.resolve()),
         "test_split": digest,
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),

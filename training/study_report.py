@@ -31,6 +31,11 @@ def write_study(study: dict, out: Path) -> None:
         tmp.replace(out / name)
 
 
+def _bank_words(config: dict) -> str:
+    neighbours = config.get("neighbour_tiles", 0)  # studies before per-tile banks had one bank
+    return f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
+
+
 def render_markdown(study: dict) -> str:
     """The label-efficiency tables (all defects, thin defects) and the held-out-type table."""
     config, split, rows = study["config"], study["split"], study["rows"]
@@ -38,7 +43,7 @@ def render_markdown(study: dict) -> str:
         f"Test split: {len(split['test_images'])} images ({split['test_defective']} defective) from "
         f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
         f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}; "
-        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features."
+        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features, {_bank_words(config)}."
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]

@@ -16,7 +16,11 @@ ImageSizeOpt = Annotated[int, typer.Option("--image-size", min=1, help="Tile sid
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
-BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows kept by the coreset.")]
+BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows a query is compared with.")]
+NeighbourTilesOpt = Annotated[int, typer.Option(
+    "--neighbour-tiles", min=0,
+    help="Score each tile against the banks of its N most similar normal tiles (0: one bank for all tiles).",
+)]
 
 
 def finetune(
@@ -43,6 +47,7 @@ def finetune(
         "--anomaly-stride", help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).",
     )] = 1,
     bank_size: BankOpt = 2048,
+    neighbour_tiles: NeighbourTilesOpt = 4,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
@@ -58,7 +63,7 @@ def finetune(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
-        bank_size=bank_size,
+        bank_size=bank_size, neighbour_tiles=neighbour_tiles,
         labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():
@@ -73,6 +78,7 @@ def fit_normal(
     out: OutOpt,
     image_size: ImageSizeOpt = 224,
     bank_size: BankOpt = 2048,
+    neighbour_tiles: NeighbourTilesOpt = 4,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
@@ -83,7 +89,7 @@ def fit_normal(
 
     _log_to_stderr()
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
-                             batch_size=batch_size, device=device, seed=seed)
+                             neighbour_tiles=neighbour_tiles, batch_size=batch_size, device=device, seed=seed)
     with user_errors():
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")

@@ -52,6 +52,10 @@ def label_study(
     anomaly_features: Annotated[
         str, Opt("--anomaly-features", help="What the hybrid's anomaly branch reads: conv (default) or vit.")
     ] = "conv",
+    neighbour_tiles: Annotated[int, Opt(
+        "--neighbour-tiles", min=0,
+        help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
+    )] = 4,
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, Opt("--seed", help="Seed of the splits, label picks and training.")] = 0,
 ) -> None:
@@ -75,6 +79,7 @@ def label_study(
             include_unet=include_unet,
             include_zero_label=include_zero_label,
             anomaly_features=anomaly_features,
+            neighbour_tiles=neighbour_tiles,
             device=device,
             seed=seed,
         )

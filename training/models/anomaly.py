@@ -14,9 +14,17 @@ Two feature sources:
   defect types, describes local structure that also tells unlabeled types apart (measured in
   docs/BENCHMARKS.md §3). The hybrid model uses it.
 
+One bank for everything is the textbook form, but one model often serves several surfaces (lines,
+materials): a patch of line B's material pasted into line A's part is then perfectly "normal", since
+line B's patches sit in the same bank. So by default the bank is kept per normal *tile*, with each
+tile's feature statistics (mean and standard deviation per channel) as its key, and a query tile is
+scored only against the banks of the few normal tiles most like it (in the manner of SPADE, Cohen &
+Hoshen, 2020, which first retrieves the nearest normal images): the test asks "is this patch normal
+*for this surface*?". `neighbour_tiles = 0` keeps the single bank.
+
 Everything in `AnomalyHead.forward` is plain tensor algebra, so the bank is a constant of the
-exported graph and the nearest-neighbour search is MatMul + ReduceMin:
-d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
+exported graph and the nearest-neighbour search is MatMul + ReduceMin (retrieval adds TopK and
+Gather): d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
 """
 
 from __future__ import annotations
@@ -100,6 +108,57 @@ class NearestNeighbourScorer(nn.Module):
         return nearest.clamp_min(0.0).sqrt().reshape(n, 1, h, w)
 
 
+def tile_descriptor(features: torch.Tensor) -> torch.Tensor:
+    """What a tile's surface looks like, position aside: `[N, C, h, w]` → per-channel mean and std `[N, 2C]`."""
+    flat = features.flatten(2)
+    mean = flat.mean(dim=-1)
+    std = (flat - mean[..., None]).pow(2).mean(dim=-1).sqrt()
+    return torch.cat([mean, std], dim=1)
+
+
+class TileRetrievalScorer(nn.Module):
+    """Nearest-neighbour distance within the banks of the `neighbours` normal tiles most like the query tile.
+
+    Args:
+        tile_banks: `[G, P, C]`: P normal features of each of G normal tiles.
+        descriptors: `[G, 2C]`: each tile's `tile_descriptor`.
+        neighbours: how many tiles' banks a query tile is scored against.
+    """
+
+    def __init__(self, tile_banks: torch.Tensor, descriptors: torch.Tensor, neighbours: int) -> None:
+        super().__init__()
+        groups, _, channels = tile_banks.shape
+        if descriptors.shape != (groups, 2 * channels):
+            raise ValueError(f"descriptors {tuple(descriptors.shape)} do not fit tile banks {tuple(tile_banks.shape)}")
+        if not 1 <= neighbours <= groups:
+            raise ValueError(f"neighbours must be in 1..{groups}, got {neighbours}")
+        self.neighbours = int(neighbours)
+        banks = tile_banks.float()
+        # Per tile, the stacked [−2 bᵀ; ‖b‖²] of `NearestNeighbourScorer`: [G, C + 1, P].
+        self.register_buffer("stacked", torch.cat([-2.0 * banks.transpose(1, 2), banks.pow(2).sum(-1)[:, None]], dim=1))
+        self.register_buffer("descriptors", descriptors.float().contiguous())
+        self.register_buffer("descriptor_sq_norm", descriptors.float().pow(2).sum(dim=1))
+
+    @property
+    def tile_banks(self) -> torch.Tensor:
+        return -0.5 * self.stacked[:, :-1].transpose(1, 2)
+
+    def nearest_tiles(self, features: torch.Tensor) -> torch.Tensor:
+        """Indices `[N, neighbours]` of the normal tiles whose descriptors are closest to each query tile's."""
+        query = tile_descriptor(features)
+        distance = self.descriptor_sq_norm[None] - 2.0 * query @ self.descriptors.t()  # + ‖query‖², same per row
+        return distance.topk(self.neighbours, dim=1, largest=False).indices
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = features.shape
+        chosen = self.stacked[self.nearest_tiles(features)]  # [N, k, C + 1, P]
+        rows = chosen.permute(0, 2, 1, 3).reshape(n, c + 1, -1)  # [N, C + 1, k·P]
+        queries = features.reshape(n, c, h * w).transpose(1, 2)  # [N, hw, C]
+        augmented = torch.cat([queries, torch.ones_like(queries[..., :1])], dim=-1)
+        nearest = (augmented @ rows).min(dim=-1).values + queries.pow(2).sum(dim=-1)
+        return nearest.clamp_min(0.0).sqrt().reshape(n, 1, h, w)
+
+
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     radius = max(math.ceil(3.0 * sigma), 1)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
@@ -111,12 +170,14 @@ class AnomalyHead(nn.Module):
     """Memory bank + calibration: a feature map → anomaly probability `[N, 1, T, T]`.
 
     Args:
-        memory_bank: coreset of normal features `[K, C]`.
+        memory_bank: coreset of normal features: one bank `[K, C]`, or one per normal tile `[G, P, C]`.
         feature_blocks: ViT blocks whose tokens form the features (source "vit"; kept for "conv" too,
             where they are what the segmentation head reads).
         source: "vit" or "conv" (see the module docstring); `InspectionModel` builds the features.
         blur_sigma: gaussian smoothing of the upsampled map, in pixels (default per source).
         stride: keep every `stride`-th position of the averaged feature map (fewer queries to score).
+        descriptors: with per-tile banks, each tile's `tile_descriptor` `[G, 2C]` (zeros until filled).
+        neighbour_tiles: with per-tile banks, how many tiles' banks a query tile is scored against.
     """
 
     def __init__(
@@ -127,6 +188,8 @@ class AnomalyHead(nn.Module):
         source: AnomalySource = "vit",
         blur_sigma: float | None = None,
         stride: int = 1,
+        descriptors: torch.Tensor | None = None,
+        neighbour_tiles: int = 0,
     ) -> None:
         super().__init__()
         if source not in ANOMALY_SOURCES:
@@ -136,7 +199,7 @@ class AnomalyHead(nn.Module):
             raise ValueError(f"stride must be at least 1, got {stride}")
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
         self.source, self.stride = source, int(stride)
-        self.scorer = NearestNeighbourScorer(memory_bank)
+        self.scorer: NearestNeighbourScorer | TileRetrievalScorer = _make_scorer(memory_bank, descriptors, neighbour_tiles)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
         self.register_buffer("center", torch.tensor(0.0))
@@ -144,6 +207,7 @@ class AnomalyHead(nn.Module):
         self.config = {
             "feature_blocks": list(self.feature_blocks),
             "bank_shape": list(memory_bank.shape),
+            "neighbour_tiles": int(neighbour_tiles) if memory_bank.dim() == 3 else 0,
             "blur_sigma": float(blur_sigma),
             "source": source,
             "stride": int(stride),
@@ -166,10 +230,19 @@ class AnomalyHead(nn.Module):
         """
         return neighbourhood_mean(features, self.stride)
 
-    def set_memory_bank(self, memory_bank: torch.Tensor) -> None:
-        """Replace the bank (built after the head, from the features the head defines)."""
-        self.scorer = NearestNeighbourScorer(memory_bank.to(self.center.device))
+    def set_memory_bank(
+        self,
+        memory_bank: torch.Tensor,
+        descriptors: torch.Tensor | None = None,
+        neighbour_tiles: int = 0,
+    ) -> None:
+        """Replace the bank (built after the head, from the features the head defines); see `__init__`
+        and `TileRetrievalScorer` for the per-tile form."""
+        device = self.center.device
+        descriptors = None if descriptors is None else descriptors.to(device)
+        self.scorer = _make_scorer(memory_bank.to(device), descriptors, neighbour_tiles)
         self.config["bank_shape"] = list(memory_bank.shape)
+        self.config["neighbour_tiles"] = int(neighbour_tiles) if memory_bank.dim() == 3 else 0
 
     def calibrate(self, normal_scores: torch.Tensor) -> None:
         """Fit the logistic on raw scores of held-out normal pixels (never those the bank was built from)."""
@@ -189,6 +262,19 @@ class AnomalyHead(nn.Module):
         padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
         horizontal = F.conv2d(padded, self.blur_kernel.view(1, 1, 1, -1))
         return F.conv2d(horizontal, self.blur_kernel.view(1, 1, -1, 1))
+
+
+def _make_scorer(
+    memory_bank: torch.Tensor, descriptors: torch.Tensor | None, neighbour_tiles: int
+) -> NearestNeighbourScorer | TileRetrievalScorer:
+    """One bank `[K, C]` → plain nearest neighbour; per-tile banks `[G, P, C]` → retrieval first."""
+    if memory_bank.dim() == 2:
+        return NearestNeighbourScorer(memory_bank)
+    if memory_bank.dim() != 3:
+        raise ValueError(f"a memory bank is [K, C] or [G, P, C], got shape {tuple(memory_bank.shape)}")
+    if descriptors is None:
+        descriptors = memory_bank.new_zeros(memory_bank.shape[0], 2 * memory_bank.shape[2])
+    return TileRetrievalScorer(memory_bank, descriptors, neighbour_tiles)
 
 
 def anomaly_feature_blocks(depth: int) -> tuple[int, ...]:

@@ -1,0 +1,111 @@
+"""How should the hybrid's memory bank be organised? Rebuilds the anomaly branch of a trained run.
+
+Takes a fine-tuned hybrid run and the options it was trained with (data, labels per line, seed), so
+the very same training/validation split is rebuilt; then, per setting, fills the bank again from the
+defect-free training images (one bank, or a bank per normal tile with retrieval of the N nearest
+tiles), recalibrates, refits the fusion weight, and scores the test folder: fused model and anomaly
+branch alone, overall and per defect type. The head is not retrained, so settings differ only in
+the bank. Prints a table and writes JSON.
+
+    python tests/bench/bench_anomaly_bank.py \
+        --run runs/ls/runs/hybrid-runs-demo-bundle-pretrain-k5 --data runs/ls/splits/pool \
+        --labeled-defects 5 --test runs/ls/splits/test --neighbour-tiles 0,1,2,4,8 --blur 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from training.data.labeled import load_labeled_set  # noqa: E402
+from training.evaluate import metrics_by_group  # noqa: E402
+from training.finetune import (  # noqa: E402
+    FinetuneConfig,
+    add_anomaly_branch,
+    load_images_with_masks,
+    select_samples,
+    split_train_val,
+)
+from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.models import anomaly as anomaly_module  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
+    parser.add_argument("--data", type=Path, required=True, help="the labeled folder the run was trained on")
+    parser.add_argument("--labeled-defects", type=int, default=None, help="as given to finetune")
+    parser.add_argument("--seed", type=int, default=0, help="as given to finetune")
+    parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
+    parser.add_argument("--only-types", default="", help="score only these defect types (+ defect-free images)")
+    parser.add_argument("--neighbour-tiles", default="0,4", help="settings to compare, e.g. 0,1,2,4,8")
+    parser.add_argument("--bank-sizes", default="2048", help="rows a query meets, e.g. 1024,2048,4096")
+    parser.add_argument("--blur", default="", help="smoothing sigmas in pixels to compare (default: the product's)")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args()
+
+
+def settings(args: argparse.Namespace) -> list[tuple[int, int, float | None]]:
+    blurs = [float(b) for b in args.blur.split(",") if b] or [None]
+    return [(int(k), int(size), blur) for k in args.neighbour_tiles.split(",")
+            for size in args.bank_sizes.split(",") for blur in blurs]
+
+
+def cells(metrics: dict) -> str:
+    return f"{metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
+
+
+@torch.no_grad()
+def main() -> None:
+    args = parse_args()
+    run = load_run(args.run)
+    if run.model.kind != "hybrid":
+        raise SystemExit(f"{args.run} is a {run.model.kind} run; this bench rebuilds a hybrid's anomaly branch")
+    config = FinetuneConfig(backbone="", data=args.data, out=args.run, image_size=run.tile,
+                            labeled_defects=args.labeled_defects, seed=args.seed)
+    train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
+    train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
+    normal_train = [image for image, mask in zip(train.images, train.masks) if not mask.any()]
+    types = {t for t in args.only_types.split(",") if t}
+    test = load_images_with_masks([s for s in load_labeled_set(args.test).samples
+                                   if not s.defective or not types or types & set(s.defect_types)])
+    test_types = [s.defect_types for s in test.samples]
+
+    results = []
+    print("| neighbour tiles | bank rows | blur | fused | anomaly branch alone | weakest type (fused) |")
+    print("|---|---|---|---|---|---|")
+    for neighbours, bank_size, blur in settings(args):
+        model = copy.deepcopy(run.model)
+        if blur is not None:  # the head takes its smoothing from the per-source default
+            anomaly_module.DEFAULT_BLUR[model.anomaly.source] = blur
+        predictor = TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+        setting = replace(config, neighbour_tiles=neighbours, bank_size=bank_size,
+                          anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride)
+        add_anomaly_branch(model, predictor, normal_train, val, setting, run.mean, run.std, torch.device("cpu"))
+        branches = [predictor.predict_outputs(image, model.branch_probabilities) for image in test.images]
+        fused = [1.0 - (1.0 - h) * (1.0 - float(model.fusion_weight) * a) for h, a in branches]
+        scored = {
+            "fused": metrics_by_group(fused, test.masks, test_types, run.thresholds),
+            "anomaly": metrics_by_group([a for _, a in branches], test.masks, test_types, run.thresholds),
+        }
+        per_type = scored["fused"]["per_defect_type"]
+        weakest = min(per_type, key=lambda t: per_type[t]["pixel_auroc"])
+        print(f"| {neighbours} | {bank_size} | {model.anomaly.config['blur_sigma']:g} | {cells(scored['fused'])} "
+              f"| {cells(scored['anomaly'])} | {weakest} {cells(per_type[weakest])} |", flush=True)
+        results.append({"neighbour_tiles": neighbours, "bank_size": bank_size, "blur": model.anomaly.config["blur_sigma"],
+                        "fusion_weight": float(model.fusion_weight), **scored})
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
