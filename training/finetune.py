@@ -25,7 +25,7 @@ from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_lin
 from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
-    check_neighbour_tiles,
+    check_anomaly_options,
     data_fingerprint,
     empty_anomaly_head,
     fill_memory_bank,
@@ -42,7 +42,6 @@ from training.hybrid import (
     save_run,
 )
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
-from training.models.anomaly import ANOMALY_SOURCES
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
 
@@ -262,11 +261,7 @@ def finetune(config: FinetuneConfig) -> dict:
     Raises:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
-    if config.anomaly_stride < 1:
-        raise UserError(f"--anomaly-stride must be at least 1, got {config.anomaly_stride}")
-    if config.anomaly_features not in ANOMALY_SOURCES:
-        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {config.anomaly_features!r}")
-    check_neighbour_tiles(config.neighbour_tiles)
+    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     samples = select_samples(config)

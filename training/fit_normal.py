@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from training.hybrid import (
     save_run,
 )
 from training.models.anomaly import (
+    ANOMALY_SOURCES,
     AnomalyHead,
     AnomalySource,
     anomaly_feature_blocks,
@@ -94,7 +97,12 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
-def check_neighbour_tiles(neighbour_tiles: int) -> None:
+def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tiles: int = 0) -> None:
+    """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
+    if features not in ANOMALY_SOURCES:
+        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
+    if stride < 1:
+        raise UserError(f"--anomaly-stride must be at least 1, got {stride}")
     if neighbour_tiles < 0:
         raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
 
@@ -127,15 +135,15 @@ def fill_memory_bank(
     to cover the range of surfaces (k-center on their descriptors).
     """
     if neighbour_tiles:
-        _fill_tile_banks(model, _feature_tiles(model, images, tile, mean, std, device), bank_size=bank_size,
-                         neighbour_tiles=neighbour_tiles, max_bank_tiles=max_bank_tiles, device=device, seed=seed)
+        _fill_tile_banks(model, images, tile=tile, mean=mean, std=std, bank_size=bank_size, device=device,
+                         neighbour_tiles=neighbour_tiles, max_bank_tiles=max_bank_tiles, seed=seed)
         return
     generator = torch.Generator().manual_seed(seed)
     # Each image contributes at most its share of MAX_CANDIDATE_PATCHES rows (a random subset), so memory
     # stays bounded however many high-resolution images there are and fine (2 px) features are.
     per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))
     rows = []
-    for features in _feature_tiles(model, images, tile, mean, std, device):
+    for features in _feature_tiles(model, images, tile=tile, mean=mean, std=std, device=device):
         features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu()
         if features.shape[0] > per_image:
             features = features[torch.randperm(features.shape[0], generator=generator)[:per_image]]
@@ -148,8 +156,8 @@ def fill_memory_bank(
 
 
 def _feature_tiles(
-    model: InspectionModel, images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...],
-    device: torch.device,
+    model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
+    std: tuple[float, ...], device: torch.device,
 ) -> Iterator[torch.Tensor]:
     """Per image, the anomaly features `[tiles, C, h, w]` of its non-overlapping tiles."""
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
@@ -161,23 +169,37 @@ def _feature_tiles(
 
 
 def _fill_tile_banks(
-    model: InspectionModel, feature_tiles: Iterator[torch.Tensor], *, bank_size: int, neighbour_tiles: int,
-    max_bank_tiles: int, device: torch.device, seed: int,
+    model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
+    std: tuple[float, ...], bank_size: int, neighbour_tiles: int, max_bank_tiles: int, device: torch.device,
+    seed: int,
 ) -> None:
-    """One coreset bank per normal tile, keyed by its descriptor (`fill_memory_bank` with neighbour tiles)."""
-    banks, descriptors = [], []
-    for features in feature_tiles:
-        descriptors.append(tile_descriptor(features).cpu())
-        rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
-        for one in features:
-            rows = one.flatten(1).t()
-            banks.append(rows[greedy_coreset(rows, rows_per_tile, seed=seed).to(rows.device)].cpu())
+    """One coreset bank per normal tile, keyed by its descriptor (`fill_memory_bank` with neighbour tiles).
+
+    Two passes over the images: the first only describes every tile and picks the ones to keep, so
+    the coresets (the costly part) are built for kept tiles alone and no discarded bank is held.
+    """
+    features_of = partial(_feature_tiles, model, tile=tile, mean=mean, std=std, device=device)
+    descriptors = [tile_descriptor(features).cpu() for features in features_of(images)]
     keys = torch.cat(descriptors)
-    kept = greedy_coreset(keys.to(device), max_bank_tiles, seed=seed).cpu() if len(banks) > max_bank_tiles else torch.arange(len(banks))
+    kept = torch.arange(len(keys))
+    if len(keys) > max_bank_tiles:  # thin them to the ones that cover the surfaces' variety
+        kept = greedy_coreset(keys.to(device), max_bank_tiles, seed=seed).cpu()
+    where = [(image, offset) for image, d in enumerate(descriptors) for offset in range(len(d))]
+    kept_of_image: dict[int, dict[int, int]] = defaultdict(dict)  # image → {tile offset in it: tile index}
+    for index in kept.tolist():
+        image, offset = where[index]
+        kept_of_image[image][offset] = index
+    banks: dict[int, torch.Tensor] = {}
+    wanted = sorted(kept_of_image)
+    for image, features in zip(wanted, features_of([images[i] for i in wanted])):
+        rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
+        for offset, index in kept_of_image[image].items():
+            rows = features[offset].flatten(1).t()
+            banks[index] = rows[greedy_coreset(rows, rows_per_tile, seed=seed).to(rows.device)].cpu()
     neighbours = min(neighbour_tiles, len(kept))
     tile_banks = torch.stack([banks[i] for i in kept.tolist()])
-    log.info("memory bank (%s features): %d normal tiles x %d positions, each query tile scored against its %d nearest",
-             model.anomaly.source, tile_banks.shape[0], tile_banks.shape[1], neighbours)
+    log.info("memory bank (%s features): %d normal tiles x %d positions, each query tile scored against "
+             "its %d nearest", model.anomaly.source, tile_banks.shape[0], tile_banks.shape[1], neighbours)
     model.anomaly.set_memory_bank(tile_banks.to(device), keys[kept].to(device), neighbours)
 
 
@@ -210,7 +232,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     Raises:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
-    check_neighbour_tiles(config.neighbour_tiles)
+    check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))

@@ -43,8 +43,7 @@ from training.data.labeled import (
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
-from training.fit_normal import data_fingerprint, holdout_split
-from training.models.anomaly import ANOMALY_SOURCES
+from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.study_report import write_study
 
@@ -606,8 +605,7 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
-    if config.anomaly_features not in ANOMALY_SOURCES:
-        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {config.anomaly_features!r}")
+    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles)
 
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:

@@ -199,19 +199,17 @@ class AnomalyHead(nn.Module):
             raise ValueError(f"stride must be at least 1, got {stride}")
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
         self.source, self.stride = source, int(stride)
-        self.scorer: NearestNeighbourScorer | TileRetrievalScorer = _make_scorer(memory_bank, descriptors, neighbour_tiles)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
         self.register_buffer("center", torch.tensor(0.0))
         self.register_buffer("scale", torch.tensor(1.0))
         self.config = {
             "feature_blocks": list(self.feature_blocks),
-            "bank_shape": list(memory_bank.shape),
-            "neighbour_tiles": int(neighbour_tiles) if memory_bank.dim() == 3 else 0,
             "blur_sigma": float(blur_sigma),
             "source": source,
             "stride": int(stride),
         }
+        self.set_memory_bank(memory_bank, descriptors, neighbour_tiles)  # adds the bank's shape to the config
 
     def forward(self, size: Sequence[int], features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((self.raw_score(size, features) - self.center) / self.scale)
@@ -240,7 +238,9 @@ class AnomalyHead(nn.Module):
         and `TileRetrievalScorer` for the per-tile form."""
         device = self.center.device
         descriptors = None if descriptors is None else descriptors.to(device)
-        self.scorer = _make_scorer(memory_bank.to(device), descriptors, neighbour_tiles)
+        self.scorer: NearestNeighbourScorer | TileRetrievalScorer = _make_scorer(
+            memory_bank.to(device), descriptors, neighbour_tiles
+        )
         self.config["bank_shape"] = list(memory_bank.shape)
         self.config["neighbour_tiles"] = int(neighbour_tiles) if memory_bank.dim() == 3 else 0
 
