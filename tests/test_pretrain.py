@@ -144,12 +144,42 @@ def test_cli_writes_run_folder(image_folder: Path, tmp_path: Path) -> None:
     assert "1 unreadable" in result.output
 
 
+def test_a_collapsed_teacher_is_reported(image_folder: Path, tmp_path: Path) -> None:
+    # LayerScale 1e-5 leaves the blocks off: every image gets the same class token, the centered
+    # teacher (here centered on the last batch at once) is uniform, and the run must say so.
+    collapsed = tiny_config(image_folder, tmp_path / "off", layer_scale_init=1e-5, center_momentum=0.0, steps=4)
+    (warning,) = run_pretrain(collapsed).collapse_warnings
+    assert warning.startswith("image-level objective collapsed") and "64 prototypes" in warning
+    healthy = tiny_config(image_folder, tmp_path / "on", layer_scale_init=1.0, center_momentum=0.0, steps=4)
+    assert run_pretrain(healthy).collapse_warnings == ()
+
+
+def test_cli_prints_collapse_warnings(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, ("image-level objective collapsed: ...",))
+    monkeypatch.setattr(pretrain_module, "run_pretrain", lambda config: finished)
+    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "warning: image-level objective collapsed" in result.output
+
+
+def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(image_folder, tmp_path / "run", layer_scale_init=0.5, steps=2)
+    run_pretrain(config)
+    payload = torch.load(tmp_path / "run" / "backbone.pt", weights_only=False)
+    assert payload["model_kwargs"] == {**TINY, "init_values": 0.5}
+    backbone = load_backbone(tmp_path / "run")  # rebuilt with LayerScale, so its learned gammas load
+    assert torch.allclose(backbone.blocks[0].ls1.gamma, torch.full_like(backbone.blocks[0].ls1.gamma, 0.5), atol=0.05)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--data", "/nonexistent/folder"], "does not exist"),
         (["--objective", "simclr"], "--objective"),
         (["--arch", "resnet_nope"], "unknown architecture"),
+        (["--layer-scale-init", "0"], "--layer-scale-init must be positive"),
+        (["--teacher-momentum", "1.5"], "teacher momentum must satisfy"),
     ],
 )
 def test_cli_bad_input_is_one_line(extra: list[str], message: str, image_folder: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,69 @@ def effective_rank(features: torch.Tensor) -> float:
     weights = singular / singular.sum().clamp_min(1e-12)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum()
     return float(math.exp(entropy.item()))
+
+
+# A teacher distribution this close to uniform (as a share of log K) carries no information: the
+# centering has won over the sharpening, every view gets the same target and the loss sits at log K.
+UNIFORM_ENTROPY_SHARE = 0.99
+# SimDINO embeddings are unit vectors in p dimensions, whose per-dimension std is about 1/sqrt(p) when
+# spread over the sphere; a tenth of that means the whole batch points one way.
+COLLAPSED_STD_SHARE = 0.1
+# The monitors are judged on the last quarter of the run, not on its (legitimately chaotic) start.
+JUDGED_SHARE = 0.25
+
+
+def collapse_warnings(
+    records: Sequence[dict[str, Any]],
+    *,
+    prototypes: dict[str, int],
+    projection_dim: int,
+) -> list[str]:
+    """What the collapse monitors of a finished run say, in sentences a user can act on.
+
+    Args:
+        records: The run's metrics.jsonl rows, in step order.
+        prototypes: Prototype count per DINO level (`{"image": K, "point": K_point}`); empty for SimDINO.
+        projection_dim: Dimension p of SimDINO's embeddings.
+
+    Returns:
+        One warning per collapsed level; empty when the monitors look healthy (or nothing was logged).
+    """
+    if not records:
+        return []
+    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))):]
+    warnings = []
+    for level, count in prototypes.items():
+        entropy = _mean(judged, f"teacher_entropy_{level}")
+        if entropy is not None and entropy >= UNIFORM_ENTROPY_SHARE * math.log(count):
+            warnings.append(
+                f"{level}-level objective collapsed: the teacher's distribution is uniform over its {count} "
+                f"prototypes (entropy {entropy:.3f}, log K = {math.log(count):.3f}), so it taught nothing. "
+                "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
+                "a short run also needs a faster teacher (--teacher-momentum 0.99) and a higher --lr."
+            )
+    spread = _mean(judged, "feature_std_image")
+    floor = COLLAPSED_STD_SHARE / math.sqrt(projection_dim)
+    if spread is not None and spread < floor:
+        warnings.append(
+            f"image-level embeddings collapsed: their per-dimension std over a batch is {spread:.2g}, "
+            f"below {floor:.2g} (spread unit vectors give about {1 / math.sqrt(projection_dim):.2g}). "
+            "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
+            "else train longer or with a higher --lr."
+        )
+    return warnings
+
+
+def _mean(records: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in records if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file (none if it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLog:

@@ -43,7 +43,7 @@ from training.losses import CodingRateDistillationLoss, DenseDINOLoss
 from training.models.backbone import BACKBONE_FILE, create_vit, save_backbone
 from training.models.heads import DINOHead, ProjectionHead
 from training.models.self_distillation import SelfDistillationNet, compile_blocks, make_teacher
-from training.monitors import MetricsLog, Throughput, effective_rank
+from training.monitors import MetricsLog, Throughput, collapse_warnings, effective_rank, read_metrics
 from training.pretrain_config import PretrainConfig
 from training.pretrain_step import StepParts, StepSettings, train_step
 from training.schedules import TrainingSchedules
@@ -56,12 +56,13 @@ class PretrainResult:
     run_dir: Path
     steps: int
     skipped_images: int
+    collapse_warnings: tuple[str, ...] = ()
 
 
 def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDistillationNet]:
     """Student (with stochastic depth) and its teacher copy (no stochastic depth, eval mode)."""
     backbone = create_vit(
-        config.arch, img_size=config.global_size, drop_path_rate=config.drop_path, model_kwargs=config.model_kwargs
+        config.arch, img_size=config.global_size, drop_path_rate=config.drop_path, model_kwargs=config.vit_kwargs
     )
     dim = backbone.embed_dim
 
@@ -212,7 +213,7 @@ class Trainer:
                             optimizer=self.optimizer, config=self.config.to_json())
             save_backbone(self.config.out / BACKBONE_FILE, self.teacher_net.backbone, arch=self.config.arch,
                           img_size=self.config.global_size, objective=self.config.objective,
-                          model_kwargs=self.config.model_kwargs)
+                          model_kwargs=self.config.vit_kwargs)
         barrier()
 
     def train(self, start_step: int) -> int:
@@ -272,6 +273,17 @@ class Trainer:
         bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}", erank=f"{record['effective_rank']:.1f}")
 
 
+def run_collapse_warnings(config: PretrainConfig) -> list[str]:
+    """The collapse monitors' verdict on the run in `config.out` (see `monitors.collapse_warnings`)."""
+    prototypes: dict[str, int] = {}
+    if config.objective != "densedino-crr":
+        prototypes["image"] = config.num_prototypes
+        if config.dense:
+            prototypes["point"] = config.point_prototype_count
+    return collapse_warnings(read_metrics(config.out / "metrics.jsonl"), prototypes=prototypes,
+                             projection_dim=config.projection_dim)
+
+
 def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """Train and write the run folder; see the module docstring.
 
@@ -291,6 +303,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
         steps = trainer.train(start_step)
         if ctx.is_main and trainer.skips.skipped:
             log.warning(trainer.skips.summary())
-        return PretrainResult(config.out, steps, len(trainer.skips.skipped))
+        warnings = run_collapse_warnings(config) if ctx.is_main else []
+        return PretrainResult(config.out, steps, len(trainer.skips.skipped), tuple(warnings))
     finally:
         shutdown_distributed()

@@ -68,6 +68,10 @@ class PretrainConfig:
     compile: bool = False
     resume: bool = False
     progress: bool = True
+    # LayerScale's initial value in every block (timm's init_values; None: the architecture's own). A
+    # tiny one (test_vit3 has 1e-5) leaves the blocks nearly off for a short run: every image then gets
+    # the same class token, and DINO's centering turns the teacher uniform (docs/BENCHMARKS.md §2).
+    layer_scale_init: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # ViT overrides (tiny test models)
 
     def __post_init__(self) -> None:
@@ -85,6 +89,10 @@ class PretrainConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
+        if not 0.0 <= self.momentum[0] <= self.momentum[1] <= 1.0:
+            raise UserError(f"the teacher momentum must satisfy 0 ≤ start ≤ end ≤ 1, got {self.momentum}")
+        if self.layer_scale_init is not None and not self.layer_scale_init > 0:
+            raise UserError(f"--layer-scale-init must be positive, got {self.layer_scale_init}")
         if self.point_prototypes is not None and self.point_prototypes < 1:
             raise UserError(f"--point-prototypes must be at least 1, got {self.point_prototypes}")
         if self.steps is not None and self.steps < 1:
@@ -108,6 +116,13 @@ class PretrainConfig:
     @property
     def point_prototype_count(self) -> int:
         return self.point_prototypes or self.num_prototypes
+
+    @property
+    def vit_kwargs(self) -> dict[str, Any]:
+        """Constructor overrides of the ViT, saved with the backbone so it is rebuilt the same way."""
+        if self.layer_scale_init is None:
+            return dict(self.model_kwargs)
+        return {**self.model_kwargs, "init_values": self.layer_scale_init}
 
     @property
     def dense(self) -> bool:

@@ -26,12 +26,20 @@ def pretrain(
     epochs: Annotated[int, Opt(help="Passes over the data (ignored when --steps is given).")] = 100,
     steps: Annotated[int | None, Opt(help="Total optimization steps.")] = None,
     lr: Annotated[float, Opt(help="Learning rate per 256 images (scaled by the global batch).")] = 5e-4,
+    teacher_momentum: Annotated[float, Opt(
+        "--teacher-momentum", help="EMA momentum of the teacher at the start (cosine to 1 at the end); it "
+        "averages about 1/(1 − m) steps, so a run of a few hundred steps needs 0.99 rather than 0.996."
+    )] = 0.996,
     alpha: Annotated[float, Opt(help="Weight of the image-level loss; 1 − alpha goes to points.")] = 0.5,
     prototypes: Annotated[int, Opt("--prototypes", help="DINO head prototypes.")] = 65536,
     point_prototypes: Annotated[int | None, Opt(
         "--point-prototypes", help="Prototypes of the point head (default: --prototypes)."
     )] = None,
     head_hidden_dim: Annotated[int, Opt("--head-hidden-dim", help="Hidden width of the heads.")] = 2048,
+    layer_scale_init: Annotated[float | None, Opt(
+        "--layer-scale-init", help="Initial LayerScale of the ViT's blocks (default: the architecture's own; "
+        "give 1.0 for test_vit3, whose 1e-5 cannot learn in a short run)."
+    )] = None,
     device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
     workers: Annotated[int, Opt(help="Data-loading worker processes.")] = 8,
     seed: Annotated[int, Opt(help="Seed of weights, views and augmentation.")] = 0,
@@ -54,8 +62,8 @@ def pretrain(
         config = PretrainConfig(
             data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
             global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
-            epochs=epochs, steps=steps, lr=lr, alpha=alpha, num_prototypes=prototypes,
-            point_prototypes=point_prototypes,
+            epochs=epochs, steps=steps, lr=lr, momentum=(teacher_momentum, 1.0), alpha=alpha, num_prototypes=prototypes,
+            point_prototypes=point_prototypes, layer_scale_init=layer_scale_init,
             head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
             checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
             reference_attention=reference_attention, decode=decode,
@@ -68,6 +76,8 @@ def pretrain(
     typer.echo(f"{result.steps} steps; backbone written to {result.run_dir / 'backbone.pt'}")
     if result.skipped_images:
         typer.echo(f"{result.skipped_images} unreadable image(s) skipped")
+    for warning in result.collapse_warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 
 def register(app: typer.Typer) -> None:
