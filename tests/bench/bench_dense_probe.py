@@ -1,10 +1,17 @@
 """What the point-level loss buys: frozen-feature dense probes after equal pretraining budgets.
 
 Generates demo data, pretrains one backbone per objective (densedino, densedino-crr, dino) for the
-same number of steps with the same views and batch, then probes each of them and a random init with
-the same linear and nearest-neighbour probes (training/probe.py). Prints a table and writes JSON.
+same number of steps with the same views and batch, then probes each of them and a random init of
+the same architecture (same ViT settings, so the comparison isolates the training) with the same
+linear and nearest-neighbour probes (training/probe.py) at each probe size. Prints a table, each
+run's collapse verdict, and writes OUT/dense_probe.json.
 
     python tests/bench/bench_dense_probe.py --steps 600 --device cuda --out runs/probe-study
+    # CPU scale (the demo model's ViT):
+    python tests/bench/bench_dense_probe.py --out runs/probe-cpu --arch test_vit3 --device cpu --workers 2 \\
+        --unlabeled 300 --labeled 180 --global-size 128 --local-size 64 --points 4 --batch-size 32 \\
+        --prototypes 4096 --head-hidden-dim 512 --steps 300 --layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99 \\
+        --probe-sizes 128,256 --seed 7
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from training.data.demo import generate_demo_data  # noqa: E402
 from training.data.textures import UFOAI_TEXTURE_ARCHIVE  # noqa: E402
+from training.models.backbone import create_vit, save_backbone  # noqa: E402
 from training.pretrain import run_pretrain  # noqa: E402
 from training.pretrain_config import PretrainConfig  # noqa: E402
 from training.probe import dense_probe  # noqa: E402
@@ -35,29 +45,59 @@ def main() -> None:
         archive = args.textures if args.textures.exists() else None
         print(generate_demo_data(data, seed=args.seed, count=args.unlabeled, image_size=256,
                                  labeled_count=args.labeled, texture_archive=archive).describe(), flush=True)
-    backbones = {"random": f"random:{args.arch}"}
+    backbones = {"random": str(save_random_backbone(args))}
     timings: dict[str, float] = {}
+    verdicts: dict[str, list[str]] = {}
     for objective in args.objectives:
-        run = args.out / f"pretrain-{objective}"
+        config = pretrain_config(args, data / "unlabeled", objective)
         start = time.perf_counter()
-        run_pretrain(PretrainConfig(
-            data=data / "unlabeled", out=run, arch=args.arch, objective=objective, steps=args.steps,
-            batch_size=args.batch_size, local_crops=args.local_crops, points=args.points,
-            device=args.device, workers=args.workers, seed=args.seed, compile=args.compile,
-            progress=False, checkpoint_every=args.steps,
-        ))
+        result = run_pretrain(config)
         timings[objective] = time.perf_counter() - start
+        verdicts[objective] = list(result.collapse_warnings)
         print(f"pretrained {objective}: {args.steps} steps in {timings[objective]:.0f} s", flush=True)
-        backbones[objective] = str(run)
-    results = {}
-    for name, spec in backbones.items():
-        result = dense_probe(spec, data / "labeled", image_size=224, steps=args.probe_steps,
-                             seed=args.seed, device=args.device)
-        results[name] = asdict(result) | {"pretrain_seconds": timings.get(name, 0.0)}
-        print(f"{name:14s} linear AUROC {result.linear_pixel_auroc:.4f} AUPRO {result.linear_aupro:.4f} | "
-              f"NN AUROC {result.nn_pixel_auroc:.4f} AUPRO {result.nn_aupro:.4f}", flush=True)
+        for warning in result.collapse_warnings:
+            print(f"  warning: {warning}", flush=True)
+        backbones[objective] = str(config.out)
+    results: dict[str, dict[str, dict]] = {}
+    for size in args.probe_sizes:
+        results[str(size)] = {}
+        for name, spec in backbones.items():
+            probe = dense_probe(spec, data / "labeled", image_size=size, steps=args.probe_steps,
+                                seed=args.seed, device=args.device)
+            results[str(size)][name] = asdict(probe) | {"pretrain_seconds": timings.get(name, 0.0),
+                                                       "collapse_warnings": verdicts.get(name, [])}
+            print(f"{size:4d} px  {name:14s} linear AUROC {probe.linear_pixel_auroc:.4f} AUPRO {probe.linear_aupro:.4f} | "
+                  f"NN AUROC {probe.nn_pixel_auroc:.4f} AUPRO {probe.nn_aupro:.4f}", flush=True)
     report = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results}
     (args.out / "dense_probe.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def pretrain_config(args: argparse.Namespace, unlabeled: Path, objective: str) -> PretrainConfig:
+    """The same budget, views and ViT for every objective; only the objective differs."""
+    return PretrainConfig(
+        data=unlabeled, out=args.out / f"pretrain-{objective}", arch=args.arch, objective=objective,
+        steps=args.steps, batch_size=args.batch_size, global_size=args.global_size, local_size=args.local_size,
+        local_crops=args.local_crops, points=args.points, num_prototypes=args.prototypes,
+        head_hidden_dim=args.head_hidden_dim, layer_scale_init=args.layer_scale_init, lr=args.lr,
+        momentum=(args.teacher_momentum, 1.0),
+        device=args.device, workers=args.workers, seed=args.seed, compile=args.compile,
+        progress=False, checkpoint_every=args.steps,
+    )
+
+
+def save_random_backbone(args: argparse.Namespace) -> Path:
+    """A random init built exactly as the pretraining runs build theirs (LayerScale included)."""
+    path = args.out / "random" / "backbone.pt"
+    path.parent.mkdir(exist_ok=True)
+    vit_kwargs = pretrain_config(args, args.out, "dino").vit_kwargs
+    torch.manual_seed(args.seed)
+    model = create_vit(args.arch, img_size=args.global_size, model_kwargs=vit_kwargs)
+    save_backbone(path, model, arch=args.arch, img_size=args.global_size, objective="random", model_kwargs=vit_kwargs)
+    return path
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,9 +107,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--global-size", type=int, default=224)
+    parser.add_argument("--local-size", type=int, default=96)
     parser.add_argument("--local-crops", type=int, default=4)
     parser.add_argument("--points", type=int, default=2)
+    parser.add_argument("--prototypes", type=int, default=65536)
+    parser.add_argument("--head-hidden-dim", type=int, default=2048)
+    parser.add_argument("--layer-scale-init", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=5e-4, help="per 256 images, as in pretrain")
+    parser.add_argument("--teacher-momentum", type=float, default=0.996)
     parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument("--probe-sizes", type=parse_sizes, default=[224], help="comma-separated, e.g. 128,256")
     parser.add_argument("--unlabeled", type=int, default=2400)
     parser.add_argument("--labeled", type=int, default=360)
     parser.add_argument("--textures", type=Path, default=UFOAI_TEXTURE_ARCHIVE)
