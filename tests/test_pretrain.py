@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 import training.pretrain as pretrain_module
-from training.data.photometric import GLOBAL_POLICIES, augment
+from training.data.photometric import DINO_RECIPE, INSPECTION_RECIPE, PhotometricPolicy, augment
 from training.errors import UserError
 from training.models.backbone import load_backbone
 from training.pretrain import run_pretrain
@@ -180,6 +180,7 @@ def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_pat
         (["--arch", "resnet_nope"], "unknown architecture"),
         (["--layer-scale-init", "0"], "--layer-scale-init must be positive"),
         (["--teacher-momentum", "1.5"], "teacher momentum must satisfy"),
+        (["--photometric", "heavy"], "--photometric must be one of dino, inspection"),
     ],
 )
 def test_cli_bad_input_is_one_line(extra: list[str], message: str, image_folder: Path, tmp_path: Path) -> None:
@@ -201,5 +202,25 @@ def test_each_rank_and_step_draws_its_own_augmentation() -> None:
     draws = []
     for rank in (0, 1):
         torch.manual_seed(pretrain_module.step_seed(3, rank, 0))
-        draws.append(augment(views, GLOBAL_POLICIES[0]))
+        draws.append(augment(views, DINO_RECIPE.first_global))
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_inspection_views_keep_fine_detail_and_colour() -> None:
+    """The inspection recipe only jitters colour: a 1-px pattern and the colour contrast survive it,
+    where DINO's first global view (always blurred, sometimes grayscale) wipes them out."""
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 == 1  # 1-px checkerboard
+    red_blue = torch.stack([checker, torch.zeros_like(checker), ~checker]).to(torch.uint8) * 200
+    views = red_blue.expand(64, 3, 32, 32).contiguous()
+
+    def detail(images: torch.Tensor) -> torch.Tensor:  # mean neighbour difference per view
+        return (images[..., 1:] - images[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+    torch.manual_seed(0)
+    inspection = augment(views, INSPECTION_RECIPE.first_global)
+    dino = augment(views, DINO_RECIPE.first_global)
+    original = detail(augment(views, PhotometricPolicy(blur=0.0, jitter=0.0, grayscale=0.0)))
+    assert (detail(inspection) > 0.25 * original).all()
+    assert detail(dino).mean() < 0.5 * detail(inspection).mean()
+    channel_spread = inspection.std(dim=1).mean(dim=(1, 2))
+    assert (channel_spread > 0.1).all()  # no view was turned gray

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from training.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
 from training.data.device_views import EncodedBatch, collate_encoded
 from training.data.images import SkipCounter, list_images
+from training.data.photometric import PHOTOMETRIC_RECIPES
 from training.data.pretrain_dataset import MultiCropDataset, ResumableSampler, ViewBatch, collate_views
 from training.distributed import (
     DistributedContext,
@@ -189,7 +190,7 @@ class Trainer:
         return StepParts(
             student=student, student_net=self.student_net, teacher=self.teacher_net,
             loss=self.loss, optimizer=self.optimizer, device=self.ctx.device, dense=self.config.dense,
-            clip_grad=self.config.clip_grad,
+            clip_grad=self.config.clip_grad, photometric=PHOTOMETRIC_RECIPES[self.config.photometric],
         )
 
     def _stateful(self) -> dict[str, nn.Module]:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from training.data.device_views import DECODE_ON
 from training.data.multicrop import MultiCropConfig
+from training.data.photometric import PHOTOMETRIC_RECIPES
 from training.errors import UserError
 from training.models.reference_tokens import REFERENCE_ATTENTION
 
@@ -72,6 +73,8 @@ class PretrainConfig:
     # tiny one (test_vit3 has 1e-5) leaves the blocks nearly off for a short run: every image then gets
     # the same class token, and DINO's centering turns the teacher uniform (docs/BENCHMARKS.md §2).
     layer_scale_init: float | None = None
+    # Photometric augmentation: "dino" (jitter, grayscale, blur, solarize) or "inspection" (jitter only).
+    photometric: str = "dino"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # ViT overrides (tiny test models)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,8 @@ class PretrainConfig:
             raise UserError(
                 f"--reference-attention must be one of {', '.join(REFERENCE_ATTENTION)}, not {self.reference_attention!r}"
             )
+        if self.photometric not in PHOTOMETRIC_RECIPES:
+            raise UserError(f"--photometric must be one of {', '.join(PHOTOMETRIC_RECIPES)}, not {self.photometric!r}")
         if self.decode not in DECODE_ON:
             raise UserError(f"--decode must be one of {', '.join(DECODE_ON)}, not {self.decode!r}")
         if not 0.0 <= self.alpha <= 1.0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.data.photometric import GLOBAL_POLICIES, LOCAL_POLICY, augment
+from training.data.photometric import DINO_RECIPE, PhotometricRecipe, augment
 from training.data.pretrain_dataset import ViewBatch
 from training.losses.terms import LossTerms
 from training.models.self_distillation import GroupOutputs, SelfDistillationNet, ema_update
@@ -30,6 +30,7 @@ class StepParts:
     device: torch.device
     dense: bool
     clip_grad: float
+    photometric: PhotometricRecipe = DINO_RECIPE
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class AugmentedViews:
     student_points: torch.Tensor  # [V·B, G·k, 2]
 
 
-def augment_views(batch: ViewBatch) -> AugmentedViews:
+def augment_views(batch: ViewBatch, recipe: PhotometricRecipe = DINO_RECIPE) -> AugmentedViews:
     """Photometric augmentation per view kind (first global, other globals, locals), batched."""
-    global_views = [augment(crops, GLOBAL_POLICIES[min(g, 1)]) for g, crops in enumerate(batch.global_crops)]
-    local_views = augment(batch.local_crops.flatten(0, 1), LOCAL_POLICY) if batch.local_crops.shape[0] else None
+    global_views = [augment(crops, recipe.for_global(g)) for g, crops in enumerate(batch.global_crops)]
+    local_views = augment(batch.local_crops.flatten(0, 1), recipe.local) if batch.local_crops.shape[0] else None
     empty_locals = batch.global_crops.new_zeros((0, 3, *batch.local_crops.shape[-2:]), dtype=torch.float32)
     return AugmentedViews(
         globals_=torch.cat(global_views),
@@ -123,7 +124,7 @@ def train_step(parts: StepParts, batch: ViewBatch, settings: StepSettings) -> tu
     batch = batch.to(parts.device)
     num_globals = batch.global_crops.shape[0]
     num_views = num_globals + batch.local_crops.shape[0]
-    views = augment_views(batch)
+    views = augment_views(batch, parts.photometric)
     apply_settings(parts.optimizer, settings)
     with _autocast(parts.device):
         terms, teacher_features = compute_loss(parts, views, num_globals, num_views)

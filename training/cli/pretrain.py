@@ -40,6 +40,10 @@ def pretrain(
         "--layer-scale-init", help="Initial LayerScale of the ViT's blocks (default: the architecture's own; "
         "give 1.0 for test_vit3, whose 1e-5 cannot learn in a short run)."
     )] = None,
+    photometric: Annotated[str, Opt(
+        "--photometric", help="Augmentation: dino (colour jitter, grayscale, blur, solarize) or inspection "
+        "(colour jitter only: blur and grayscale would teach the features to ignore scratches and stains)."
+    )] = "dino",
     device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
     workers: Annotated[int, Opt(help="Data-loading worker processes.")] = 8,
     seed: Annotated[int, Opt(help="Seed of weights, views and augmentation.")] = 0,
@@ -63,7 +67,7 @@ def pretrain(
             data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
             global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
             epochs=epochs, steps=steps, lr=lr, momentum=(teacher_momentum, 1.0), alpha=alpha, num_prototypes=prototypes,
-            point_prototypes=point_prototypes, layer_scale_init=layer_scale_init,
+            point_prototypes=point_prototypes, layer_scale_init=layer_scale_init, photometric=photometric,
             head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
             checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
             reference_attention=reference_attention, decode=decode,

@@ -30,9 +30,33 @@ class PhotometricPolicy:
     grayscale: float = 0.2
 
 
-# The first global view is always blurred, the second is rarely blurred but may be solarized.
-GLOBAL_POLICIES = (PhotometricPolicy(blur=1.0), PhotometricPolicy(blur=0.1, solarize=0.2))
-LOCAL_POLICY = PhotometricPolicy(blur=0.5)
+@dataclass(frozen=True)
+class PhotometricRecipe:
+    """The policies of a run: first global view, the other global views, local views."""
+
+    first_global: PhotometricPolicy
+    other_globals: PhotometricPolicy
+    local: PhotometricPolicy
+
+    def for_global(self, index: int) -> PhotometricPolicy:
+        return self.first_global if index == 0 else self.other_globals
+
+
+# DINO's: the first global view is always blurred, the second is rarely blurred but may be solarized.
+DINO_RECIPE = PhotometricRecipe(
+    first_global=PhotometricPolicy(blur=1.0),
+    other_globals=PhotometricPolicy(blur=0.1, solarize=0.2),
+    local=PhotometricPolicy(blur=0.5),
+)
+# For inspection: lighting and exposure vary along a line, so colour jitter stays; but blur,
+# grayscale and solarize would teach the features to ignore what tells a thin scratch, a stain or
+# a burn from the surface around it.
+INSPECTION_RECIPE = PhotometricRecipe(
+    first_global=PhotometricPolicy(blur=0.0, grayscale=0.0),
+    other_globals=PhotometricPolicy(blur=0.0, grayscale=0.0),
+    local=PhotometricPolicy(blur=0.0, grayscale=0.0),
+)
+PHOTOMETRIC_RECIPES = {"dino": DINO_RECIPE, "inspection": INSPECTION_RECIPE}
 
 
 def augment(views: torch.Tensor, policy: PhotometricPolicy, generator: torch.Generator | None = None) -> torch.Tensor:
