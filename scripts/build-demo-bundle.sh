@@ -3,6 +3,10 @@
 # demo data from real textures -> DenseDINO pretraining -> fine-tuned hybrid head -> ONNX bundle.
 # A deliberately small ViT (timm's test_vit3, 0.8 M parameters) keeps the bundle a few MB and the
 # build a few minutes on 2 cores; a plant trains vit_small_patch16_224 on a GPU instead.
+# This pretraining collapses (test_vit3's LayerScale starts at 1e-5; pretrain warns), and is kept on
+# purpose: at this scale the hybrid built on it ranks whole images better than on any backbone that
+# learned (docs/BENCHMARKS.md §2-§3); `--layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99`
+# gives one that learns.
 # Usage: scripts/build-demo-bundle.sh [BUNDLE_DIR]
 set -euo pipefail
 bundle=${1:-demo/bundle}
