@@ -79,7 +79,7 @@ def pretrain_config(args: argparse.Namespace, unlabeled: Path, objective: str) -
         steps=args.steps, batch_size=args.batch_size, global_size=args.global_size, local_size=args.local_size,
         local_crops=args.local_crops, points=args.points, num_prototypes=args.prototypes,
         head_hidden_dim=args.head_hidden_dim, layer_scale_init=args.layer_scale_init, lr=args.lr,
-        momentum=(args.teacher_momentum, 1.0),
+        momentum=(args.teacher_momentum, 1.0), photometric=args.photometric,
         device=args.device, workers=args.workers, seed=args.seed, compile=args.compile,
         progress=False, checkpoint_every=args.steps,
     )
@@ -116,6 +116,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layer-scale-init", type=float, default=None)
     parser.add_argument("--lr", type=float, default=5e-4, help="per 256 images, as in pretrain")
     parser.add_argument("--teacher-momentum", type=float, default=0.996)
+    parser.add_argument("--photometric", default="dino", help="dino or inspection, as in pretrain")
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--probe-sizes", type=parse_sizes, default=[224], help="comma-separated, e.g. 128,256")
     parser.add_argument("--unlabeled", type=int, default=2400)
