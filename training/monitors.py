@@ -33,6 +33,8 @@ UNIFORM_ENTROPY_SHARE = 0.99
 COLLAPSED_STD_SHARE = 0.1
 # The monitors are judged on the last quarter of the run, not on its (legitimately chaotic) start.
 JUDGED_SHARE = 0.25
+METRICS_FILE = "metrics.jsonl"
+_LAYER_SCALE_ADVICE = "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
 
 
 def collapse_warnings(
@@ -61,8 +63,8 @@ def collapse_warnings(
             warnings.append(
                 f"{level}-level objective collapsed: the teacher's distribution is uniform over its {count} "
                 f"prototypes (entropy {entropy:.3f}, log K = {math.log(count):.3f}), so it taught nothing. "
-                "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
-                "a short run also needs a faster teacher (--teacher-momentum 0.99) and a higher --lr."
+                + _LAYER_SCALE_ADVICE
+                + "a short run also needs a faster teacher (--teacher-momentum 0.99) and a higher --lr."
             )
     spread = _mean(judged, "feature_std_image")
     floor = COLLAPSED_STD_SHARE / math.sqrt(projection_dim)
@@ -70,8 +72,8 @@ def collapse_warnings(
         warnings.append(
             f"image-level embeddings collapsed: their per-dimension std over a batch is {spread:.2g}, "
             f"below {floor:.2g} (spread unit vectors give about {1 / math.sqrt(projection_dim):.2g}). "
-            "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
-            "else train longer or with a higher --lr."
+            + _LAYER_SCALE_ADVICE
+            + "else train longer or with a higher --lr."
         )
     return warnings
 

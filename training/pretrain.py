@@ -44,7 +44,14 @@ from training.losses import CodingRateDistillationLoss, DenseDINOLoss
 from training.models.backbone import BACKBONE_FILE, create_vit, save_backbone
 from training.models.heads import DINOHead, ProjectionHead
 from training.models.self_distillation import SelfDistillationNet, compile_blocks, make_teacher
-from training.monitors import MetricsLog, Throughput, collapse_warnings, effective_rank, read_metrics
+from training.monitors import (
+    METRICS_FILE,
+    MetricsLog,
+    Throughput,
+    collapse_warnings,
+    effective_rank,
+    read_metrics,
+)
 from training.pretrain_config import PretrainConfig
 from training.pretrain_step import StepParts, StepSettings, train_step
 from training.schedules import TrainingSchedules
@@ -177,7 +184,7 @@ class Trainer:
         )
         self.parts = self._step_parts()
         self.skips = SkipCounter()
-        self.metrics = MetricsLog(config.out / "metrics.jsonl")
+        self.metrics = MetricsLog(config.out / METRICS_FILE)
 
     def _step_parts(self) -> StepParts:
         if self.config.compile:
@@ -281,7 +288,7 @@ def run_collapse_warnings(config: PretrainConfig) -> list[str]:
         prototypes["image"] = config.num_prototypes
         if config.dense:
             prototypes["point"] = config.point_prototype_count
-    return collapse_warnings(read_metrics(config.out / "metrics.jsonl"), prototypes=prototypes,
+    return collapse_warnings(read_metrics(config.out / METRICS_FILE), prototypes=prototypes,
                              projection_dim=config.projection_dim)
 
 

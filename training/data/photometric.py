@@ -51,11 +51,8 @@ DINO_RECIPE = PhotometricRecipe(
 # For inspection: lighting and exposure vary along a line, so colour jitter stays; but blur,
 # grayscale and solarize would teach the features to ignore what tells a thin scratch, a stain or
 # a burn from the surface around it.
-INSPECTION_RECIPE = PhotometricRecipe(
-    first_global=PhotometricPolicy(blur=0.0, grayscale=0.0),
-    other_globals=PhotometricPolicy(blur=0.0, grayscale=0.0),
-    local=PhotometricPolicy(blur=0.0, grayscale=0.0),
-)
+_COLOUR_JITTER_ONLY = PhotometricPolicy(blur=0.0, grayscale=0.0)
+INSPECTION_RECIPE = PhotometricRecipe(_COLOUR_JITTER_ONLY, _COLOUR_JITTER_ONLY, _COLOUR_JITTER_ONLY)
 PHOTOMETRIC_RECIPES = {"dino": DINO_RECIPE, "inspection": INSPECTION_RECIPE}
 
 
