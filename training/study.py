@@ -509,7 +509,9 @@ def _run_job(
     if result_path.is_file():
         saved = json.loads(result_path.read_text())
         if saved.get("signature") == signature:
-            return saved["rows"], saved["seconds"], True
+            # The label depends on the other backbones of this study (a repeated source gets its path).
+            rows = [{**row, "backbone": labels_of[job.backbone] if job.backbone else None} for row in saved["rows"]]
+            return rows, saved["seconds"], True
     start = time.perf_counter()
     trained = train_job(job, config, data, device)
     maps = [trained.predict(image) for image in data.test.images]
