@@ -21,7 +21,7 @@ runner = CliRunner()
 def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data")
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(tmp_path / "run"), *TINY_FINETUNE_ARGS])
+                                         "--out", str(tmp_path / "run"), "--copy-paste", "0.5", *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
     assert run.model.kind == "hybrid"
@@ -61,7 +61,8 @@ def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: 
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1")]
+    ("option", "value"),
+    [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1"), ("--copy-paste", "1.5")],
 )
 def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)

@@ -153,6 +153,21 @@ def test_other_anomaly_features_retrain_only_the_hybrids(study_run: tuple[Path, 
         runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
 
 
+def test_copy_paste_retrains_what_it_trains_and_says_so(study_run: tuple[Path, Path, str]) -> None:
+    data, out, _ = study_run
+    before = json.loads((out / "study.json").read_text())["rows"]
+    zero_label = len({row["run"] for row in before if row["model"] == "zero-label"})  # one job, two rows
+    try:
+        result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS,
+                                     "--copy-paste", "0.5"])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("cached") == zero_label  # hybrids and U-Nets train on pasted crops
+        assert json.loads((out / "study.json").read_text())["config"]["copy_paste"] == 0.5
+        assert "pasted into 50% of the training crops" in (out / "study.md").read_text()
+    finally:  # leave the module's study as the other tests expect it
+        runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
+
+
 def test_unknown_anomaly_features_are_a_one_line_error(tmp_path: Path) -> None:
     result = invoke_study(tmp_path, tmp_path / "out", "--anomaly-features", "pixels")
     assert result.exit_code == 2 and "--anomaly-features" in result.output

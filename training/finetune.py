@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.data.copy_paste import cut_defect_pieces, paste_piece
 from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
 from training.errors import UserError
 from training.fit_normal import (
@@ -69,6 +70,7 @@ class FinetuneConfig:
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
     bank_size: int = 2048
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
+    copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
     labeled_defects: int | None = None
     val_fraction: float = 0.2
     device: str = "cpu"
@@ -134,13 +136,24 @@ def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float 
 
 
 class CropSampler:
-    """Random augmented tile-sized crops of the training images, with their masks."""
+    """Random augmented tile-sized crops of the training images, with their masks.
 
-    def __init__(self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> None:
+    With `copy_paste` > 0, that share of the crops also gets one labeled defect of the training set
+    pasted in (see `training.data.copy_paste`).
+    """
+
+    def __init__(
+        self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int,
+        *, copy_paste: float = 0.0,
+    ) -> None:
+        if not 0.0 <= copy_paste <= 1.0:
+            raise UserError(f"--copy-paste must be a share between 0 and 1, got {copy_paste}")
         self.data, self.tile, self.rng = data, tile, np.random.default_rng(seed)
         self.mean = np.asarray(mean, np.float32)[:, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None]
         self.defective = data.defective_indices()
+        self.copy_paste = copy_paste
+        self.pieces = cut_defect_pieces(data.images, data.masks) if copy_paste > 0 else []
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         crops = [self._one() for _ in range(size)]
@@ -155,6 +168,8 @@ class CropSampler:
         top, left = self._corner(mask if near_defect else None, image.shape[:2])
         image = image[top : top + self.tile, left : left + self.tile].astype(np.float32) / 255.0
         mask = mask[top : top + self.tile, left : left + self.tile].astype(np.float32)
+        if self.pieces and self.rng.random() < self.copy_paste:
+            image, mask = paste_piece(image, mask, self.pieces[int(self.rng.integers(len(self.pieces)))], self.rng)
         image = np.clip((image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1)
         image, mask = self._flip_rotate(image, mask)
         planes = (image.transpose(2, 0, 1) - self.mean) / self.std
@@ -272,7 +287,8 @@ def finetune(config: FinetuneConfig) -> dict:
     mean, std = PIXEL_MEAN, PIXEL_STD
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)))
     model = InspectionModel(backbone, segmentation=head).to(device)
-    losses = train_head(model, CropSampler(train, tile, mean, std, config.seed), config, device)
+    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste)
+    losses = train_head(model, sampler, config, device)
 
     predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
     normal_train = [img for img, m in zip(train.images, train.masks) if not m.any()]

@@ -71,6 +71,9 @@ class StudyConfig:
         test_fraction: Share of each (line, defect type) group that goes to the test split.
         include_unet: Train the from-scratch U-Net baseline.
         include_zero_label: Fit the zero-label mode alone, per backbone.
+        anomaly_features: What the hybrid's anomaly branch reads ("conv" or "vit").
+        neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
+        copy_paste: Share of training crops (hybrid and U-Net alike) that get a labeled defect pasted in.
         device: cpu, cuda or auto.
         seed: Seed of the splits, label picks and training.
     """
@@ -88,6 +91,7 @@ class StudyConfig:
     include_zero_label: bool = True
     anomaly_features: str = "conv"
     neighbour_tiles: int = 4
+    copy_paste: float = 0.0
     device: str = "auto"
     seed: int = 0
 
@@ -357,6 +361,7 @@ def _train_hybrid(
             labeled_defects=job.labels,
             anomaly_features=config.anomaly_features,
             neighbour_tiles=config.neighbour_tiles,
+            copy_paste=config.copy_paste,
             device=str(device),
             seed=config.seed,
         )
@@ -417,6 +422,7 @@ def _train_unet(
             image_size=config.image_size,
             steps=config.steps,
             batch_size=config.batch_size,
+            copy_paste=config.copy_paste,
             device=str(device),
             seed=config.seed,
         ),
@@ -580,6 +586,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
         "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
+        "copy_paste": config.copy_paste if job.model != "zero-label" else None,
         "data": str(config.data.resolve()),
         "test_split": digest,
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),

@@ -36,6 +36,11 @@ def _bank_words(config: dict) -> str:
     return f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
 
 
+def _copy_paste_words(config: dict) -> str:
+    share = config.get("copy_paste", 0.0)  # studies before copy-paste had none
+    return f"; a labeled defect pasted into {share:.0%} of the training crops (hybrid and U-Net)" if share else ""
+
+
 def render_markdown(study: dict) -> str:
     """The label-efficiency tables (all defects, thin defects) and the held-out-type table."""
     config, split, rows = study["config"], study["split"], study["rows"]
@@ -43,7 +48,8 @@ def render_markdown(study: dict) -> str:
         f"Test split: {len(split['test_images'])} images ({split['test_defective']} defective) from "
         f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
         f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}; "
-        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features, {_bank_words(config)}."
+        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features, {_bank_words(config)}"
+        f"{_copy_paste_words(config)}."
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]

@@ -81,6 +81,7 @@ class UNetConfig:
     lr: float = 1e-3
     widths: tuple[int, ...] = (16, 32, 64, 128)
     val_fraction: float = 0.2
+    copy_paste: float = 0.0
     device: str = "cpu"
     seed: int = 0
 
@@ -111,7 +112,7 @@ def train_unet(samples: list[LabeledSample], config: UNetConfig) -> TrainedUNet:
     if not train.defective_indices():
         raise UserError("the U-Net baseline needs at least one readable defective training image")
     net = UNet(config.widths).to(device)
-    sampler = CropSampler(train, config.image_size, PIXEL_MEAN, PIXEL_STD, config.seed)
+    sampler = CropSampler(train, config.image_size, PIXEL_MEAN, PIXEL_STD, config.seed, copy_paste=config.copy_paste)
     losses = optimise_segmentation(net, net, [{"params": list(net.parameters()), "lr": config.lr}], sampler,
                                    steps=max(1, config.steps), batch_size=config.batch_size, device=device,
                                    label="U-Net ")

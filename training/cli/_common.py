@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 
 from training.errors import UserError
+
+CopyPasteOpt = Annotated[float, typer.Option(
+    "--copy-paste", min=0.0, max=1.0,
+    help="Share of training crops that get one of the labeled defects pasted in (0: off).",
+)]
 
 
 @contextlib.contextmanager

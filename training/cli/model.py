@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import user_errors
+from training.cli._common import CopyPasteOpt, user_errors
 
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
@@ -48,6 +48,7 @@ def finetune(
     )] = 1,
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
+    copy_paste: CopyPasteOpt = 0.0,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
@@ -63,7 +64,7 @@ def finetune(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
-        bank_size=bank_size, neighbour_tiles=neighbour_tiles,
+        bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
         labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import user_errors
+from training.cli._common import CopyPasteOpt, user_errors
 
 Opt = typer.Option
 
@@ -56,6 +56,7 @@ def label_study(
         "--neighbour-tiles", min=0,
         help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
     )] = 4,
+    copy_paste: CopyPasteOpt = 0.0,
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, Opt("--seed", help="Seed of the splits, label picks and training.")] = 0,
 ) -> None:
@@ -80,6 +81,7 @@ def label_study(
             include_zero_label=include_zero_label,
             anomaly_features=anomaly_features,
             neighbour_tiles=neighbour_tiles,
+            copy_paste=copy_paste,
             device=device,
             seed=seed,
         )
