@@ -1,0 +1,113 @@
+"""Where does a hybrid run lose its pixel AUROC? Per-image shares of the loss, per-type metrics, and
+what the fusion weight and a dihedral test-time augmentation would change.
+
+Pixel AUROC is the share of (defect pixel, normal pixel) pairs ranked right, so 1 − AUROC splits
+exactly over images, from either side: each defect pixel's share of normal pixels scored above it
+(misses), or each normal pixel's share of defect pixels scored below it (false alarms). The largest
+shares name the images to look at. The run's two branches are then re-fused at other weights, with
+and without averaging the 8 turns and flips of each frame (8 passes: a cost, not a default).
+
+    python tests/bench/bench_hybrid_errors.py --run runs/ls-insp/runs/hybrid-runs-pt-insp-k5 \
+        --data runs/ls-insp/splits/test [--only-types scratch,crack] [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from training.data.labeled import load_labeled_set  # noqa: E402
+from training.finetune import LabeledImages, load_images_with_masks  # noqa: E402
+from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.metrics import aupro, auroc  # noqa: E402
+
+Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
+
+
+def loss_shares(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, its share of 1 − pixel AUROC as misses and as false alarms (each side sums to 1 − AUROC)."""
+    normal = np.sort(np.concatenate([m[~k] for m, k in zip(maps, masks)]))
+    defect = np.sort(np.concatenate([m[k] for m, k in zip(maps, masks)]))
+    misses = np.array([(1 - np.searchsorted(normal, m[k], side="right") / normal.size).sum() / defect.size
+                       for m, k in zip(maps, masks)])
+    alarms = np.array([(np.searchsorted(defect, m[~k], side="left") / defect.size).sum() / normal.size
+                       for m, k in zip(maps, masks)])
+    return misses, alarms
+
+
+def branch_maps(predictor: TorchPredictor, image: np.ndarray, tta: bool) -> Branches:
+    """The run's two branch maps of a frame, averaged over its 8 turns and flips with `tta`."""
+    model = predictor.model
+    views = [(turns, flip) for turns in range(4) for flip in (False, True)] if tta else [(0, False)]
+    heads, anomalies = [], []
+    for turns, flip in views:
+        view = np.rot90(image, turns)
+        view = np.ascontiguousarray(view[:, ::-1] if flip else view)
+        head, anomaly = predictor.predict_outputs(view, model.branch_probabilities)
+        if flip:
+            head, anomaly = head[:, ::-1], anomaly[:, ::-1]
+        heads.append(np.rot90(head, -turns))
+        anomalies.append(np.rot90(anomaly, -turns))
+    return np.mean(heads, axis=0), np.mean(anomalies, axis=0)
+
+
+def summary(maps: list[np.ndarray], masks: list[np.ndarray]) -> str:
+    scores = np.concatenate([m.ravel() for m in maps])
+    labels = np.concatenate([k.ravel() for k in masks])
+    image = auroc(np.array([m.max() for m in maps]), np.array([k.any() for k in masks]))
+    return f"{auroc(scores, labels):.3f} / {aupro(maps, masks):.3f} / {image:.3f}"
+
+
+def per_type(maps: list[np.ndarray], data: LabeledImages) -> str:
+    normal = [i for i, k in enumerate(data.masks) if not k.any()]
+    types = sorted({t for s in data.samples for t in s.defect_types})
+    cells = [f"all {summary(maps, data.masks)}"]
+    for name in types:
+        chosen = normal + [i for i, s in enumerate(data.samples) if name in s.defect_types]
+        cells.append(f"{name} {summary([maps[i] for i in chosen], [data.masks[i] for i in chosen])}")
+    return " | ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a hybrid run folder (finetune's --out)")
+    parser.add_argument("--data", type=Path, required=True, help="labeled test folder")
+    parser.add_argument("--only-types", default="", help="keep defective images of these types (and every normal one)")
+    parser.add_argument("--tta", action="store_true", help="also score the 8-view dihedral average")
+    parser.add_argument("--top", type=int, default=8, help="images listed per side")
+    args = parser.parse_args()
+
+    run = load_run(args.run)
+    if run.model.kind != "hybrid":
+        raise SystemExit(f"{args.run} is a {run.model.kind} run; this benchmark needs a hybrid one")
+    wanted = {t for t in args.only_types.split(",") if t}
+    samples = [s for s in load_labeled_set(args.data).samples
+               if not wanted or not s.defective or wanted & set(s.defect_types)]
+    data = load_images_with_masks(samples)
+    predictor = TorchPredictor(run.model.eval(), tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    weight = float(run.model.fusion_weight)
+
+    served = [predictor.predict(image) for image in data.images]
+    misses, alarms = loss_shares(served, data.masks)
+    print(f"{len(data.images)} images; cells: pixel AUROC / AUPRO / image AUROC; 1 − pixel AUROC = {misses.sum():.4f}")
+    for side, shares in (("misses", misses), ("false alarms", alarms)):
+        print(f"largest shares as {side}:")
+        for index in np.argsort(shares)[::-1][: args.top]:
+            sample = data.samples[index]
+            print(f"  {shares[index]:.4f}  {sample.stem}  {','.join(sample.defect_types) or 'defect-free'}")
+
+    for tta in (False, True) if args.tta else (False,):
+        branches = [branch_maps(predictor, image, tta) for image in data.images]
+        for w in sorted({0.0, 0.25, 0.5, 0.75, 1.0, weight}):
+            fused = [1 - (1 - head) * (1 - w * anomaly) for head, anomaly in branches]
+            label = f"{'8-view TTA, ' if tta else ''}w = {w:.2f}{' (the run’s)' if w == weight else ''}"
+            print(f"{label:<26} {per_type(fused, data)}")
+
+
+if __name__ == "__main__":
+    main()
