@@ -516,7 +516,7 @@ def _run_job(
         saved = json.loads(result_path.read_text())
         if saved.get("signature") == signature:
             # The label depends on the other backbones of this study (a repeated source gets its path).
-            rows = [{**row, "backbone": labels_of[job.backbone] if job.backbone else None} for row in saved["rows"]]
+            rows = [{**row, "backbone": _backbone_label(job, labels_of)} for row in saved["rows"]]
             return rows, saved["seconds"], True
     start = time.perf_counter()
     trained = train_job(job, config, data, device)
@@ -551,7 +551,7 @@ def _row(
     )
     return {
         "model": job.model,
-        "backbone": labels_of[job.backbone] if job.backbone else None,
+        "backbone": _backbone_label(job, labels_of),
         "backbone_spec": job.backbone,
         "labels_per_line": job.labels,
         "trained_on": job.trained_on,
@@ -567,6 +567,10 @@ def _row(
         "seconds": seconds,
         **trained.extra,
     }
+
+
+def _backbone_label(job: Job, labels_of: dict[str, str]) -> str | None:
+    return labels_of[job.backbone] if job.backbone else None
 
 
 def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch.device) -> dict:

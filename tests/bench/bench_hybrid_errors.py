@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from training.data.labeled import load_labeled_set  # noqa: E402
+from training.evaluate import metrics_by_group  # noqa: E402
 from training.finetune import LabeledImages, load_images_with_masks  # noqa: E402
 from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
-from training.metrics import aupro, auroc  # noqa: E402
 
 Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
 
@@ -56,21 +56,12 @@ def branch_maps(predictor: TorchPredictor, image: np.ndarray, tta: bool) -> Bran
     return np.mean(heads, axis=0), np.mean(anomalies, axis=0)
 
 
-def summary(maps: list[np.ndarray], masks: list[np.ndarray]) -> str:
-    scores = np.concatenate([m.ravel() for m in maps])
-    labels = np.concatenate([k.ravel() for k in masks])
-    image = auroc(np.array([m.max() for m in maps]), np.array([k.any() for k in masks]))
-    return f"{auroc(scores, labels):.3f} / {aupro(maps, masks):.3f} / {image:.3f}"
-
-
-def per_type(maps: list[np.ndarray], data: LabeledImages) -> str:
-    normal = [i for i, k in enumerate(data.masks) if not k.any()]
-    types = sorted({t for s in data.samples for t in s.defect_types})
-    cells = [f"all {summary(maps, data.masks)}"]
-    for name in types:
-        chosen = normal + [i for i, s in enumerate(data.samples) if name in s.defect_types]
-        cells.append(f"{name} {summary([maps[i] for i in chosen], [data.masks[i] for i in chosen])}")
-    return " | ".join(cells)
+def per_type(maps: list[np.ndarray], data: LabeledImages, thresholds: dict[str, float]) -> str:
+    """Overall and per-defect-type cells, grouped as `train-pipeline evaluate` groups them."""
+    grouped = metrics_by_group(maps, data.masks, [s.defect_types for s in data.samples], thresholds)
+    groups = {"all": grouped["overall"], **grouped["per_defect_type"]}
+    return " | ".join(f"{name} {m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
+                      for name, m in groups.items())
 
 
 def main() -> None:
@@ -106,7 +97,7 @@ def main() -> None:
         for w in sorted({0.0, 0.25, 0.5, 0.75, 1.0, weight}):
             fused = [1 - (1 - head) * (1 - w * anomaly) for head, anomaly in branches]
             label = f"{'8-view TTA, ' if tta else ''}w = {w:.2f}{' (the run’s)' if w == weight else ''}"
-            print(f"{label:<26} {per_type(fused, data)}")
+            print(f"{label:<26} {per_type(fused, data, run.thresholds)}")
 
 
 if __name__ == "__main__":
