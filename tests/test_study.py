@@ -15,6 +15,7 @@ from training.baselines.unet import UNet, UNetConfig, train_unet
 from training.cli import app
 from training.data.labeled import LabeledSample, load_labeled_set
 from training.study import split_pool_and_test
+from training.study_summary import render_summary_markdown, summarize_seeds
 
 runner = CliRunner()
 DEFECTIVE, NORMAL = 12, 8
@@ -222,4 +223,58 @@ def test_unknown_held_out_type_is_a_one_line_error(tmp_path: Path) -> None:
     result = invoke_study(data, tmp_path / "out", "--held-out-types", "scratch,dent", "--device", "cpu")
     assert result.exit_code == 2
     assert "dent" in result.output and "crack, scratch" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_several_seeds_give_one_study_each_and_a_summary(tmp_path: Path) -> None:
+    data = two_line_set(tmp_path / "data")
+    out = tmp_path / "multi"
+    args = ["--labels", "1", "--held-out-types", "", "--no-include-unet", "--steps", "2", "--batch-size", "4",
+            "--image-size", "32", "--device", "cpu", "--seed", "0", "--seed", "3"]
+    result = invoke_study(data, out, *args)
+    assert result.exit_code == 0, result.output
+    studies = {seed: json.loads((out / f"seed-{seed}" / "study.json").read_text()) for seed in (0, 3)}
+    assert studies[0]["split"]["test_images"] != studies[3]["split"]["test_images"]  # each seed its own split
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 3] and len(summary["rows"]) == 2  # zero-label and hybrid, on the test split
+    for row in summary["rows"]:
+        measured = [
+            next(r for r in studies[seed]["rows"] if r["model"] == row["model"])["metrics"]["pixel_auroc"]
+            for seed in (0, 3)
+        ]
+        stats = row["overall"]["pixel_auroc"]
+        assert stats["values"] == pytest.approx(measured) and stats["mean"] == pytest.approx(np.mean(measured))
+        assert stats["std"] == pytest.approx(np.std(measured, ddof=1)) and stats["min"] == min(measured)
+    assert "# Label-efficiency study over 2 seeds" in (out / "summary.md").read_text()
+    again = invoke_study(data, out, *args)  # finished seeds are reused job by job
+    assert again.exit_code == 0 and again.output.count("cached") == 4
+
+
+def test_summary_statistics_by_hand() -> None:
+    def study(seed: int, hybrid_auroc: float, with_unet: bool) -> dict:
+        def row(model: str, auroc: float) -> dict:
+            metrics = {"pixel_auroc": auroc, "aupro": 0.5, "image_auroc": 0.75,
+                       "per_defect_type": {"stain": {"pixel_auroc": auroc, "aupro": 0.5, "image_auroc": 0.75}}}
+            return {"model": model, "backbone": None if model == "unet" else "dino", "labels_per_line": 5,
+                    "trained_on": "pool", "evaluated_on": "test", "metrics": metrics}
+
+        rows = [row("hybrid", hybrid_auroc)] + ([row("unet", 0.6)] if with_unet else [])
+        split = {"test_images": ["a", "b"], "test_defective": 1, "held_out_test_images": 0}
+        return {"config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32}, "split": split, "rows": rows}
+
+    summary = summarize_seeds({1: study(1, 0.9, True), 2: study(2, 0.8, False)})
+    hybrid, unet = sorted(summary["rows"], key=lambda r: r["model"])
+    assert hybrid["overall"]["pixel_auroc"]["mean"] == pytest.approx(0.85)
+    assert hybrid["overall"]["pixel_auroc"]["std"] == pytest.approx(0.1 / np.sqrt(2))
+    assert hybrid["overall"]["pixel_auroc"]["min"] == 0.8 and hybrid["overall"]["aupro"]["std"] == 0.0
+    assert unet["seeds"] == [1] and unet["overall"]["pixel_auroc"]["std"] is None  # one seed: no spread
+    markdown = render_summary_markdown(summary)
+    assert "| hybrid · dino, 5 labels/line | all defect types | 2 | 0.850 ± 0.071 (0.800) |" in markdown
+    assert "| U-Net from scratch, 5 labels/line | all defect types | 0.600 / 0.500 / 0.750 | — |" in markdown
+
+
+def test_repeated_seed_is_a_one_line_error(tmp_path: Path) -> None:
+    data = two_line_set(tmp_path / "data")
+    result = invoke_study(data, tmp_path / "out", "--device", "cpu", "--seed", "1", "--seed", "1")
+    assert result.exit_code == 2 and "seed is given twice" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -13,6 +13,9 @@ defect-free test images. Every model predicts through the service's tiling and i
 The splits are written as labeled folders (`OUT/splits/`), each trained model keeps its run folder
 (`OUT/runs/`) and its result (`OUT/runs/<job>/result.json`): rerunning the same command skips the
 jobs already done, so a long study can be continued after an interruption or a time limit.
+`run_seeded_studies` repeats the whole study over several seeds (`OUT/seed-N`) and summarises every
+row's mean and spread (`training.study_summary`): one test split of a few dozen images cannot tell
+0.96 from 0.97.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import shutil
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +49,7 @@ from training.finetune import LabeledImages, load_images_with_masks
 from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.study_report import write_study
+from training.study_summary import seed_folder, summarize_seeds, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +507,35 @@ def run_study(config: StudyConfig, progress: Callable[[str], None] = log.info) -
             f"[{number}/{len(jobs)}] {_job_title(job, labels_of)}: {scores} ({how}, {total:.0f} s total)"
         )
     return study
+
+
+def run_seeded_studies(
+    config: StudyConfig, seeds: Sequence[int], progress: Callable[[str], None] = log.info
+) -> dict:
+    """The study once per seed (each in `OUT/seed-N`), then `summary.json` and `summary.md` over them.
+
+    Each seed draws its own test split, label picks and training randomness; the summary gives every
+    row's mean, spread and worst seed. Finished seeds are reused like finished jobs, so adding a seed
+    to the command trains only the new one.
+
+    Returns:
+        The content of `summary.json`.
+
+    Raises:
+        UserError: fewer than two seeds, a repeated seed, or anything `run_study` rejects.
+    """
+    if len(seeds) < 2:
+        raise UserError("a multi-seed study needs at least two seeds; with one, run the study itself")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"a seed is given twice: {', '.join(map(str, seeds))}")
+    _check_config(config)
+    studies = {}
+    for number, seed in enumerate(seeds, start=1):
+        progress(f"seed {seed} ({number}/{len(seeds)})")
+        studies[seed] = run_study(replace(config, seed=seed, out=seed_folder(config.out, seed)), progress)
+    summary = summarize_seeds(studies)
+    write_summary(summary, config.out)
+    return summary
 
 
 def _run_job(

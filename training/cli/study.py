@@ -58,13 +58,22 @@ def label_study(
     )] = 4,
     copy_paste: CopyPasteOpt = 0.0,
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
-    seed: Annotated[int, Opt("--seed", help="Seed of the splits, label picks and training.")] = 0,
+    seed: Annotated[
+        list[int] | None,
+        Opt(
+            "--seed",
+            help="Seed of the splits, label picks and training (default 0). Repeat to run the study once "
+            "per seed (in OUT/seed-N) with mean, spread and worst seed in OUT/summary.md.",
+        ),
+    ] = None,
 ) -> None:
     """Train and score every backbone at each labels budget, the U-Net baseline, and the zero-label mode.
 
     The test split is fixed for all rows; rerunning the same command skips the models already done.
     """
-    from training.study import StudyConfig, parse_labels, parse_types, run_study
+    from training.study import StudyConfig, parse_labels, parse_types, run_seeded_studies, run_study
+
+    seeds = seed or [0]
 
     with user_errors():
         config = StudyConfig(
@@ -83,8 +92,13 @@ def label_study(
             neighbour_tiles=neighbour_tiles,
             copy_paste=copy_paste,
             device=device,
-            seed=seed,
+            seed=seeds[0],
         )
+        if len(seeds) > 1:
+            summary = run_seeded_studies(config, seeds, progress=typer.echo)
+            typer.echo(f"{len(summary['rows'])} rows over {len(seeds)} seeds → {out / 'summary.md'} and "
+                       f"{out / 'summary.json'}")
+            return
         study = run_study(config, progress=typer.echo)
     typer.echo(f"{len(study['rows'])} rows → {out / 'study.md'} and {out / 'study.json'}")
 

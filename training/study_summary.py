@@ -1,0 +1,217 @@
+"""The label-efficiency study repeated over several seeds: mean, spread and worst case of every row.
+
+One seed draws one test split, one pick of labeled images and one training run. On a few dozen test
+images a single defect can move pixel AUROC by 0.01 and another split by 0.05, so a claim such as
+"reaches 0.97" needs the study over several seeds, and the spread says how far one run can fall.
+
+Everything here reads the per-seed study records (`study.json`, as `training.study.run_study`
+writes them), so a summary can be re-rendered from saved studies alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from training.evaluate import THIN_DEFECT_TYPES
+from training.study_report import MODEL_ORDER, STUDY_JSON
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MARKDOWN = "summary.md"
+HEADLINE_METRICS = ("pixel_auroc", "aupro", "image_auroc")
+EVAL_NAMES = {"test": "all defect types", "held-out-types": "held-out types"}
+
+
+def seed_folder(out: Path, seed: int) -> Path:
+    """Where the study of one seed lives inside a multi-seed study folder."""
+    return out / f"seed-{seed}"
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["model"], row["backbone"], row["labels_per_line"], row["trained_on"], row["evaluated_on"])
+
+
+def _statistics(values: list[float]) -> dict:
+    """Mean, sample standard deviation (None for one value) and minimum of `values`."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"values": values, "mean": mean, "std": std, "min": min(values)}
+
+
+def _group_statistics(metrics_per_seed: list[dict]) -> dict:
+    """Statistics of the headline metrics of one metrics group (overall, thin defects, one defect type)."""
+    return {name: _statistics([float(m[name]) for m in metrics_per_seed]) for name in HEADLINE_METRICS}
+
+
+def summarize_seeds(studies: Mapping[int, dict]) -> dict:
+    """Aggregate the rows that several seeds' studies share.
+
+    Args:
+        studies: Study records by seed.
+
+    Returns:
+        `{"seeds", "config", "splits", "rows"}`: each row names its model, backbone, labels budget,
+        training and test sets, the seeds it was measured on, and per metric (overall, thin defects,
+        per defect type) the per-seed values, mean, sample standard deviation and minimum.
+    """
+    seeds = sorted(studies)
+    by_key: dict[tuple, dict[int, dict]] = {}
+    for seed in seeds:
+        for row in studies[seed]["rows"]:
+            by_key.setdefault(_row_key(row), {})[seed] = row["metrics"]
+    rows = []
+    for key, per_seed in by_key.items():
+        model, backbone, labels, trained_on, evaluated_on = key
+        metrics = list(per_seed.values())
+        row = {
+            "model": model,
+            "backbone": backbone,
+            "labels_per_line": labels,
+            "trained_on": trained_on,
+            "evaluated_on": evaluated_on,
+            "seeds": list(per_seed),
+            "overall": _group_statistics(metrics),
+            "per_defect_type": _per_type_statistics(metrics),
+        }
+        if all("thin_defects" in m for m in metrics):
+            row["thin_defects"] = _group_statistics([m["thin_defects"] for m in metrics])
+        rows.append(row)
+    first = studies[seeds[0]]
+    config = {k: v for k, v in first["config"].items() if k not in ("seed", "out")}
+    splits = {
+        str(seed): {"test_images": len(s["split"]["test_images"]), "test_defective": s["split"]["test_defective"],
+                    "held_out_test_images": s["split"]["held_out_test_images"]}
+        for seed, s in studies.items()
+    }
+    return {"seeds": seeds, "config": config, "splits": splits, "rows": rows}
+
+
+def _per_type_statistics(metrics_per_seed: list[dict]) -> dict:
+    """Per defect type, over the seeds whose test split holds that type."""
+    names = sorted({t for m in metrics_per_seed for t in m.get("per_defect_type", {})})
+    return {
+        name: _group_statistics([m["per_defect_type"][name] for m in metrics_per_seed if name in m["per_defect_type"]])
+        for name in names
+    }
+
+
+def load_seed_studies(out: Path, seeds: list[int]) -> dict[int, dict]:
+    """The saved study records of `seeds` under a multi-seed study folder."""
+    return {seed: json.loads((seed_folder(out, seed) / STUDY_JSON).read_text()) for seed in seeds}
+
+
+def write_summary(summary: dict, out: Path) -> None:
+    """`summary.json` and `summary.md`, written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        (SUMMARY_JSON, json.dumps(summary, indent=1) + "\n"),
+        (SUMMARY_MARKDOWN, render_summary_markdown(summary)),
+    ):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+# --- Markdown ----------------------------------------------------------------------------------------
+
+
+def render_summary_markdown(summary: dict) -> str:
+    """Mean ± spread tables (all types, held-out types, thin defects), per defect type, and per seed."""
+    seeds, splits, rows = summary["seeds"], summary["splits"], _ordered(summary["rows"])
+    sizes = ", ".join(
+        f"{splits[str(s)]['test_images']} ({splits[str(s)]['test_defective']} defective)" for s in seeds
+    )
+    setup = (
+        f"Seeds {', '.join(map(str, seeds))}: each draws its own test split, labeled images and training "
+        f"randomness. Test images per seed: {sizes}. {summary['config']['steps']} steps, "
+        f"{summary['config']['image_size']} px tiles; the study of each seed is in `seed-N/study.md`."
+    )
+    lines = [
+        f"# Label-efficiency study over {len(seeds)} seeds",
+        "",
+        setup,
+        "Cells: mean ± sample standard deviation over the seeds, and the worst seed in brackets.",
+        "",
+        *_mean_table("Mean over seeds", rows, "overall"),
+    ]
+    thin = [r for r in rows if "thin_defects" in r and r["evaluated_on"] == "test"]
+    if thin:
+        lines += ["", *_mean_table(f"Thin defects ({', '.join(sorted(THIN_DEFECT_TYPES))})", thin, "thin_defects")]
+    lines += ["", *_per_type_table([r for r in rows if r["evaluated_on"] == "test"])]
+    lines += ["", *_per_seed_table(rows, seeds)]
+    return "\n".join(lines) + "\n"
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """Evaluation set, then hybrid / U-Net / zero-label, then labels budget; backbones keep their order."""
+    evals = list(EVAL_NAMES)
+    return sorted(rows, key=lambda r: (evals.index(r["evaluated_on"]), MODEL_ORDER.index(r["model"]),
+                                       r["labels_per_line"]))
+
+
+def _row_name(row: dict) -> str:
+    name = "U-Net from scratch" if row["model"] == "unet" else f"{row['model']} · {row['backbone']}"
+    return f"{name}, {row['labels_per_line']} labels/line" if row["labels_per_line"] else name
+
+
+def _cell(stats: dict) -> str:
+    spread = f" ± {stats['std']:.3f}" if stats["std"] is not None else ""
+    return f"{stats['mean']:.3f}{spread} ({stats['min']:.3f})"
+
+
+def _mean_table(title: str, rows: list[dict], group: str) -> list[str]:
+    body = [
+        f"| {_row_name(r)} | {EVAL_NAMES[r['evaluated_on']]} | {len(r['seeds'])} | "
+        + " | ".join(_cell(r[group][m]) for m in HEADLINE_METRICS)
+        + " |"
+        for r in rows
+    ]
+    return [
+        f"## {title}",
+        "",
+        "| model | tested on | seeds | pixel AUROC | AUPRO | image AUROC |",
+        "|---|---|---|---|---|---|",
+        *body,
+    ]
+
+
+def _per_type_table(rows: list[dict]) -> list[str]:
+    types = sorted({t for r in rows for t in r["per_defect_type"]})
+    body = [
+        f"| {_row_name(r)} | "
+        + " | ".join(
+            f"{r['per_defect_type'][t]['pixel_auroc']['mean']:.3f}" if t in r["per_defect_type"] else "—"
+            for t in types
+        )
+        + " |"
+        for r in rows
+    ]
+    return [
+        "## Pixel AUROC per defect type (mean over seeds; each type with the defect-free test images)",
+        "",
+        "| model | " + " | ".join(types) + " |",
+        "|---|" + "---|" * len(types),
+        *body,
+    ]
+
+
+def _per_seed_table(rows: list[dict], seeds: list[int]) -> list[str]:
+    def triple(row: dict, seed: int) -> str:
+        if seed not in row["seeds"]:
+            return "—"
+        at = row["seeds"].index(seed)
+        return " / ".join(f"{row['overall'][m]['values'][at]:.3f}" for m in HEADLINE_METRICS)
+
+    body = [
+        f"| {_row_name(r)} | {EVAL_NAMES[r['evaluated_on']]} | " + " | ".join(triple(r, s) for s in seeds) + " |"
+        for r in rows
+    ]
+    return [
+        "## Per seed (pixel AUROC / AUPRO / image AUROC)",
+        "",
+        "| model | tested on | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|" + "---|" * len(seeds),
+        *body,
+    ]
