@@ -5,7 +5,9 @@ the very same training/validation split is rebuilt; then, per setting, fills the
 defect-free training images (one bank, or a bank per normal tile with retrieval of the N nearest
 tiles), recalibrates, refits the fusion weight, and scores the test folder: fused model and anomaly
 branch alone, overall and per defect type. The head is not retrained, so settings differ only in
-the bank. Prints a table and writes JSON.
+the bank. `--context` also varies what a bank row describes: the product's 3x3 mean of the conv
+features, or that plus larger windows' means and standard deviations (texture statistics around the
+position). Prints a table and writes JSON.
 
     python tests/bench/bench_anomaly_bank.py \
         --run runs/ls/runs/hybrid-runs-demo-bundle-pretrain-k5 --data runs/ls/splits/pool \
@@ -22,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -49,14 +52,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--neighbour-tiles", default="0,4", help="settings to compare, e.g. 0,1,2,4,8")
     parser.add_argument("--bank-sizes", default="2048", help="rows a query meets, e.g. 1024,2048,4096")
     parser.add_argument("--blur", default="", help="smoothing sigmas in pixels to compare (default: the product's)")
+    parser.add_argument("--context", default="3", help="neighbourhoods a bank row describes, e.g. 3,3+7,3+7s "
+                        "(3: the product's 3x3 mean; +K adds the KxK mean, s its standard deviation too)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
 
-def settings(args: argparse.Namespace) -> list[tuple[int, int, float | None]]:
+def settings(args: argparse.Namespace) -> list[tuple[int, int, float | None, str]]:
     blurs = [float(b) for b in args.blur.split(",") if b] or [None]
-    return [(int(k), int(size), blur) for k in args.neighbour_tiles.split(",")
-            for size in args.bank_sizes.split(",") for blur in blurs]
+    return [(int(k), int(size), blur, context) for k in args.neighbour_tiles.split(",")
+            for size in args.bank_sizes.split(",") for blur in blurs for context in args.context.split(",")]
+
+
+def context_features(spec: str):
+    """A `local_features` for AnomalyHead: the 3x3 mean, plus larger windows' means (and stds with 's')."""
+    with_std = spec.endswith("s")
+    windows = [int(k) for k in spec.rstrip("s").split("+")[1:]]
+
+    def local_features(self, features: torch.Tensor) -> torch.Tensor:
+        parts = [anomaly_module.neighbourhood_mean(features, self.stride)]
+        for k in windows:
+            pool = {"kernel_size": k, "stride": self.stride, "padding": k // 2, "count_include_pad": False}
+            mean = F.avg_pool2d(features, **pool)
+            parts.append(mean)
+            if with_std:
+                parts.append((F.avg_pool2d(features.pow(2), **pool) - mean.pow(2)).clamp_min(0.0).sqrt())
+        return torch.cat(parts, dim=1)
+
+    return local_features
 
 
 def cells(metrics: dict) -> str:
@@ -80,9 +103,11 @@ def main() -> None:
     test_types = [s.defect_types for s in test.samples]
 
     results = []
-    print("| neighbour tiles | bank rows | blur | fused | anomaly branch alone | weakest type (fused) |")
-    print("|---|---|---|---|---|---|")
-    for neighbours, bank_size, blur in settings(args):
+    print("| neighbour tiles | bank rows | blur | context | fused | anomaly branch alone | weakest type (fused) |")
+    print("|---|---|---|---|---|---|---|")
+    product_features = anomaly_module.AnomalyHead.local_features
+    for neighbours, bank_size, blur, context in settings(args):
+        anomaly_module.AnomalyHead.local_features = product_features if context == "3" else context_features(context)
         model = copy.deepcopy(run.model)
         if blur is not None:  # the head takes its smoothing from the per-source default
             anomaly_module.DEFAULT_BLUR[model.anomaly.source] = blur
@@ -98,9 +123,10 @@ def main() -> None:
         }
         per_type = scored["fused"]["per_defect_type"]
         weakest = min(per_type, key=lambda t: per_type[t]["pixel_auroc"])
-        print(f"| {neighbours} | {bank_size} | {model.anomaly.config['blur_sigma']:g} | {cells(scored['fused'])} "
+        print(f"| {neighbours} | {bank_size} | {model.anomaly.config['blur_sigma']:g} | {context} | {cells(scored['fused'])} "
               f"| {cells(scored['anomaly'])} | {weakest} {cells(per_type[weakest])} |", flush=True)
         results.append({"neighbour_tiles": neighbours, "bank_size": bank_size, "blur": model.anomaly.config["blur_sigma"],
+                        "context": context,
                         "fusion_weight": float(model.fusion_weight), **scored})
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")
