@@ -21,11 +21,14 @@ MODEL_ORDER = ("hybrid", "unet", "zero-label")
 
 def write_study(study: dict, out: Path) -> None:
     """`study.json` (everything) and `study.md` (the tables), written atomically."""
+    write_files(out, {STUDY_JSON: json.dumps(study, indent=1, default=float) + "\n",
+                      STUDY_MARKDOWN: render_markdown(study)})
+
+
+def write_files(out: Path, texts: dict[str, str]) -> None:
+    """Each text to `out/name` through a temporary file, so a reader never sees half a file."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        (STUDY_JSON, json.dumps(study, indent=1, default=float) + "\n"),
-        (STUDY_MARKDOWN, render_markdown(study)),
-    ):
+    for name, text in texts.items():
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
         tmp.replace(out / name)
@@ -69,7 +72,7 @@ def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:
         f"{split['held_out_test_images']} test images (held-out-type defects and all defect-free ones)."
     )
     body = [
-        f"| {_row_name(r)} | {r['labels_per_line']} | {r['metrics']['pixel_auroc']:.3f} | "
+        f"| {row_name(r)} | {r['labels_per_line']} | {r['metrics']['pixel_auroc']:.3f} | "
         f"{r['metrics']['aupro']:.3f} | {r['metrics']['image_auroc']:.3f} |"
         for r in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"]))
     ]
@@ -94,7 +97,7 @@ def _budget_table(
     for row in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"])):
         m = pick(row["metrics"])
         if m is not None:
-            cells.setdefault(_row_name(row), {})[row["labels_per_line"]] = (
+            cells.setdefault(row_name(row), {})[row["labels_per_line"]] = (
                 f"{m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
             )
     header = "| model | " + " | ".join(f"{k} labels/line" for k in columns) + " |"
@@ -105,7 +108,8 @@ def _budget_table(
     return [f"## {title}", "", header, rule, *body]
 
 
-def _row_name(row: dict) -> str:
+def row_name(row: dict) -> str:
+    """A row's model as the tables name it: 'hybrid · dino', 'U-Net from scratch'."""
     if row["model"] == "unet":
         return "U-Net from scratch"
     return f"{row['model']} · {row['backbone']}"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from training.evaluate import THIN_DEFECT_TYPES
-from training.study_report import MODEL_ORDER, STUDY_JSON
+from training.study_report import MODEL_ORDER, row_name, write_files
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
@@ -90,28 +90,17 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
 
 def _per_type_statistics(metrics_per_seed: list[dict]) -> dict:
     """Per defect type, over the seeds whose test split holds that type."""
-    names = sorted({t for m in metrics_per_seed for t in m.get("per_defect_type", {})})
+    names = sorted({t for m in metrics_per_seed for t in m["per_defect_type"]})
     return {
         name: _group_statistics([m["per_defect_type"][name] for m in metrics_per_seed if name in m["per_defect_type"]])
         for name in names
     }
 
 
-def load_seed_studies(out: Path, seeds: list[int]) -> dict[int, dict]:
-    """The saved study records of `seeds` under a multi-seed study folder."""
-    return {seed: json.loads((seed_folder(out, seed) / STUDY_JSON).read_text()) for seed in seeds}
-
-
 def write_summary(summary: dict, out: Path) -> None:
     """`summary.json` and `summary.md`, written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        (SUMMARY_JSON, json.dumps(summary, indent=1) + "\n"),
-        (SUMMARY_MARKDOWN, render_summary_markdown(summary)),
-    ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    write_files(out, {SUMMARY_JSON: json.dumps(summary, indent=1) + "\n",
+                      SUMMARY_MARKDOWN: render_summary_markdown(summary)})
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
@@ -152,8 +141,8 @@ def _ordered(rows: list[dict]) -> list[dict]:
                                        r["labels_per_line"]))
 
 
-def _row_name(row: dict) -> str:
-    name = "U-Net from scratch" if row["model"] == "unet" else f"{row['model']} · {row['backbone']}"
+def _row_label(row: dict) -> str:
+    name = row_name(row)
     return f"{name}, {row['labels_per_line']} labels/line" if row["labels_per_line"] else name
 
 
@@ -164,7 +153,7 @@ def _cell(stats: dict) -> str:
 
 def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None = None) -> list[str]:
     body = [
-        f"| {_row_name(r)} | {tested_on or EVAL_NAMES[r['evaluated_on']]} | {len(r['seeds'])} | "
+        f"| {_row_label(r)} | {tested_on or EVAL_NAMES[r['evaluated_on']]} | {len(r['seeds'])} | "
         + " | ".join(_cell(r[group][m]) for m in HEADLINE_METRICS)
         + " |"
         for r in rows
@@ -181,7 +170,7 @@ def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None 
 def _per_type_table(rows: list[dict]) -> list[str]:
     types = sorted({t for r in rows for t in r["per_defect_type"]})
     body = [
-        f"| {_row_name(r)} | "
+        f"| {_row_label(r)} | "
         + " | ".join(
             f"{r['per_defect_type'][t]['pixel_auroc']['mean']:.3f}" if t in r["per_defect_type"] else "—"
             for t in types
@@ -206,7 +195,7 @@ def _per_seed_table(rows: list[dict], seeds: list[int]) -> list[str]:
         return " / ".join(f"{row['overall'][m]['values'][at]:.3f}" for m in HEADLINE_METRICS)
 
     body = [
-        f"| {_row_name(r)} | {EVAL_NAMES[r['evaluated_on']]} | " + " | ".join(triple(r, s) for s in seeds) + " |"
+        f"| {_row_label(r)} | {EVAL_NAMES[r['evaluated_on']]} | " + " | ".join(triple(r, s) for s in seeds) + " |"
         for r in rows
     ]
     return [
