@@ -54,6 +54,21 @@ def test_graph_has_dynamic_batch_opset_17_and_matches_torch(hybrid_run: Path, tm
             np.testing.assert_allclose(prob, model(tiles).numpy(), atol=PARITY_TOLERANCE)
 
 
+def test_texture_context_exports_with_parity(tmp_path: Path) -> None:
+    """The context statistics (two AveragePools, a Sqrt) export and agree with PyTorch like the rest."""
+    data = write_labeled_set(tmp_path / "data")
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--anomaly-context", "7", *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle").bundle
+    assert bundle.manifest.metrics["export_parity_max_abs_diff"] < PARITY_TOLERANCE
+    session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+    tiles = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    (prob,) = session.run(["prob"], {"image": tiles.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(prob, load_run(tmp_path / "run").model(tiles).numpy(), atol=PARITY_TOLERANCE)
+
+
 def test_parity_failure_stops_the_export(hybrid_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import training.export as export_module
 

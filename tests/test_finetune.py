@@ -39,18 +39,22 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert features.shape[-2:] == (16, 16)
 
 
-@pytest.mark.parametrize(("source", "stride", "neighbours"), [("vit", 1, 4), ("conv", 1, 4), ("conv", 2, 2), ("conv", 1, 0)])
-def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int, neighbours: int) -> None:
+@pytest.mark.parametrize(("source", "stride", "neighbours", "context"),
+                         [("vit", 1, 4, 0), ("conv", 1, 4, 0), ("conv", 2, 2, 0), ("conv", 1, 0, 0), ("conv", 2, 4, 5)])
+def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int, neighbours: int, context: int) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
                                          str(tmp_path / "run"), "--anomaly-features", source, "--anomaly-stride",
-                                         str(stride), "--neighbour-tiles", str(neighbours), *TINY_FINETUNE_ARGS])
+                                         str(stride), "--neighbour-tiles", str(neighbours),
+                                         "--anomaly-context", str(context), *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
     model = load_run(tmp_path / "run").model
-    assert model.anomaly.source == source and model.anomaly.stride == stride
+    assert model.anomaly.source == source and model.anomaly.stride == stride and model.anomaly.context == context
     assert (model.anomaly.config["neighbour_tiles"] > 0) == (neighbours > 0)
-    if source == "conv":  # one query per 2x2 pixels, or per 4x4 with stride 2
-        assert model.anomaly_features(torch.zeros(1, 3, 32, 32)).shape[-1] == 16 // stride
+    if source == "conv":  # one query per 2x2 pixels, or per 4x4 with stride 2; context triples the channels
+        features = model.anomaly_features(torch.zeros(1, 3, 32, 32))
+        assert features.shape[-1] == 16 // stride
+        assert features.shape[1] == model.segmentation.config["widths"][1] * (3 if context else 1)
     tiles = torch.randn(3, 3, 32, 32)
     p_head, p_anomaly = model.branch_probabilities(tiles)
     fused = 1 - (1 - p_head) * (1 - model.fusion_weight * p_anomaly)
@@ -62,7 +66,8 @@ def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: 
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1"), ("--copy-paste", "1.5")],
+    [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1"), ("--copy-paste", "1.5"),
+     ("--anomaly-context", "4")],
 )
 def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)

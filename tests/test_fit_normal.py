@@ -17,7 +17,9 @@ from training.models.anomaly import (
     NearestNeighbourScorer,
     TileRetrievalScorer,
     greedy_coreset,
+    neighbourhood_mean,
     tile_descriptor,
+    window_statistics,
 )
 
 
@@ -74,6 +76,47 @@ def test_tile_retrieval_checks_its_shapes() -> None:
         TileRetrievalScorer(banks, descriptors, neighbours=7)
     with pytest.raises(ValueError, match="descriptors"):
         TileRetrievalScorer(banks, descriptors[:, :4], neighbours=2)
+
+
+def test_window_statistics_are_the_mean_and_std_of_each_window() -> None:
+    features = torch.randn(1, 2, 9, 9, generator=torch.Generator().manual_seed(5))
+    stats = window_statistics(features, 5)
+    assert stats.shape == (1, 4, 9, 9)
+    for (y, x), window in [((4, 4), features[0, :, 2:7, 2:7]), ((0, 1), features[0, :, 0:3, 0:4])]:  # inside; corner
+        flat = window.reshape(2, -1)
+        torch.testing.assert_close(stats[0, :2, y, x], flat.mean(dim=1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stats[0, 2:, y, x], flat.std(dim=1, unbiased=False), atol=1e-4, rtol=1e-4)
+    # Same grid as the 3x3 mean, also with a stride, so the two can be stacked per position.
+    for stride in (1, 2):
+        assert window_statistics(features, 7, stride).shape[-2:] == neighbourhood_mean(features, stride).shape[-2:]
+
+
+def test_context_sees_a_smooth_patch_that_every_3x3_mean_hides() -> None:
+    """A low-contrast defect: a patch whose features vary less than the surface's.
+
+    Each 3x3 mean inside it (near 0) is also a common 3x3 mean of normal texture, so the plain bank
+    cannot tell; the 7x7 standard deviation (0.2 against 1) can.
+    """
+    generator = torch.Generator().manual_seed(6)
+    normal = torch.randn(4, 3, 24, 24, generator=generator)
+    query = torch.randn(1, 3, 24, 24, generator=generator)
+    query[..., 6:18, 6:18] *= 0.2
+    inside = torch.zeros(24, 24, dtype=torch.bool)
+    inside[8:16, 8:16] = True  # a few cells in from its edge, where every window lies within it
+    separation = {}
+    for context in (0, 7):
+        head = AnomalyHead(torch.zeros(1, 1), (0,), source="conv", blur_sigma=0.5, context=context)
+        bank = head.local_features(normal).permute(0, 2, 3, 1).reshape(-1, 3 * (1 + 2 * bool(context)))
+        head.set_memory_bank(bank)
+        score = head.raw_score((24, 24), query)[0, 0]
+        separation[context] = float(score[inside].mean() - score[~inside].mean())
+    assert separation[0] < 0.0 < separation[7]
+
+
+def test_context_window_must_be_odd() -> None:
+    for window in (1, 4, -3):
+        with pytest.raises(ValueError, match="odd"):
+            AnomalyHead(torch.zeros(4, 2), (0,), context=window)
 
 
 def test_calibration_puts_normal_quantiles_where_promised() -> None:

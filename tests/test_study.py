@@ -139,17 +139,23 @@ def test_rerun_reuses_finished_models(study_run: tuple[Path, Path, str]) -> None
     assert json.loads((out / "study.json").read_text())["rows"] == before
 
 
-def test_other_anomaly_features_retrain_only_the_hybrids(study_run: tuple[Path, Path, str]) -> None:
+@pytest.mark.parametrize(("option", "value", "key", "stored", "words"), [
+    ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
+    ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
+])
+def test_other_anomaly_branch_retrains_only_the_hybrids(
+    study_run: tuple[Path, Path, str], option: str, value: str, key: str, stored: object, words: str
+) -> None:
     data, out, _ = study_run
     before = json.loads((out / "study.json").read_text())["rows"]
     hybrids = len({row["run"] for row in before if row["model"] == "hybrid"})
     try:
         result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS,
-                                     "--anomaly-features", "vit"])
+                                     option, value])
         assert result.exit_code == 0, result.output
         assert result.output.count("cached") == 7 - hybrids
-        assert json.loads((out / "study.json").read_text())["config"]["anomaly_features"] == "vit"
-        assert "hybrid anomaly branch on vit features" in (out / "study.md").read_text()
+        assert json.loads((out / "study.json").read_text())["config"][key] == stored
+        assert words in (out / "study.md").read_text()
     finally:  # leave the module's study as the other tests expect it
         runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
 

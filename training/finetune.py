@@ -68,6 +68,7 @@ class FinetuneConfig:
     anomaly_branch: bool = True
     anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
+    anomaly_context: int = 0  # K: bank rows also carry KxK texture statistics (large low-contrast defects)
     bank_size: int = 2048
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
@@ -276,7 +277,7 @@ def finetune(config: FinetuneConfig) -> dict:
     Raises:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
-    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles)
+    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     samples = select_samples(config)
@@ -343,7 +344,8 @@ def add_anomaly_branch(
     if not calibration:
         bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
         bank, calibration = [normal_train[i] for i in bank_idx], [normal_train[i] for i in calib_idx]
-    model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride).to(device)
+    model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride,
+                                       config.anomaly_context).to(device)
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
                      device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)

@@ -33,6 +33,7 @@ from training.models.anomaly import (
     AnomalyHead,
     AnomalySource,
     anomaly_feature_blocks,
+    check_context,
     greedy_coreset,
     tile_descriptor,
 )
@@ -97,7 +98,7 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
-def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tiles: int = 0) -> None:
+def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0) -> None:
     """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
     if features not in ANOMALY_SOURCES:
         raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
@@ -105,11 +106,16 @@ def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tile
         raise UserError(f"--anomaly-stride must be at least 1, got {stride}")
     if neighbour_tiles < 0:
         raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
+    try:
+        check_context(context)
+    except ValueError:
+        raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
 
 
-def empty_anomaly_head(backbone: torch.nn.Module, source: AnomalySource, stride: int = 1) -> AnomalyHead:
+def empty_anomaly_head(backbone: torch.nn.Module, source: AnomalySource, stride: int = 1, context: int = 0) -> AnomalyHead:
     """An anomaly head reading `source` features of `backbone`'s mid-level blocks, its bank still to fill."""
-    return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride)
+    return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride,
+                       context=context)
 
 
 @torch.no_grad()

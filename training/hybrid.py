@@ -242,7 +242,7 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
         cfg = payload["anomaly"]
         anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],
                               source=cfg.get("source", "vit"), stride=cfg.get("stride", 1),  # older runs: vit, 1, 0
-                              neighbour_tiles=cfg.get("neighbour_tiles", 0))
+                              neighbour_tiles=cfg.get("neighbour_tiles", 0), context=cfg.get("context", 0))
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
 
 

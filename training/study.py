@@ -77,6 +77,7 @@ class StudyConfig:
         include_zero_label: Fit the zero-label mode alone, per backbone.
         anomaly_features: What the hybrid's anomaly branch reads ("conv" or "vit").
         neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
+        anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none).
         copy_paste: Share of training crops (hybrid and U-Net alike) that get a labeled defect pasted in.
         device: cpu, cuda or auto.
         seed: Seed of the splits, label picks and training.
@@ -95,6 +96,7 @@ class StudyConfig:
     include_zero_label: bool = True
     anomaly_features: str = "conv"
     neighbour_tiles: int = 4
+    anomaly_context: int = 0
     copy_paste: float = 0.0
     device: str = "auto"
     seed: int = 0
@@ -365,6 +367,7 @@ def _train_hybrid(
             labeled_defects=job.labels,
             anomaly_features=config.anomaly_features,
             neighbour_tiles=config.neighbour_tiles,
+            anomaly_context=config.anomaly_context,
             copy_paste=config.copy_paste,
             device=str(device),
             seed=config.seed,
@@ -622,6 +625,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         "held_out_types": list(config.held_out_types),
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
+        "anomaly_context": config.anomaly_context if job.model == "hybrid" else None,
         "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
         "copy_paste": config.copy_paste if job.model != "zero-label" else None,
         "data": str(config.data.resolve()),
@@ -651,7 +655,7 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
-    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles)
+    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context)
 
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:

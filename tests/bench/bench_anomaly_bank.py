@@ -5,9 +5,9 @@ the very same training/validation split is rebuilt; then, per setting, fills the
 defect-free training images (one bank, or a bank per normal tile with retrieval of the N nearest
 tiles), recalibrates, refits the fusion weight, and scores the test folder: fused model and anomaly
 branch alone, overall and per defect type. The head is not retrained, so settings differ only in
-the bank. `--context` also varies what a bank row describes: the product's 3x3 mean of the conv
-features, or that plus larger windows' means and standard deviations (texture statistics around the
-position). Prints a table and writes JSON.
+the bank. `--context` also varies what a bank row describes: the 3x3 mean of the conv features alone
+(0), or with the mean and standard deviation over a larger KxK window (`finetune --anomaly-context K`).
+Prints a table and writes JSON.
 
     python tests/bench/bench_anomaly_bank.py \
         --run runs/ls/runs/hybrid-runs-demo-bundle-pretrain-k5 --data runs/ls/splits/pool \
@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -52,34 +51,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--neighbour-tiles", default="0,4", help="settings to compare, e.g. 0,1,2,4,8")
     parser.add_argument("--bank-sizes", default="2048", help="rows a query meets, e.g. 1024,2048,4096")
     parser.add_argument("--blur", default="", help="smoothing sigmas in pixels to compare (default: the product's)")
-    parser.add_argument("--context", default="3", help="neighbourhoods a bank row describes, e.g. 3,3+7,3+7s "
-                        "(3: the product's 3x3 mean; +K adds the KxK mean, s its standard deviation too)")
+    parser.add_argument("--context", default="", help="texture-statistics windows to compare, e.g. 0,7,11 "
+                        "(0: the 3x3 mean alone; default: the run's own)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
 
-def settings(args: argparse.Namespace) -> list[tuple[int, int, float | None, str]]:
+def settings(args: argparse.Namespace, run_context: int) -> list[tuple[int, int, float | None, int]]:
     blurs = [float(b) for b in args.blur.split(",") if b] or [None]
+    contexts = [int(c) for c in args.context.split(",") if c] or [run_context]
     return [(int(k), int(size), blur, context) for k in args.neighbour_tiles.split(",")
-            for size in args.bank_sizes.split(",") for blur in blurs for context in args.context.split(",")]
-
-
-def context_features(spec: str):
-    """A `local_features` for AnomalyHead: the 3x3 mean, plus larger windows' means (and stds with 's')."""
-    with_std = spec.endswith("s")
-    windows = [int(k) for k in spec.rstrip("s").split("+")[1:]]
-
-    def local_features(self, features: torch.Tensor) -> torch.Tensor:
-        parts = [anomaly_module.neighbourhood_mean(features, self.stride)]
-        for k in windows:
-            pool = {"kernel_size": k, "stride": self.stride, "padding": k // 2, "count_include_pad": False}
-            mean = F.avg_pool2d(features, **pool)
-            parts.append(mean)
-            if with_std:
-                parts.append((F.avg_pool2d(features.pow(2), **pool) - mean.pow(2)).clamp_min(0.0).sqrt())
-        return torch.cat(parts, dim=1)
-
-    return local_features
+            for size in args.bank_sizes.split(",") for blur in blurs for context in contexts]
 
 
 def cells(metrics: dict) -> str:
@@ -105,15 +87,14 @@ def main() -> None:
     results = []
     print("| neighbour tiles | bank rows | blur | context | fused | anomaly branch alone | weakest type (fused) |")
     print("|---|---|---|---|---|---|---|")
-    product_features = anomaly_module.AnomalyHead.local_features
-    for neighbours, bank_size, blur, context in settings(args):
-        anomaly_module.AnomalyHead.local_features = product_features if context == "3" else context_features(context)
+    for neighbours, bank_size, blur, context in settings(args, run.model.anomaly.context):
         model = copy.deepcopy(run.model)
         if blur is not None:  # the head takes its smoothing from the per-source default
             anomaly_module.DEFAULT_BLUR[model.anomaly.source] = blur
         predictor = TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
         setting = replace(config, neighbour_tiles=neighbours, bank_size=bank_size,
-                          anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride)
+                          anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride,
+                          anomaly_context=context)
         add_anomaly_branch(model, predictor, normal_train, val, setting, run.mean, run.std, torch.device("cpu"))
         branches = [predictor.predict_outputs(image, model.branch_probabilities) for image in test.images]
         fused = [1.0 - (1.0 - h) * (1.0 - float(model.fusion_weight) * a) for h, a in branches]

@@ -15,6 +15,12 @@ CopyPasteOpt = Annotated[float, typer.Option(
     help="Share of training crops that get one of the labeled defects pasted in (0: off).",
 )]
 
+AnomalyContextOpt = Annotated[int, typer.Option(
+    "--anomaly-context", min=0,
+    help="Hybrid memory-bank rows also carry the KxK mean and std of the features around them "
+    "(odd K, e.g. 7; 0: off). Helps large, low-contrast defects.",
+)]
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import CopyPasteOpt, user_errors
+from training.cli._common import AnomalyContextOpt, CopyPasteOpt, user_errors
 
 Opt = typer.Option
 
@@ -56,6 +56,7 @@ def label_study(
         "--neighbour-tiles", min=0,
         help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
     )] = 4,
+    anomaly_context: AnomalyContextOpt = 0,
     copy_paste: CopyPasteOpt = 0.0,
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[
@@ -90,6 +91,7 @@ def label_study(
             include_zero_label=include_zero_label,
             anomaly_features=anomaly_features,
             neighbour_tiles=neighbour_tiles,
+            anomaly_context=anomaly_context,
             copy_paste=copy_paste,
             device=device,
             seed=seeds[0],

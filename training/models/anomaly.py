@@ -22,6 +22,12 @@ scored only against the banks of the few normal tiles most like it (in the manne
 Hoshen, 2020, which first retrieves the nearest normal images): the test asks "is this patch normal
 *for this surface*?". `neighbour_tiles = 0` keeps the single bank.
 
+A bank row describes a position's 3x3 neighbourhood. That sees a scratch or a pit, but not a large,
+low-contrast defect (a foreign texture blended in, a cut-and-paste patch): inside it every 3x3 window
+looks like some normal window. With `context` K a row also carries the mean and standard deviation
+of the features over the surrounding KxK window, i.e. the local texture statistics, which such a
+defect does change (measured in docs/BENCHMARKS.md §3).
+
 Everything in `AnomalyHead.forward` is plain tensor algebra, so the bank is a constant of the
 exported graph and the nearest-neighbour search is MatMul + ReduceMin (retrieval adds TopK and
 Gather): d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
@@ -58,6 +64,19 @@ def neighbourhood_mean(features: torch.Tensor, stride: int = 1) -> torch.Tensor:
     each still covering its neighbours, so nothing between two kept positions goes unseen.
     """
     return F.avg_pool2d(features, kernel_size=3, stride=stride, padding=1, count_include_pad=False)
+
+
+def window_statistics(features: torch.Tensor, window: int, stride: int = 1) -> torch.Tensor:
+    """Mean and standard deviation of `[N, C, h, w]` over each position's `window`x`window` neighbours: `[N, 2C, h', w']`.
+
+    Same borders and stride as `neighbourhood_mean`, so both maps align position for position.
+    The variance is E[x²] − E[x]² (two average pools, which export as AveragePool), clamped at zero
+    against rounding.
+    """
+    pool = {"kernel_size": window, "stride": stride, "padding": window // 2, "count_include_pad": False}
+    mean = F.avg_pool2d(features, **pool)
+    variance = (F.avg_pool2d(features * features, **pool) - mean * mean).clamp_min(0.0)
+    return torch.cat([mean, variance.sqrt()], dim=1)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -178,6 +197,8 @@ class AnomalyHead(nn.Module):
         stride: keep every `stride`-th position of the averaged feature map (fewer queries to score).
         descriptors: with per-tile banks, each tile's `tile_descriptor` `[G, 2C]` (zeros until filled).
         neighbour_tiles: with per-tile banks, how many tiles' banks a query tile is scored against.
+        context: 0, or an odd window K ≥ 3: rows also carry the KxK mean and standard deviation
+            (`window_statistics`), three times the channels.
     """
 
     def __init__(
@@ -190,15 +211,17 @@ class AnomalyHead(nn.Module):
         stride: int = 1,
         descriptors: torch.Tensor | None = None,
         neighbour_tiles: int = 0,
+        context: int = 0,
     ) -> None:
         super().__init__()
+        check_context(context)
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"unknown anomaly feature source {source!r}; expected one of {ANOMALY_SOURCES}")
         blur_sigma = DEFAULT_BLUR[source] if blur_sigma is None else blur_sigma
         if stride < 1:
             raise ValueError(f"stride must be at least 1, got {stride}")
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
-        self.source, self.stride = source, int(stride)
+        self.source, self.stride, self.context = source, int(stride), int(context)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
         self.register_buffer("center", torch.tensor(0.0))
@@ -208,6 +231,7 @@ class AnomalyHead(nn.Module):
             "blur_sigma": float(blur_sigma),
             "source": source,
             "stride": int(stride),
+            "context": int(context),
         }
         self.set_memory_bank(memory_bank, descriptors, neighbour_tiles)  # adds the bank's shape to the config
 
@@ -221,12 +245,16 @@ class AnomalyHead(nn.Module):
         return self._blur(upsampled)
 
     def local_features(self, features: torch.Tensor) -> torch.Tensor:
-        """What the bank holds and a query is: each position averaged with its 3x3 neighbours.
+        """What the bank holds and a query is: each position averaged with its 3x3 neighbours, and with
+        `context`, its wider window's texture statistics.
 
         Done here rather than by the caller so that, in an exported graph, it sits in the head's scope
         (which reduced-precision variants keep in float32).
         """
-        return neighbourhood_mean(features, self.stride)
+        local = neighbourhood_mean(features, self.stride)
+        if not self.context:
+            return local
+        return torch.cat([local, window_statistics(features, self.context, self.stride)], dim=1)
 
     def set_memory_bank(
         self,
@@ -262,6 +290,12 @@ class AnomalyHead(nn.Module):
         padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
         horizontal = F.conv2d(padded, self.blur_kernel.view(1, 1, 1, -1))
         return F.conv2d(horizontal, self.blur_kernel.view(1, 1, -1, 1))
+
+
+def check_context(context: int) -> None:
+    """0 (off) or an odd window of at least 3 positions, so the window is centred on its position."""
+    if context != 0 and (context < 3 or context % 2 == 0):
+        raise ValueError(f"the anomaly context window must be 0 (off) or an odd size of at least 3, got {context}")
 
 
 def _make_scorer(
