@@ -106,8 +106,8 @@ def test_context_sees_a_smooth_patch_that_every_3x3_mean_hides() -> None:
     separation = {}
     for context in (0, 7):
         head = AnomalyHead(torch.zeros(1, 1), (0,), source="conv", blur_sigma=0.5, context=context)
-        bank = head.local_features(normal).permute(0, 2, 3, 1).reshape(-1, 3 * (1 + 2 * bool(context)))
-        head.set_memory_bank(bank)
+        rows = head.local_features(normal)
+        head.set_memory_bank(rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[1]))
         score = head.raw_score((24, 24), query)[0, 0]
         separation[context] = float(score[inside].mean() - score[~inside].mean())
     assert separation[0] < 0.0 < separation[7]

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from training.hybrid import InspectionModel, load_run  # noqa: E402
-from training.models.anomaly import AnomalyHead  # noqa: E402
+from training.models.anomaly import AnomalyHead, TileRetrievalScorer  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +50,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     run = load_run(args.run)
-    if run.model.kind != "hybrid" or run.model.anomaly.scorer.__class__.__name__ != "TileRetrievalScorer":
+    if run.model.kind != "hybrid" or not isinstance(run.model.anomaly.scorer, TileRetrievalScorer):
         raise SystemExit(f"{args.run} is not a hybrid run with per-tile banks")
     models = {int(c): with_context(run.model, int(c)) for c in args.context.split(",")}
     tiles = torch.randn(args.batch, 3, run.tile, run.tile, generator=torch.Generator().manual_seed(0))
