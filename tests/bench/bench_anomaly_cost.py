@@ -1,11 +1,13 @@
 """What does the anomaly branch's texture context cost at inference? CPU time per tile of a hybrid run.
 
 Takes a trained hybrid run and times its forward pass (head, anomaly branch and fusion) with the
-anomaly head rebuilt for each `--context` window, its memory bank of the run's shape (tiles x rows
-per tile) filled with random rows: the time depends on the shapes only, not on the values. Settings
-alternate within each repeat, so load from other processes hits them alike; the median is printed.
+anomaly head rebuilt for each `--context` window and `--bank-sizes` (rows a query meets), its memory
+bank of the run's tile count filled with random rows: the time depends on the shapes only, not on the
+values. Settings alternate within each repeat, so load from other processes hits them alike; the
+median is printed, with its ratio to the first setting.
 
-    python tests/bench/bench_anomaly_cost.py --run runs/ms/seed-0/runs/hybrid-runs-pt-insp-k5 --context 0,7
+    python tests/bench/bench_anomaly_cost.py --run runs/ms/seed-0/runs/hybrid-runs-pt-insp-k5 \
+        --context 0,7 --bank-sizes 2048,1024
 """
 
 from __future__ import annotations
@@ -28,20 +30,24 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
     parser.add_argument("--context", default="0,7", help="context windows to compare (0: the 3x3 mean alone)")
+    parser.add_argument("--bank-sizes", default="", help="rows a query meets, e.g. 2048,1024 (default: the run's)")
     parser.add_argument("--batch", type=int, default=9, help="tiles per forward pass (9: a 256 px frame at 128 px tiles)")
     parser.add_argument("--repeats", type=int, default=6, help="timed passes per setting (the first is dropped)")
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args()
 
 
-def with_context(model: InspectionModel, context: int) -> InspectionModel:
-    """The same model, its anomaly head rebuilt for `context`, a random bank of the run's shape."""
+def with_context(model: InspectionModel, context: int, bank_size: int | None) -> InspectionModel:
+    """The same model, its anomaly head rebuilt for `context`, a random bank of the run's tile count
+    and, per tile, the run's rows or `bank_size / neighbour tiles` (as `fill_memory_bank` sizes it)."""
     old = model.anomaly
     tiles, rows, channels = old.scorer.tile_banks.shape
+    neighbours = old.config["neighbour_tiles"]
+    rows = rows if bank_size is None else max(1, bank_size // neighbours)
     base = channels // 3 if old.context else channels
     width = base * (3 if context else 1)
     head = AnomalyHead(torch.zeros(1, 1), old.feature_blocks, source=old.source, stride=old.stride, context=context)
-    head.set_memory_bank(torch.randn(tiles, rows, width), torch.randn(tiles, 2 * width), old.config["neighbour_tiles"])
+    head.set_memory_bank(torch.randn(tiles, rows, width), torch.randn(tiles, 2 * width), neighbours)
     return InspectionModel(model.backbone, segmentation=model.segmentation, anomaly=head.eval()).eval()
 
 
@@ -52,20 +58,23 @@ def main() -> None:
     run = load_run(args.run)
     if run.model.kind != "hybrid" or not isinstance(run.model.anomaly.scorer, TileRetrievalScorer):
         raise SystemExit(f"{args.run} is not a hybrid run with per-tile banks")
-    models = {int(c): with_context(run.model, int(c)) for c in args.context.split(",")}
+    sizes: list[int | None] = [int(b) for b in args.bank_sizes.split(",") if b] or [None]
+    models = {(int(c), size): with_context(run.model, int(c), size) for c in args.context.split(",") for size in sizes}
     tiles = torch.randn(args.batch, 3, run.tile, run.tile, generator=torch.Generator().manual_seed(0))
-    times: dict[int, list[float]] = {c: [] for c in models}
+    times: dict[tuple[int, int | None], list[float]] = {setting: [] for setting in models}
     for _ in range(args.repeats):
-        for context, model in models.items():
+        for setting, model in models.items():
             start = time.perf_counter()
             model(tiles)
-            times[context].append((time.perf_counter() - start) / args.batch * 1000.0)
-    baseline = statistics.median(times[min(times)][1:])
-    print(f"| context | ms per {run.tile} px tile ({args.threads} thread(s), median of {args.repeats - 1}) | ratio |")
-    print("|---|---|---|")
-    for context, measured in times.items():
+            times[setting].append((time.perf_counter() - start) / args.batch * 1000.0)
+    baseline = statistics.median(next(iter(times.values()))[1:])
+    print(f"| context | rows per query | ms per {run.tile} px tile ({args.threads} thread(s), median of "
+          f"{args.repeats - 1}) | ratio |")
+    print("|---|---|---|---|")
+    for (context, size), measured in times.items():
         median = statistics.median(measured[1:])
-        print(f"| {context} | {median:.1f} | {median / baseline:.2f} |")
+        rows = "the run's" if size is None else size
+        print(f"| {context} | {rows} | {median:.1f} | {median / baseline:.2f} |")
 
 
 if __name__ == "__main__":
