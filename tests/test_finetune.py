@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.data.labeled import LabeledSample
-from training.finetune import focal_dice_loss, split_train_val
+from training.finetune import FinetuneConfig, focal_dice_loss, split_train_val
 from training.hybrid import load_run
+from training.study import StudyConfig
 
 runner = CliRunner()
 
@@ -30,13 +31,31 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert {"pixel_auroc", "aupro", "f1", "iou"} <= set(validation)
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels,
-    # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all).
-    assert run.model.anomaly.source == "conv"
+    # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all). By
+    # default a row is the 3x3 mean plus the 7x7 mean and std: three times the encoder's channels.
+    assert run.model.anomaly.source == "conv" and run.model.anomaly.context == 7
     banks = run.model.anomaly.scorer.tile_banks
-    assert banks.shape[1:] == (32 // 4, run.model.segmentation.config["widths"][1])
+    assert banks.shape[1:] == (32 // 4, 3 * run.model.segmentation.config["widths"][1])
     assert run.model.anomaly.scorer.neighbours == min(4, banks.shape[0])
     features = run.model.anomaly_features(torch.zeros(2, 3, 32, 32))
     assert features.shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize(("features", "context", "expected"), [
+    ("conv", None, 7),  # the hybrid's default: bank rows with the 7x7 texture statistics
+    ("conv", 0, 0),
+    ("conv", 5, 5),
+    ("vit", None, 0),  # patch tokens keep plain rows unless asked
+    ("vit", 7, 7),
+])
+def test_context_default_follows_the_features(features: str, context: int | None, expected: int) -> None:
+    config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), anomaly_features=features,
+                            anomaly_context=context)
+    assert config.anomaly_context == expected
+    # The study resolves it the same way, so its cache signatures and report name what finetune used.
+    study = StudyConfig(backbones=("random:test_vit3",), data=Path("data"), out=Path("out"),
+                        anomaly_features=features, anomaly_context=context)
+    assert study.anomaly_context == expected
 
 
 @pytest.mark.parametrize(("source", "stride", "neighbours", "context"),

@@ -89,6 +89,8 @@ def test_study_writes_every_row(study_run: tuple[Path, Path, str]) -> None:
     assert "[7/7]" in output  # one progress line per trained model
     markdown = (out / "study.md").read_text()
     assert "| U-Net from scratch |" in markdown and "held out of the labels: scratch" in markdown
+    # The hybrids ran with finetune's defaults, and the report says which.
+    assert "2048 rows per query, bank rows with 7x7 texture statistics" in markdown
 
 
 def test_test_split_is_fixed_and_never_trained_on(study_run: tuple[Path, Path, str]) -> None:
@@ -142,6 +144,7 @@ def test_rerun_reuses_finished_models(study_run: tuple[Path, Path, str]) -> None
 @pytest.mark.parametrize(("option", "value", "key", "stored", "words"), [
     ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
     ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
+    ("--bank-size", "512", "bank_size", 512, "512 rows per query"),
 ])
 def test_other_anomaly_branch_retrains_only_the_hybrids(
     study_run: tuple[Path, Path, str], option: str, value: str, key: str, stored: object, words: str

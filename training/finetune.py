@@ -28,6 +28,7 @@ from training.fit_normal import (
     calibrate_on_normal,
     check_anomaly_options,
     data_fingerprint,
+    default_context,
     empty_anomaly_head,
     fill_memory_bank,
     holdout_split,
@@ -68,7 +69,8 @@ class FinetuneConfig:
     anomaly_branch: bool = True
     anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
-    anomaly_context: int = 0  # K: bank rows also carry KxK texture statistics (large low-contrast defects)
+    # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: 7 on conv, 0 on vit
+    anomaly_context: int | None = None
     bank_size: int = 2048
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
@@ -76,6 +78,10 @@ class FinetuneConfig:
     val_fraction: float = 0.2
     device: str = "cpu"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Resolved once here, so everything downstream (and the saved run) sees a plain number.
+        object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
 
     @property
     def data_roots(self) -> tuple[Path, ...]:

@@ -46,7 +46,7 @@ from training.data.labeled import (
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
-from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
+from training.fit_normal import check_anomaly_options, data_fingerprint, default_context, holdout_split
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.study_report import write_study
 from training.study_summary import seed_folder, summarize_seeds, write_summary
@@ -77,7 +77,9 @@ class StudyConfig:
         include_zero_label: Fit the zero-label mode alone, per backbone.
         anomaly_features: What the hybrid's anomaly branch reads ("conv" or "vit").
         neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
-        anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none).
+        anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none;
+            None: finetune's default for `anomaly_features`, resolved at construction).
+        bank_size: Memory-bank rows a hybrid's query meets.
         copy_paste: Share of training crops (hybrid and U-Net alike) that get a labeled defect pasted in.
         device: cpu, cuda or auto.
         seed: Seed of the splits, label picks and training.
@@ -96,10 +98,15 @@ class StudyConfig:
     include_zero_label: bool = True
     anomaly_features: str = "conv"
     neighbour_tiles: int = 4
-    anomaly_context: int = 0
+    anomaly_context: int | None = None  # None: the finetune default for the features
+    bank_size: int = 2048
     copy_paste: float = 0.0
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Resolved here so the saved study, its cache signatures and its report name the window used.
+        object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
 
     @property
     def held_out_budget(self) -> int:
@@ -368,6 +375,7 @@ def _train_hybrid(
             anomaly_features=config.anomaly_features,
             neighbour_tiles=config.neighbour_tiles,
             anomaly_context=config.anomaly_context,
+            bank_size=config.bank_size,
             copy_paste=config.copy_paste,
             device=str(device),
             seed=config.seed,
@@ -626,6 +634,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
         "anomaly_context": config.anomaly_context if job.model == "hybrid" else None,
+        "bank_size": config.bank_size if job.model == "hybrid" else None,
         "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
         "copy_paste": config.copy_paste if job.model != "zero-label" else None,
         "data": str(config.data.resolve()),

@@ -36,7 +36,9 @@ def write_files(out: Path, texts: dict[str, str]) -> None:
 
 def _bank_words(config: dict) -> str:
     neighbours = config.get("neighbour_tiles", 0)  # studies before per-tile banks had one bank
-    return f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
+    words = f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
+    rows = config.get("bank_size")  # studies before the option: 2,048 rows, not recorded
+    return f"{words}, {rows} rows per query" if rows else words
 
 
 def _context_words(config: dict) -> str:

@@ -15,10 +15,10 @@ CopyPasteOpt = Annotated[float, typer.Option(
     help="Share of training crops that get one of the labeled defects pasted in (0: off).",
 )]
 
-AnomalyContextOpt = Annotated[int, typer.Option(
-    "--anomaly-context", min=0,
+AnomalyContextOpt = Annotated[int | None, typer.Option(
+    "--anomaly-context", min=0, show_default=False,
     help="Hybrid memory-bank rows also carry the KxK mean and std of the features around them "
-    "(odd K, e.g. 7; 0: off). Helps large, low-contrast defects.",
+    "(odd K; 0: off). Helps large, low-contrast defects. Default: 7 on conv features, 0 on vit.",
 )]
 
 

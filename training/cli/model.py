@@ -46,7 +46,7 @@ def finetune(
     anomaly_stride: Annotated[int, typer.Option(
         "--anomaly-stride", help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).",
     )] = 1,
-    anomaly_context: AnomalyContextOpt = 0,
+    anomaly_context: AnomalyContextOpt = None,
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     copy_paste: CopyPasteOpt = 0.0,

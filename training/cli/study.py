@@ -56,7 +56,8 @@ def label_study(
         "--neighbour-tiles", min=0,
         help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
     )] = 4,
-    anomaly_context: AnomalyContextOpt = 0,
+    anomaly_context: AnomalyContextOpt = None,
+    bank_size: Annotated[int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")] = 2048,
     copy_paste: CopyPasteOpt = 0.0,
     device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[
@@ -92,6 +93,7 @@ def label_study(
             anomaly_features=anomaly_features,
             neighbour_tiles=neighbour_tiles,
             anomaly_context=anomaly_context,
+            bank_size=bank_size,
             copy_paste=copy_paste,
             device=device,
             seed=seeds[0],
