@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from tests.synthetic_labeled import TINY_BACKBONE, model_cli, write_labeled_set
@@ -89,6 +90,14 @@ def test_window_statistics_are_the_mean_and_std_of_each_window() -> None:
     # Same grid as the 3x3 mean, also with a stride, so the two can be stacked per position.
     for stride in (1, 2):
         assert window_statistics(features, 7, stride).shape[-2:] == neighbourhood_mean(features, stride).shape[-2:]
+
+
+@pytest.mark.parametrize(("window", "stride"), [(3, 1), (7, 1), (7, 2), (11, 2), (15, 1)])
+def test_window_mean_is_computed_separably_but_exactly(window: int, stride: int) -> None:
+    """Two 1-D pools give every position the same mean as one KxK pool, borders and strides included."""
+    features = torch.randn(2, 3, 11, 13, generator=torch.Generator().manual_seed(6))
+    square = F.avg_pool2d(features, window, stride=stride, padding=window // 2, count_include_pad=False)
+    torch.testing.assert_close(window_statistics(features, window, stride)[:, :3], square, atol=1e-6, rtol=1e-5)
 
 
 def test_context_sees_a_smooth_patch_that_every_3x3_mean_hides() -> None:
