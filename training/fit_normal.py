@@ -100,7 +100,7 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
 
 # The hybrid's default texture context (docs/BENCHMARKS.md §3): on the head's conv features, bank rows
 # that also carry the 7x7 texture statistics raised pixel AUROC and AUPRO on every head measured (at
-# 1.45x the CPU time per tile; `--anomaly-context 0` for the plain rows). ViT tokens (one per 16 px)
+# about 1.4x the CPU time per tile; `--anomaly-context 0` for the plain rows). ViT tokens (one per 16 px)
 # were never measured with it, so they keep the plain 3x3 rows.
 DEFAULT_CONTEXT: dict[str, int] = {"conv": 7, "vit": 0}
 
