@@ -28,7 +28,6 @@ from training.fit_normal import (
     calibrate_on_normal,
     check_anomaly_options,
     data_fingerprint,
-    default_context,
     empty_anomaly_head,
     fill_memory_bank,
     holdout_split,
@@ -44,6 +43,7 @@ from training.hybrid import (
     save_run,
 )
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
+from training.models.anomaly import default_context
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
 

@@ -98,18 +98,6 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
-# The hybrid's default texture context (docs/BENCHMARKS.md §3): on the head's conv features, bank rows
-# that also carry the 7x7 texture statistics raised pixel AUROC and AUPRO on every head measured (at
-# about 1.4x the CPU time per tile; `--anomaly-context 0` for the plain rows). ViT tokens (one per 16 px)
-# were never measured with it, so they keep the plain 3x3 rows.
-DEFAULT_CONTEXT: dict[str, int] = {"conv": 7, "vit": 0}
-
-
-def default_context(features: str, context: int | None) -> int:
-    """The context window given, or the default for `features`."""
-    return DEFAULT_CONTEXT.get(features, 0) if context is None else context
-
-
 def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0) -> None:
     """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
     if features not in ANOMALY_SOURCES:

@@ -46,7 +46,8 @@ from training.data.labeled import (
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
-from training.fit_normal import check_anomaly_options, data_fingerprint, default_context, holdout_split
+from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
+from training.models.anomaly import default_context
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.study_report import write_study
 from training.study_summary import seed_folder, summarize_seeds, write_summary

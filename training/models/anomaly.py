@@ -56,6 +56,17 @@ ANOMALY_SOURCES: tuple[str, ...] = get_args(AnomalySource)
 # Smoothing of the upsampled distance map, in pixels: about a quarter of a 16 px patch, one conv cell.
 DEFAULT_BLUR = {"vit": 4.0, "conv": 2.0}
 
+# The hybrid's default texture context (docs/BENCHMARKS.md §3): on the head's conv features, bank rows
+# that also carry the 7x7 texture statistics raised pixel AUROC and AUPRO on every head measured (at
+# about 1.4x the CPU time per tile; `--anomaly-context 0` keeps the plain rows). ViT tokens (one per 16 px)
+# were never measured with it, so they keep the plain 3x3 rows.
+DEFAULT_CONTEXT: dict[str, int] = {"conv": 7, "vit": 0}
+
+
+def default_context(features: str, context: int | None) -> int:
+    """The context window given, or the default for `features`."""
+    return DEFAULT_CONTEXT.get(features, 0) if context is None else context
+
 
 def neighbourhood_mean(features: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """Average each position of `[N, C, h, w]` with its 3x3 neighbours (borders: the neighbours that exist).
