@@ -7,7 +7,7 @@
 # purpose: at this scale the hybrid built on it ranks whole images better than on any backbone that
 # learned (docs/BENCHMARKS.md §2-§3); `--layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99`
 # gives one that learns. Its bank keeps the plain rows (`--anomaly-context 0`, not the hybrid's
-# default of 7): a 10 MB bundle instead of about 23 MB in the repository, and a quarter less CPU time
+# default of 15): a 10 MB bundle instead of about 23 MB in the repository, and a quarter less CPU time
 # per tile.
 # Usage: scripts/build-demo-bundle.sh [BUNDLE_DIR]
 set -euo pipefail

@@ -32,8 +32,8 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels,
     # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all). By
-    # default a row is the 3x3 mean plus the 7x7 mean and std: three times the encoder's channels.
-    assert run.model.anomaly.source == "conv" and run.model.anomaly.context == 7
+    # default a row is the 3x3 mean plus the 15x15 mean and std: three times the encoder's channels.
+    assert run.model.anomaly.source == "conv" and run.model.anomaly.context == 15
     banks = run.model.anomaly.scorer.tile_banks
     assert banks.shape[1:] == (32 // 4, 3 * run.model.segmentation.config["widths"][1])
     assert run.model.anomaly.scorer.neighbours == min(4, banks.shape[0])
@@ -42,7 +42,7 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("features", "context", "expected"), [
-    ("conv", None, 7),  # the hybrid's default: bank rows with the 7x7 texture statistics
+    ("conv", None, 15),  # the hybrid's default: bank rows with the 15x15 texture statistics
     ("conv", 0, 0),
     ("conv", 5, 5),
     ("vit", None, 0),  # patch tokens keep plain rows unless asked

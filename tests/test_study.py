@@ -90,7 +90,7 @@ def test_study_writes_every_row(study_run: tuple[Path, Path, str]) -> None:
     markdown = (out / "study.md").read_text()
     assert "| U-Net from scratch |" in markdown and "held out of the labels: scratch" in markdown
     # The hybrids ran with finetune's defaults, and the report says which.
-    assert "2048 rows per query, bank rows with 7x7 texture statistics" in markdown
+    assert "2048 rows per query, bank rows with 15x15 texture statistics" in markdown
 
 
 def test_test_split_is_fixed_and_never_trained_on(study_run: tuple[Path, Path, str]) -> None:

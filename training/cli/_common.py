@@ -18,7 +18,7 @@ CopyPasteOpt = Annotated[float, typer.Option(
 AnomalyContextOpt = Annotated[int | None, typer.Option(
     "--anomaly-context", min=0, show_default=False,
     help="Hybrid memory-bank rows also carry the KxK mean and std of the features around them "
-    "(odd K; 0: off). Helps large, low-contrast defects. Default: 7 on conv features, 0 on vit.",
+    "(odd K; 0: off). Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit.",
 )]
 
 

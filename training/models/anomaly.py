@@ -57,10 +57,11 @@ ANOMALY_SOURCES: tuple[str, ...] = get_args(AnomalySource)
 DEFAULT_BLUR = {"vit": 4.0, "conv": 2.0}
 
 # The hybrid's default texture context (docs/BENCHMARKS.md §3): on the head's conv features, bank rows
-# that also carry the 7x7 texture statistics raised pixel AUROC and AUPRO on every head measured (at
-# about 1.4x the CPU time per tile; `--anomaly-context 0` keeps the plain rows). ViT tokens (one per 16 px)
-# were never measured with it, so they keep the plain 3x3 rows.
-DEFAULT_CONTEXT: dict[str, int] = {"conv": 7, "vit": 0}
+# that also carry the texture statistics of a KxK window raised pixel AUROC and AUPRO on every head
+# measured, the more the wider the window up to 15 cells (30 px at 1/2 resolution; 19 and 23 were not better),
+# at about 1.4x the CPU time per tile for any of them; `--anomaly-context 0` keeps the plain rows.
+# ViT tokens (one per 16 px) were never measured with it, so they keep the plain 3x3 rows.
+DEFAULT_CONTEXT: dict[str, int] = {"conv": 15, "vit": 0}
 
 
 def default_context(features: str, context: int | None) -> int:
