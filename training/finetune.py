@@ -69,7 +69,7 @@ class FinetuneConfig:
     anomaly_branch: bool = True
     anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
-    # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: 7 on conv, 0 on vit
+    # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: DEFAULT_CONTEXT of the features
     anomaly_context: int | None = None
     bank_size: int = 2048
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
