@@ -54,12 +54,17 @@ def test_graph_has_dynamic_batch_opset_17_and_matches_torch(hybrid_run: Path, tm
             np.testing.assert_allclose(prob, model(tiles).numpy(), atol=PARITY_TOLERANCE)
 
 
-def test_texture_context_exports_with_parity(tmp_path: Path) -> None:
-    """The context statistics (two AveragePools, a Sqrt) export and agree with PyTorch like the rest."""
+@pytest.mark.parametrize("options", [("--anomaly-context", "7"), ("--head-context", "3"),
+                                     ("--anomaly-context", "0", "--head-context", "5")])
+def test_texture_context_exports_with_parity(tmp_path: Path, options: tuple[str, ...]) -> None:
+    """The context statistics of the bank rows and of the head (AveragePools, a Sqrt, a ReduceMean) export
+    and agree with PyTorch like the rest."""
     data = write_labeled_set(tmp_path / "data")
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--anomaly-context", "7", *TINY_FINETUNE_ARGS])
+                                         str(tmp_path / "run"), *options, *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
+    head_context = int(options[options.index("--head-context") + 1]) if "--head-context" in options else 0
+    assert load_run(tmp_path / "run").model.segmentation.config["context"] == head_context
     bundle = export_run(tmp_path / "run", tmp_path / "bundle").bundle
     assert bundle.manifest.metrics["export_parity_max_abs_diff"] < PARITY_TOLERANCE
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])

@@ -58,6 +58,22 @@ def test_context_default_follows_the_features(features: str, context: int | None
     assert study.anomaly_context == expected
 
 
+@pytest.mark.parametrize(("given", "expected"), [(None, 11), (0, 0), (5, 5)])
+def test_head_context_default_is_resolved_where_finetune_and_study_read_it(given: int | None, expected: int) -> None:
+    config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), head_context=given)
+    study = StudyConfig(backbones=("random:test_vit3",), data=Path("data"), out=Path("out"), head_context=given)
+    assert config.head_context == study.head_context == expected
+
+
+def test_default_finetune_trains_the_head_with_texture_context(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--no-anomaly-branch", *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    head = load_run(tmp_path / "run").model.segmentation
+    assert head.config["context"] == 11 and head.decoder.context.window == 11
+
+
 @pytest.mark.parametrize(("source", "stride", "neighbours", "context"),
                          [("vit", 1, 4, 0), ("conv", 1, 4, 0), ("conv", 2, 2, 0), ("conv", 1, 0, 0), ("conv", 2, 4, 5)])
 def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int, neighbours: int, context: int) -> None:
@@ -86,7 +102,7 @@ def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: 
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1"), ("--copy-paste", "1.5"),
-     ("--anomaly-context", "4")],
+     ("--anomaly-context", "4"), ("--head-context", "4")],
 )
 def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
@@ -147,3 +163,21 @@ def test_non_positive_sizes_are_refused_before_training(tmp_path: Path, option: 
                                          "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 2, result.output  # a usage error, not a traceback or a run of one step
     assert option in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_before_the_head_context_option_still_loads(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "run"), "--no-anomaly-branch", "--head-context", "0",
+                                         *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    tiles = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = load_run(tmp_path / "run").model(tiles)
+    payload = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert payload["segmentation"].pop("context") == 0
+    torch.save(payload, tmp_path / "run" / "model.pt")  # as older runs stored it: no "context" key
+    old = load_run(tmp_path / "run").model
+    assert old.segmentation.config["context"] == 0
+    with torch.no_grad():
+        torch.testing.assert_close(old(tiles), before)

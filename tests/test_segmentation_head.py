@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +67,34 @@ def test_constant_image_gives_a_seamless_map() -> None:
     tile_map = model(torch.full((1, 3, 32, 32), (120 / 255 - 0.5) / 0.25))[0, 0].detach().numpy()
     np.testing.assert_allclose(prob[:32, :32][4:-4, 4:-4], tile_map[4:-4, 4:-4], atol=1e-5)
     assert prob.shape == (70, 90)
+
+
+def _head_gradient(context: int) -> torch.Tensor:
+    """|d logit(10, 10) / d image| of a head whose ViT maps are fixed inputs (so only the conv path sees the image)."""
+    torch.manual_seed(0)
+    head = SegmentationHead(8, (0,), context=context).eval()
+    image = torch.randn(1, 3, 128, 128, requires_grad=True)
+    maps = {0: torch.randn(1, 8, 8, 8)}
+    head(image, maps)[0, 0, 10, 10].backward()
+    return image.grad.abs().sum(dim=1)[0]
+
+
+def test_texture_context_lets_a_pixel_see_the_whole_tile() -> None:
+    # A blend of another material is told from its surroundings only by comparing textures over a wide
+    # area: without the block the conv path of pixel (10, 10) ends well before (100, 100), with it the
+    # tile mean reaches every pixel.
+    assert _head_gradient(context=0)[90:, 90:].abs().max() == 0
+    assert _head_gradient(context=7)[90:, 90:].abs().min() > 0
+
+
+def test_texture_context_trains_on_a_flat_tile() -> None:
+    # A constant image has zero variance in every window: the standard deviation must not give inf/NaN gradients.
+    head = SegmentationHead(8, (0,), context=5).train()
+    logits = head(torch.full((2, 3, 64, 64), 0.3), {0: torch.zeros(2, 8, 4, 4)})
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def test_texture_context_window_must_be_odd() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        SegmentationHead(8, (0,), context=4)

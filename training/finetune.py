@@ -45,7 +45,13 @@ from training.hybrid import (
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
 from training.models.anomaly import default_context
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
-from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
+from training.models.segmentation import (
+    DEFAULT_HEAD_CONTEXT,
+    SegmentationHead,
+    check_head_context,
+    default_feature_blocks,
+    fix_input_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,7 @@ class FinetuneConfig:
     # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: DEFAULT_CONTEXT of the features
     anomaly_context: int | None = None
     bank_size: int = 2048
+    head_context: int | None = None  # the head's TextureContext window at 1/4 resolution (0: none; None: the default)
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
     labeled_defects: int | None = None
@@ -82,6 +89,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         # Resolved once here, so everything downstream (and the saved run) sees a plain number.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
+        if self.head_context is None:
+            object.__setattr__(self, "head_context", DEFAULT_HEAD_CONTEXT)
 
     @property
     def data_roots(self) -> tuple[Path, ...]:
@@ -284,6 +293,7 @@ def finetune(config: FinetuneConfig) -> dict:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
     check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context)
+    check_head_options(config.head_context)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     samples = select_samples(config)
@@ -292,7 +302,7 @@ def finetune(config: FinetuneConfig) -> dict:
     tile = config.image_size
     backbone = fix_input_size(load_backbone(config.backbone, img_size=tile), tile)
     mean, std = PIXEL_MEAN, PIXEL_STD
-    head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)))
+    head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=config.head_context)
     model = InspectionModel(backbone, segmentation=head).to(device)
     sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste)
     losses = train_head(model, sampler, config, device)
@@ -313,6 +323,14 @@ def finetune(config: FinetuneConfig) -> dict:
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
     return metrics
+
+
+def check_head_options(head_context: int) -> None:
+    """Turn a bad head option into the CLI's one-line error before any data is read."""
+    try:
+        check_head_context(head_context)
+    except ValueError as error:
+        raise UserError(f"--head-context: {error}") from None
 
 
 def select_samples(config: FinetuneConfig) -> list[LabeledSample]:

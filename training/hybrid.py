@@ -237,7 +237,8 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
     segmentation = anomaly = None
     if payload.get("segmentation"):
         cfg = payload["segmentation"]
-        segmentation = SegmentationHead(backbone.embed_dim, cfg["feature_blocks"], widths=cfg["widths"], vit_width=cfg["vit_width"])
+        segmentation = SegmentationHead(backbone.embed_dim, cfg["feature_blocks"], widths=cfg["widths"],
+                                        vit_width=cfg["vit_width"], context=cfg.get("context", 0))  # older runs: none
     if payload.get("anomaly"):
         cfg = payload["anomaly"]
         anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],

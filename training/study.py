@@ -45,10 +45,11 @@ from training.data.labeled import (
 )
 from training.errors import UserError
 from training.evaluate import metrics_by_group
-from training.finetune import LabeledImages, load_images_with_masks
+from training.finetune import LabeledImages, check_head_options, load_images_with_masks
 from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
 from training.models.anomaly import default_context
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
+from training.models.segmentation import DEFAULT_HEAD_CONTEXT
 from training.study_report import write_study
 from training.study_summary import seed_folder, summarize_seeds, write_summary
 
@@ -80,6 +81,8 @@ class StudyConfig:
         neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
         anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none;
             None: finetune's default for `anomaly_features`, resolved at construction).
+        head_context: Window K of the hybrid head's texture-context block (0: none; None: finetune's
+            default, resolved at construction).
         bank_size: Memory-bank rows a hybrid's query meets.
         copy_paste: Share of training crops (hybrid and U-Net alike) that get a labeled defect pasted in.
         device: cpu, cuda or auto.
@@ -100,6 +103,7 @@ class StudyConfig:
     anomaly_features: str = "conv"
     neighbour_tiles: int = 4
     anomaly_context: int | None = None  # None: the finetune default for the features
+    head_context: int | None = None  # None: finetune's default
     bank_size: int = 2048
     copy_paste: float = 0.0
     device: str = "auto"
@@ -108,6 +112,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         # Resolved here so the saved study, its cache signatures and its report name the window used.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
+        if self.head_context is None:
+            object.__setattr__(self, "head_context", DEFAULT_HEAD_CONTEXT)
 
     @property
     def held_out_budget(self) -> int:
@@ -376,6 +382,7 @@ def _train_hybrid(
             anomaly_features=config.anomaly_features,
             neighbour_tiles=config.neighbour_tiles,
             anomaly_context=config.anomaly_context,
+            head_context=config.head_context,
             bank_size=config.bank_size,
             copy_paste=config.copy_paste,
             device=str(device),
@@ -635,6 +642,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
         "anomaly_context": config.anomaly_context if job.model == "hybrid" else None,
+        "head_context": config.head_context if job.model == "hybrid" else None,
         "bank_size": config.bank_size if job.model == "hybrid" else None,
         "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
         "copy_paste": config.copy_paste if job.model != "zero-label" else None,
@@ -666,6 +674,7 @@ def _check_config(config: StudyConfig) -> None:
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
     check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context)
+    check_head_options(config.head_context)
 
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:

@@ -1,13 +1,14 @@
-"""What does the anomaly branch's texture context cost at inference? CPU time per tile of a hybrid run.
+"""What do the texture contexts cost at inference? CPU time per tile of a hybrid run.
 
 Takes a trained hybrid run and times its forward pass (head, anomaly branch and fusion) with the
 anomaly head rebuilt for each `--context` window and `--bank-sizes` (rows a query meets), its memory
-bank of the run's tile count filled with random rows: the time depends on the shapes only, not on the
-values. Settings alternate within each repeat, so load from other processes hits them alike; the
+bank of the run's tile count filled with random rows, and the segmentation head rebuilt for each
+`--head-context` window (the run's weights, a random texture-context block): the time depends on the
+shapes only, not on the values. Settings alternate within each repeat, so load from other processes hits them alike; the
 median is printed, with its ratio to the first setting.
 
     python tests/bench/bench_anomaly_cost.py --run runs/ms/seed-0/runs/hybrid-runs-pt-insp-k5 \
-        --context 0,7 --bank-sizes 2048,1024
+        --context 0,7 --bank-sizes 2048,1024 [--head-context 0,11]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from training.hybrid import InspectionModel, load_run  # noqa: E402
 from training.models.anomaly import AnomalyHead, TileRetrievalScorer  # noqa: E402
+from training.models.segmentation import SegmentationHead  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
     parser.add_argument("--context", default="0,7", help="context windows to compare (0: the 3x3 mean alone)")
     parser.add_argument("--bank-sizes", default="", help="rows a query meets, e.g. 2048,1024 (default: the run's)")
+    parser.add_argument("--head-context", default="", help="head texture-context windows to compare, e.g. 0,11 "
+                        "(default: the run's)")
     parser.add_argument("--batch", type=int, default=9, help="tiles per forward pass (9: a 256 px frame at 128 px tiles)")
     parser.add_argument("--repeats", type=int, default=6, help="timed passes per setting (the first is dropped)")
     parser.add_argument("--threads", type=int, default=1)
@@ -51,6 +55,16 @@ def with_context(model: InspectionModel, context: int, bank_size: int | None) ->
     return InspectionModel(model.backbone, segmentation=model.segmentation, anomaly=head.eval()).eval()
 
 
+def with_head_context(model: InspectionModel, window: int) -> InspectionModel:
+    """The same model with its segmentation head rebuilt around a `window` texture-context block (0: none)."""
+    old = model.segmentation
+    config = old.config
+    head = SegmentationHead(model.backbone.embed_dim, config["feature_blocks"], widths=config["widths"],
+                            vit_width=config["vit_width"], context=window)
+    head.load_state_dict(old.state_dict(), strict=False)  # the block's own weights stay random
+    return InspectionModel(model.backbone, segmentation=head.eval(), anomaly=model.anomaly).eval()
+
+
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
@@ -59,22 +73,26 @@ def main() -> None:
     if run.model.kind != "hybrid" or not isinstance(run.model.anomaly.scorer, TileRetrievalScorer):
         raise SystemExit(f"{args.run} is not a hybrid run with per-tile banks")
     sizes: list[int | None] = [int(b) for b in args.bank_sizes.split(",") if b] or [None]
-    models = {(int(c), size): with_context(run.model, int(c), size) for c in args.context.split(",") for size in sizes}
+    heads = [int(w) for w in args.head_context.split(",") if w] or [run.model.segmentation.config.get("context", 0)]
+    models = {
+        (int(c), size, window): with_head_context(with_context(run.model, int(c), size), window)
+        for c in args.context.split(",") for size in sizes for window in heads
+    }
     tiles = torch.randn(args.batch, 3, run.tile, run.tile, generator=torch.Generator().manual_seed(0))
-    times: dict[tuple[int, int | None], list[float]] = {setting: [] for setting in models}
+    times: dict[tuple[int, int | None, int], list[float]] = {setting: [] for setting in models}
     for _ in range(args.repeats):
         for setting, model in models.items():
             start = time.perf_counter()
             model(tiles)
             times[setting].append((time.perf_counter() - start) / args.batch * 1000.0)
     baseline = statistics.median(next(iter(times.values()))[1:])
-    print(f"| context | rows per query | ms per {run.tile} px tile ({args.threads} thread(s), median of "
-          f"{args.repeats - 1}) | ratio |")
-    print("|---|---|---|---|")
-    for (context, size), measured in times.items():
+    print(f"| context | rows per query | head context | ms per {run.tile} px tile ({args.threads} thread(s), "
+          f"median of {args.repeats - 1}) | ratio |")
+    print("|---|---|---|---|---|")
+    for (context, size, window), measured in times.items():
         median = statistics.median(measured[1:])
         rows = "the run's" if size is None else size
-        print(f"| {context} | {rows} | {median:.1f} | {median / baseline:.2f} |")
+        print(f"| {context} | {rows} | {window} | {median:.1f} | {median / baseline:.2f} |")
 
 
 if __name__ == "__main__":

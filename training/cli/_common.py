@@ -21,6 +21,12 @@ AnomalyContextOpt = Annotated[int | None, typer.Option(
     "(odd K; 0: off). Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit.",
 )]
 
+HeadContextOpt = Annotated[int | None, typer.Option(
+    "--head-context", min=0, show_default=False,
+    help="The head compares each 1/4-resolution position with the mean and std of the KxK window around "
+    "it and with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11.",
+)]
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
