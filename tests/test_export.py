@@ -63,7 +63,7 @@ def test_texture_context_exports_with_parity(tmp_path: Path, options: tuple[str,
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
                                          str(tmp_path / "run"), *options, *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
-    head_context = int(options[options.index("--head-context") + 1]) if "--head-context" in options else 0
+    head_context = int(options[options.index("--head-context") + 1]) if "--head-context" in options else 11
     assert load_run(tmp_path / "run").model.segmentation.config["context"] == head_context
     bundle = export_run(tmp_path / "run", tmp_path / "bundle").bundle
     assert bundle.manifest.metrics["export_parity_max_abs_diff"] < PARITY_TOLERANCE
