@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.segmentation import default_feature_blocks
+from training.models.segmentation import default_feature_blocks, separable_window_mean
 
 # The logistic maps the normal score at this quantile to probability 0.5 ...
 CALIBRATION_QUANTILE = 0.99
@@ -86,19 +86,10 @@ def window_statistics(features: torch.Tensor, window: int, stride: int = 1) -> t
     against rounding.
     """
     moments = torch.cat([features, features * features], dim=1)
-    pooled = _separable_window_mean(moments, window, stride)
+    pooled = separable_window_mean(moments, window, stride)
     mean, mean_of_squares = pooled.chunk(2, dim=1)
     variance = (mean_of_squares - mean * mean).clamp_min(0.0)
     return torch.cat([mean, variance.sqrt()], dim=1)
-
-
-def _separable_window_mean(maps: torch.Tensor, window: int, stride: int) -> torch.Tensor:
-    """KxK window mean as a Kx1 pool then a 1xK pool: K + K reads per output instead of K², so a wider
-    window costs little more. Exact, borders included: a window clipped by the border is a rectangle,
-    and the mean over a rectangle is the mean of its column means."""
-    half = window // 2
-    columns = F.avg_pool2d(maps, kernel_size=(window, 1), stride=(stride, 1), padding=(half, 0), count_include_pad=False)
-    return F.avg_pool2d(columns, kernel_size=(1, window), stride=(1, stride), padding=(0, half), count_include_pad=False)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:

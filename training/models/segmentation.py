@@ -68,6 +68,15 @@ class ConvBlock(nn.Sequential):
         )
 
 
+def separable_window_mean(maps: torch.Tensor, window: int, stride: int) -> torch.Tensor:
+    """KxK window mean as a Kx1 pool then a 1xK pool: K + K reads per output instead of K², so a wider
+    window costs little more. Exact, borders included: a window clipped by the border is a rectangle,
+    and the mean over a rectangle is the mean of its column means."""
+    half = window // 2
+    columns = F.avg_pool2d(maps, kernel_size=(window, 1), stride=(stride, 1), padding=(half, 0), count_include_pad=False)
+    return F.avg_pool2d(columns, kernel_size=(1, window), stride=(1, stride), padding=(0, half), count_include_pad=False)
+
+
 # The head's TextureContext window, in 1/4-resolution cells (44 px). Measured at CPU scale on five heads
 # (docs/BENCHMARKS.md §3): all defect types +0.010 pixel AUROC and +0.018 AUPRO on average.
 DEFAULT_HEAD_CONTEXT = 11
@@ -97,11 +106,7 @@ class TextureContext(nn.Module):
         self.mix = nn.Sequential(nn.Conv2d(4 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.window // 2
-        moments = torch.cat([x, x * x], dim=1)
-        # Separable KxK mean (Kx1 then 1xK), borders averaged over the positions that exist.
-        moments = F.avg_pool2d(moments, kernel_size=(self.window, 1), stride=1, padding=(half, 0), count_include_pad=False)
-        moments = F.avg_pool2d(moments, kernel_size=(1, self.window), stride=1, padding=(0, half), count_include_pad=False)
+        moments = separable_window_mean(torch.cat([x, x * x], dim=1), self.window, stride=1)
         mean, mean_of_squares = moments.chunk(2, dim=1)
         # The epsilon keeps sqrt's gradient finite where a window is flat.
         std = (mean_of_squares - mean * mean).clamp_min(0.0).add(1e-6).sqrt()
