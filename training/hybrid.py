@@ -66,6 +66,10 @@ class InspectionModel(nn.Module):
         p_head, p_anomaly = self.branch_probabilities(images)
         if p_head is None or p_anomaly is None:
             return p_head if p_anomaly is None else p_anomaly
+        return self.fuse(p_head, p_anomaly)
+
+    def fuse(self, p_head: torch.Tensor, p_anomaly: torch.Tensor) -> torch.Tensor:
+        """The hybrid's map: a pixel is defective unless both the head and the weighted anomaly branch say no."""
         return 1.0 - (1.0 - p_head) * (1.0 - self.fusion_weight * p_anomaly)
 
     def branch_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:

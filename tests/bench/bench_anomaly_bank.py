@@ -3,10 +3,12 @@
 Takes a fine-tuned hybrid run and the options it was trained with (data, labels per line, seed), so
 the very same training/validation split is rebuilt; then, per setting, fills the bank again from the
 defect-free training images (one bank, or a bank per normal tile with retrieval of the N nearest
-tiles), recalibrates, refits the fusion weight, and scores the test folder: fused model and anomaly
-branch alone, overall and per defect type. The head is not retrained, so settings differ only in
-the bank. `--context` also varies what a bank row describes: the 3x3 mean of the conv features alone
-(0), or with the mean and standard deviation over a larger KxK window (`finetune --anomaly-context K`).
+tiles), recalibrates, refits the fusion weight, and scores the test folder: the fused model (fused
+per tile, as its forward does) and the anomaly branch alone, overall and per defect type. With the
+run's own settings it reproduces the cell `label-study` reports for that run. The head is not
+retrained, so settings differ only in the bank. `--context` also varies what a bank row describes:
+the 3x3 mean of the conv features alone (0), or with the mean and standard deviation over a larger
+KxK window (`finetune --anomaly-context K`).
 Prints a table and writes JSON.
 
     python tests/bench/bench_anomaly_bank.py \
@@ -21,6 +23,7 @@ import copy
 import json
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +39,7 @@ from training.finetune import (  # noqa: E402
     select_samples,
     split_train_val,
 )
-from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.hybrid import InspectionModel, TorchPredictor, default_overlap, load_run  # noqa: E402
 from training.models import anomaly as anomaly_module  # noqa: E402
 
 
@@ -68,6 +71,12 @@ def cells(metrics: dict) -> str:
     return f"{metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
 
 
+def fused_and_anomaly(model: InspectionModel, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own fused map (what its forward returns) and its anomaly branch, from one pass over the tiles."""
+    p_head, p_anomaly = model.branch_probabilities(tiles)
+    return model.fuse(p_head, p_anomaly), p_anomaly
+
+
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
@@ -96,11 +105,12 @@ def main() -> None:
                           anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride,
                           anomaly_context=context)
         add_anomaly_branch(model, predictor, normal_train, val, setting, run.mean, run.std, torch.device("cpu"))
-        branches = [predictor.predict_outputs(image, model.branch_probabilities) for image in test.images]
-        fused = [1.0 - (1.0 - h) * (1.0 - float(model.fusion_weight) * a) for h, a in branches]
+        # Fused per tile, as the model's forward does, before the tiles are blended: fusing the blended
+        # branch maps instead is not the served map wherever tiles overlap.
+        maps = [predictor.predict_outputs(image, partial(fused_and_anomaly, model)) for image in test.images]
         scored = {
-            "fused": metrics_by_group(fused, test.masks, test_types, run.thresholds),
-            "anomaly": metrics_by_group([a for _, a in branches], test.masks, test_types, run.thresholds),
+            "fused": metrics_by_group([f for f, _ in maps], test.masks, test_types, run.thresholds),
+            "anomaly": metrics_by_group([a for _, a in maps], test.masks, test_types, run.thresholds),
         }
         per_type = scored["fused"]["per_defect_type"]
         weakest = min(per_type, key=lambda t: per_type[t]["pixel_auroc"])
