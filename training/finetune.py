@@ -46,10 +46,10 @@ from training.metrics import best_f1_threshold, image_scores, segmentation_summa
 from training.models.anomaly import default_context
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import (
-    DEFAULT_HEAD_CONTEXT,
     SegmentationHead,
     check_head_context,
     default_feature_blocks,
+    default_head_context,
     fix_input_size,
 )
 
@@ -89,8 +89,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         # Resolved once here, so everything downstream (and the saved run) sees a plain number.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
-        if self.head_context is None:
-            object.__setattr__(self, "head_context", DEFAULT_HEAD_CONTEXT)
+        object.__setattr__(self, "head_context", default_head_context(self.head_context))
 
     @property
     def data_roots(self) -> tuple[Path, ...]:

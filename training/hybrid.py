@@ -240,9 +240,7 @@ def load_sample_tiles(root: Path) -> torch.Tensor | None:
 def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> InspectionModel:
     segmentation = anomaly = None
     if payload.get("segmentation"):
-        cfg = payload["segmentation"]
-        segmentation = SegmentationHead(backbone.embed_dim, cfg["feature_blocks"], widths=cfg["widths"],
-                                        vit_width=cfg["vit_width"], context=cfg.get("context", 0))  # older runs: none
+        segmentation = SegmentationHead.from_config(backbone.embed_dim, payload["segmentation"])
     if payload.get("anomaly"):
         cfg = payload["anomaly"]
         anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],

@@ -49,7 +49,7 @@ from training.finetune import LabeledImages, check_head_options, load_images_wit
 from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
 from training.models.anomaly import default_context
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
-from training.models.segmentation import DEFAULT_HEAD_CONTEXT
+from training.models.segmentation import default_head_context
 from training.study_report import write_study
 from training.study_summary import seed_folder, summarize_seeds, write_summary
 
@@ -112,8 +112,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         # Resolved here so the saved study, its cache signatures and its report name the window used.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
-        if self.head_context is None:
-            object.__setattr__(self, "head_context", DEFAULT_HEAD_CONTEXT)
+        object.__setattr__(self, "head_context", default_head_context(self.head_context))
 
     @property
     def held_out_budget(self) -> int:

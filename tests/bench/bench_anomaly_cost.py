@@ -57,11 +57,8 @@ def with_context(model: InspectionModel, context: int, bank_size: int | None) ->
 
 def with_head_context(model: InspectionModel, window: int) -> InspectionModel:
     """The same model with its segmentation head rebuilt around a `window` texture-context block (0: none)."""
-    old = model.segmentation
-    config = old.config
-    head = SegmentationHead(model.backbone.embed_dim, config["feature_blocks"], widths=config["widths"],
-                            vit_width=config["vit_width"], context=window)
-    head.load_state_dict(old.state_dict(), strict=False)  # the block's own weights stay random
+    head = SegmentationHead.from_config(model.backbone.embed_dim, {**model.segmentation.config, "context": window})
+    head.load_state_dict(model.segmentation.state_dict(), strict=False)  # the block's own weights stay random
     return InspectionModel(model.backbone, segmentation=head.eval(), anomaly=model.anomaly).eval()
 
 

@@ -10,7 +10,7 @@ looks wrong, the conv branch says *exactly where*.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,11 @@ def separable_window_mean(maps: torch.Tensor, window: int, stride: int) -> torch
 # The head's TextureContext window, in 1/4-resolution cells (44 px). Measured at CPU scale on five heads
 # (docs/BENCHMARKS.md §3): all defect types +0.010 pixel AUROC and +0.018 AUPRO on average.
 DEFAULT_HEAD_CONTEXT = 11
+
+
+def default_head_context(window: int | None) -> int:
+    """The head's texture-context window an option asks for: None means `DEFAULT_HEAD_CONTEXT`."""
+    return DEFAULT_HEAD_CONTEXT if window is None else window
 
 
 def check_head_context(window: int) -> None:
@@ -190,6 +195,12 @@ class SegmentationHead(nn.Module):
             "feature_blocks": list(self.feature_blocks), "widths": [full, half, quarter], "vit_width": vit_width,
             "context": int(context),
         }
+
+    @classmethod
+    def from_config(cls, embed_dim: int, config: dict[str, Any]) -> SegmentationHead:
+        """The head that `config` (a saved `self.config`) describes; runs saved before the context block have none."""
+        return cls(embed_dim, config["feature_blocks"], widths=config["widths"], vit_width=config["vit_width"],
+                   context=config.get("context", 0))
 
     def forward(self, images: torch.Tensor, maps: dict[int, torch.Tensor]) -> torch.Tensor:
         return self.decode(self.encode(images), maps)
