@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -69,8 +69,8 @@ class InspectionModel(nn.Module):
         return self.fuse(p_head, p_anomaly)
 
     def fuse(self, p_head: torch.Tensor, p_anomaly: torch.Tensor) -> torch.Tensor:
-        """The hybrid's map: a pixel is defective unless both the head and the weighted anomaly branch say no."""
-        return 1.0 - (1.0 - p_head) * (1.0 - self.fusion_weight * p_anomaly)
+        """The hybrid's map from its two branches, at the model's fusion weight (`fuse_branches`)."""
+        return fuse_branches(p_head, p_anomaly, self.fusion_weight)
 
     def branch_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(p_head, p_anomaly) separately, for fitting the fusion weight; None for a missing branch."""
@@ -249,6 +249,18 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
 
 
+Maps = TypeVar("Maps", torch.Tensor, np.ndarray)
+
+
+def fuse_branches(p_head: Maps, p_anomaly: Maps, weight: float | torch.Tensor) -> Maps:
+    """A pixel is defective unless both the head and the anomaly branch, weighted by `weight`, say no.
+
+    Plain arithmetic, so the same function fuses tensors inside the model (and its exported graph)
+    and numpy maps when a weight is chosen or compared.
+    """
+    return 1.0 - (1.0 - p_head) * (1.0 - weight * p_anomaly)
+
+
 def fit_fusion_weight(
     p_head: list[np.ndarray], p_anomaly: list[np.ndarray], masks: list[np.ndarray], candidates: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 ) -> float:
@@ -264,7 +276,7 @@ def fit_fusion_weight(
         return 1.0
     best_weight, best_score = candidates[-1], -np.inf
     for weight in candidates:
-        fused = [1.0 - (1.0 - h) * (1.0 - weight * a) for h, a in zip(p_head, p_anomaly)]
+        fused = [fuse_branches(h, a, weight) for h, a in zip(p_head, p_anomaly)]
         score = auroc(np.concatenate([f.ravel() for f in fused]), labels) + np.nan_to_num(aupro(fused, masks))
         if score > best_score:
             best_weight, best_score = weight, score

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import metrics_by_group  # noqa: E402
 from training.finetune import LabeledImages, load_images_with_masks  # noqa: E402
-from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.hybrid import TorchPredictor, default_overlap, fuse_branches, load_run  # noqa: E402
 
 Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
 
@@ -95,7 +95,7 @@ def main() -> None:
     for tta in (False, True) if args.tta else (False,):
         branches = [branch_maps(predictor, image, tta) for image in data.images]
         for w in sorted({0.0, 0.25, 0.5, 0.75, 1.0, weight}):
-            fused = [1 - (1 - head) * (1 - w * anomaly) for head, anomaly in branches]
+            fused = [fuse_branches(head, anomaly, w) for head, anomaly in branches]
             label = f"{'8-view TTA, ' if tta else ''}w = {w:.2f}{' (the run’s)' if w == weight else ''}"
             print(f"{label:<26} {per_type(fused, data, run.thresholds)}")
 
