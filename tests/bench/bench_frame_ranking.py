@@ -1,0 +1,130 @@
+"""Is a defect missed on its own frame, or only when frames of other surfaces are pooled with it?
+
+Pixel AUROC pools every test frame: a defect pixel must outscore the normal pixels of *all* frames,
+those of coarser surfaces included. This bench scores each defective frame on its own (its defect
+pixels against its own normal pixels) for the head, the anomaly branch and the fused map, next to
+their mean probabilities inside and outside the defect. A branch that ranks a frame near 1.0 but
+whose defect probability sits below other surfaces' normal level loses the defect to the pooling,
+not to what it sees. With `--own-line-bank` the anomaly branch is also rebuilt from the defect-free
+training images of the frame's own line only (the run's options otherwise): if that changes
+nothing, retrieving the wrong surface's tiles is not the cause either.
+
+    python tests/bench/bench_frame_ranking.py --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
+        --data runs/s900/seed-1/splits/pool --labeled-defects 5 --seed 1 \
+        --test runs/s900/seed-1/splits/test --only-types foreign_blend --own-line-bank
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from training.data.labeled import load_labeled_set  # noqa: E402
+from training.finetune import (  # noqa: E402
+    FinetuneConfig,
+    add_anomaly_branch,
+    load_images_with_masks,
+    select_samples,
+    split_train_val,
+)
+from training.hybrid import InspectionModel, RunModel, TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.metrics import auroc  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
+    parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
+    parser.add_argument("--only-types", default="", help="defective frames of these types only")
+    parser.add_argument("--own-line-bank", action="store_true",
+                        help="also score with a bank of the frame's line only")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="with --own-line-bank: the run's training folder")
+    parser.add_argument("--labeled-defects", type=int, default=None,
+                        help="with --own-line-bank: as given to finetune")
+    parser.add_argument("--seed", type=int, default=0, help="with --own-line-bank: as given to finetune")
+    parser.add_argument("--bank-size", type=int, default=2048,
+                        help="with --own-line-bank: as given to finetune")
+    return parser.parse_args()
+
+
+def predictor_of(run: RunModel, model: InspectionModel) -> TorchPredictor:
+    return TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+
+
+def fused_and_branches(model: InspectionModel, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    p_head, p_anomaly = model.branch_probabilities(tiles)
+    return model.fuse(p_head, p_anomaly), p_head, p_anomaly
+
+
+def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchPredictor]:
+    """Per line, the run's model, its anomaly branch rebuilt from the line's defect-free training images."""
+    if args.data is None:
+        raise SystemExit("--own-line-bank needs --data (and --labeled-defects, --seed) of the run")
+    config = FinetuneConfig(backbone="", data=args.data, out=args.run, image_size=run.tile,
+                            labeled_defects=args.labeled_defects, seed=args.seed)
+    anomaly = run.model.anomaly
+    setting = replace(config, anomaly_features=anomaly.source, anomaly_stride=anomaly.stride,
+                      anomaly_context=anomaly.context, neighbour_tiles=anomaly.config["neighbour_tiles"],
+                      bank_size=args.bank_size)
+    train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
+    train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
+    normal = [(s.line, image) for s, image, mask in zip(train.samples, train.images, train.masks)
+              if not mask.any()]
+    predictors = {}
+    for line in sorted({line for line, _ in normal}):
+        model = copy.deepcopy(run.model)
+        predictor = predictor_of(run, model)
+        own = [image for owner, image in normal if owner == line]
+        add_anomaly_branch(model, predictor, own, val, setting, run.mean, run.std, torch.device("cpu"))
+        predictors[line] = predictor
+    return predictors
+
+
+def frame_cells(probability: np.ndarray, defect: np.ndarray) -> str:
+    """Mean probability inside / outside the defect, and the frame's own pixel AUROC."""
+    frame_auroc = auroc(probability.ravel(), defect.ravel())
+    return f"{probability[defect].mean():.3f} / {probability[~defect].mean():.3f} / {frame_auroc:.3f}"
+
+
+@torch.no_grad()
+def main() -> None:
+    args = parse_args()
+    run = load_run(args.run)
+    if run.model.kind != "hybrid":
+        raise SystemExit(f"{args.run} is a {run.model.kind} run; this bench compares a hybrid's branches")
+    types = {t for t in args.only_types.split(",") if t}
+    samples = [s for s in load_labeled_set(args.test).samples
+               if s.defective and (not types or types & set(s.defect_types))]
+    test = load_images_with_masks(samples)
+    predictor = predictor_of(run, run.model)
+    per_line = own_line_models(run, args) if args.own_line_bank else {}
+    header = "| frame | types | defect share | fused | head | anomaly branch |"
+    header += " anomaly, own line's bank |" if per_line else ""
+    print("Cells: mean probability inside / outside the defect / the frame's own pixel AUROC.\n")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for sample, image, mask in zip(test.samples, test.images, test.masks):
+        defect = mask.astype(bool)
+        fused, head, anomaly = predictor.predict_outputs(image, partial(fused_and_branches, run.model))
+        row = (f"| {sample.stem} | {', '.join(sample.defect_types)} | {defect.mean():.2f} "
+               f"| {frame_cells(fused, defect)} | {frame_cells(head, defect)} "
+               f"| {frame_cells(anomaly, defect)} |")
+        if per_line:
+            own = per_line[sample.line]
+            _, own_anomaly = own.predict_outputs(image, own.model.branch_probabilities)
+            row += f" {frame_cells(own_anomaly, defect)} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
