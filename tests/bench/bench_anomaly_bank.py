@@ -30,16 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.run_split import fused_and_branches, rebuild_split  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import metrics_by_group  # noqa: E402
-from training.finetune import (  # noqa: E402
-    FinetuneConfig,
-    add_anomaly_branch,
-    load_images_with_masks,
-    select_samples,
-    split_train_val,
-)
-from training.hybrid import InspectionModel, TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
+from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
 from training.models import anomaly as anomaly_module  # noqa: E402
 
 
@@ -71,22 +66,13 @@ def cells(metrics: dict) -> str:
     return f"{metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
 
 
-def fused_and_anomaly(model: InspectionModel, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own fused map (what its forward returns) and its anomaly branch, from one pass over the tiles."""
-    p_head, p_anomaly = model.branch_probabilities(tiles)
-    return model.fuse(p_head, p_anomaly), p_anomaly
-
-
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
     run = load_run(args.run)
     if run.model.kind != "hybrid":
         raise SystemExit(f"{args.run} is a {run.model.kind} run; this bench rebuilds a hybrid's anomaly branch")
-    config = FinetuneConfig(backbone="", data=args.data, out=args.run, image_size=run.tile,
-                            labeled_defects=args.labeled_defects, seed=args.seed)
-    train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
-    train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
+    config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     normal_train = [image for image, mask in zip(train.images, train.masks) if not mask.any()]
     types = {t for t in args.only_types.split(",") if t}
     test = load_images_with_masks([s for s in load_labeled_set(args.test).samples
@@ -107,7 +93,7 @@ def main() -> None:
         add_anomaly_branch(model, predictor, normal_train, val, setting, run.mean, run.std, torch.device("cpu"))
         # Fused per tile, as the model's forward does, before the tiles are blended: fusing the blended
         # branch maps instead is not the served map wherever tiles overlap.
-        maps = [predictor.predict_outputs(image, partial(fused_and_anomaly, model)) for image in test.images]
+        maps = [predictor.predict_outputs(image, partial(fused_and_branches, model))[::2] for image in test.images]
         scored = {
             "fused": metrics_by_group([f for f, _ in maps], test.masks, test_types, run.thresholds),
             "anomaly": metrics_by_group([a for _, a in maps], test.masks, test_types, run.thresholds),

@@ -28,14 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.run_split import fused_and_branches, rebuild_split  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
-from training.finetune import (  # noqa: E402
-    FinetuneConfig,
-    add_anomaly_branch,
-    load_images_with_masks,
-    select_samples,
-    split_train_val,
-)
+from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
 from training.hybrid import InspectionModel, RunModel, TorchPredictor, default_overlap, load_run  # noqa: E402
 from training.metrics import auroc  # noqa: E402
 
@@ -61,23 +56,15 @@ def predictor_of(run: RunModel, model: InspectionModel) -> TorchPredictor:
     return TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
 
 
-def fused_and_branches(model: InspectionModel, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    p_head, p_anomaly = model.branch_probabilities(tiles)
-    return model.fuse(p_head, p_anomaly), p_head, p_anomaly
-
-
 def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchPredictor]:
     """Per line, the run's model, its anomaly branch rebuilt from the line's defect-free training images."""
     if args.data is None:
         raise SystemExit("--own-line-bank needs --data (and --labeled-defects, --seed) of the run")
-    config = FinetuneConfig(backbone="", data=args.data, out=args.run, image_size=run.tile,
-                            labeled_defects=args.labeled_defects, seed=args.seed)
+    config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     anomaly = run.model.anomaly
     setting = replace(config, anomaly_features=anomaly.source, anomaly_stride=anomaly.stride,
                       anomaly_context=anomaly.context, neighbour_tiles=anomaly.config["neighbour_tiles"],
                       bank_size=args.bank_size)
-    train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
-    train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
     normal = [(s.line, image) for s, image, mask in zip(train.samples, train.images, train.masks)
               if not mask.any()]
     predictors = {}

@@ -1,0 +1,32 @@
+"""Shared by the benches that re-score a trained hybrid run: its training split rebuilt, its maps per tile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from training.finetune import (
+    FinetuneConfig,
+    LabeledImages,
+    load_images_with_masks,
+    select_samples,
+    split_train_val,
+)
+from training.hybrid import InspectionModel, RunModel
+
+
+def rebuild_split(
+    run: RunModel, run_dir: Path, data: Path, labeled_defects: int | None, seed: int
+) -> tuple[FinetuneConfig, LabeledImages, LabeledImages]:
+    """The run's finetune config (data, labels per line, seed as given to finetune) and its train/val split."""
+    config = FinetuneConfig(backbone="", data=data, out=run_dir, image_size=run.tile,
+                            labeled_defects=labeled_defects, seed=seed)
+    train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
+    return config, load_images_with_masks(train_samples), load_images_with_masks(val_samples)
+
+
+def fused_and_branches(model: InspectionModel, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The model's fused map (what its forward returns), its head and its anomaly branch, in one pass."""
+    p_head, p_anomaly = model.branch_probabilities(tiles)
+    return model.fuse(p_head, p_anomaly), p_head, p_anomaly
