@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.data.labeled import LabeledSample
+from training.errors import UserError
 from training.finetune import FinetuneConfig, focal_dice_loss, split_train_val
+from training.fit_normal import check_anomaly_options
 from training.hybrid import load_run
 from training.study import StudyConfig
 
@@ -32,30 +34,43 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels,
     # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all). By
-    # default a row is the 3x3 mean plus the 15x15 mean and std: three times the encoder's channels.
-    assert run.model.anomaly.source == "conv" and run.model.anomaly.context == 15
-    banks = run.model.anomaly.scorer.tile_banks
-    assert banks.shape[1:] == (32 // 4, 3 * run.model.segmentation.config["widths"][1])
+    # default a row is the 3x3 mean plus the 15x15 mean and std of the encoder's channels and of the
+    # image's 3 pixel channels (weighted by 4): three times (channels + 3).
+    anomaly = run.model.anomaly
+    assert anomaly.source == "conv" and anomaly.context == 15 and anomaly.pixel_weight == 4.0
+    banks = anomaly.scorer.tile_banks
+    assert banks.shape[1:] == (32 // 4, 3 * (run.model.segmentation.config["widths"][1] + 3))
     assert run.model.anomaly.scorer.neighbours == min(4, banks.shape[0])
     features = run.model.anomaly_features(torch.zeros(2, 3, 32, 32))
     assert features.shape[-2:] == (16, 16)
 
 
-@pytest.mark.parametrize(("features", "context", "expected"), [
-    ("conv", None, 15),  # the hybrid's default: bank rows with the 15x15 texture statistics
-    ("conv", 0, 0),
-    ("conv", 5, 5),
-    ("vit", None, 0),  # patch tokens keep plain rows unless asked
-    ("vit", 7, 7),
+@pytest.mark.parametrize(("option", "features", "given", "expected"), [
+    ("anomaly_context", "conv", None, 15),  # the hybrid's default: bank rows with the 15x15 texture statistics
+    ("anomaly_context", "conv", 0, 0),
+    ("anomaly_context", "conv", 5, 5),
+    ("anomaly_context", "vit", None, 0),  # patch tokens keep plain rows unless asked
+    ("anomaly_context", "vit", 7, 7),
+    ("anomaly_pixel_weight", "conv", None, 4.0),  # the hybrid's default: bank rows carry the pixels, weighted by 4
+    ("anomaly_pixel_weight", "conv", 0.0, 0.0),
+    ("anomaly_pixel_weight", "vit", None, 0.0),  # patch tokens were never measured with them
+    ("anomaly_pixel_weight", "vit", 2.0, 2.0),
 ])
-def test_context_default_follows_the_features(features: str, context: int | None, expected: int) -> None:
+def test_anomaly_defaults_follow_the_features(option: str, features: str, given: float | None, expected: float) -> None:
     config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), anomaly_features=features,
-                            anomaly_context=context)
-    assert config.anomaly_context == expected
+                            **{option: given})
     # The study resolves it the same way, so its cache signatures and report name what finetune used.
     study = StudyConfig(backbones=("random:test_vit3",), data=Path("data"), out=Path("out"),
-                        anomaly_features=features, anomaly_context=context)
-    assert study.anomaly_context == expected
+                        anomaly_features=features, **{option: given})
+    assert getattr(config, option) == getattr(study, option) == expected
+
+
+def test_negative_pixel_weight_is_a_one_line_error(tmp_path: Path) -> None:
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(tmp_path),
+                                         "--out", str(tmp_path / "run"), "--anomaly-pixel-weight", "-1"])
+    assert result.exit_code == 2 and "--anomaly-pixel-weight" in result.output
+    with pytest.raises(UserError, match="--anomaly-pixel-weight"):
+        check_anomaly_options("conv", pixel_weight=-1.0)
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 11), (0, 0), (5, 5)])
@@ -74,22 +89,31 @@ def test_default_finetune_trains_the_head_with_texture_context(tmp_path: Path) -
     assert head.config["context"] == 11 and head.decoder.context.window == 11
 
 
-@pytest.mark.parametrize(("source", "stride", "neighbours", "context"),
-                         [("vit", 1, 4, 0), ("conv", 1, 4, 0), ("conv", 2, 2, 0), ("conv", 1, 0, 0), ("conv", 2, 4, 5)])
-def test_anomaly_branch_sources_round_trip(tmp_path: Path, source: str, stride: int, neighbours: int, context: int) -> None:
+@pytest.mark.parametrize(("source", "stride", "neighbours", "context", "pixels"), [
+    ("vit", 1, 4, 0, 0.0), ("vit", 1, 4, 0, 2.0), ("conv", 1, 4, 0, 0.0), ("conv", 2, 2, 0, 4.0),
+    ("conv", 1, 0, 0, 4.0), ("conv", 2, 4, 5, 4.0),
+])
+def test_anomaly_branch_sources_round_trip(
+    tmp_path: Path, source: str, stride: int, neighbours: int, context: int, pixels: float
+) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
     result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
                                          str(tmp_path / "run"), "--anomaly-features", source, "--anomaly-stride",
                                          str(stride), "--neighbour-tiles", str(neighbours),
-                                         "--anomaly-context", str(context), *TINY_FINETUNE_ARGS])
+                                         "--anomaly-context", str(context), "--anomaly-pixel-weight", str(pixels),
+                                         *TINY_FINETUNE_ARGS])
     assert result.exit_code == 0, result.output
     model = load_run(tmp_path / "run").model
     assert model.anomaly.source == source and model.anomaly.stride == stride and model.anomaly.context == context
+    assert model.anomaly.pixel_weight == pixels
     assert (model.anomaly.config["neighbour_tiles"] > 0) == (neighbours > 0)
-    if source == "conv":  # one query per 2x2 pixels, or per 4x4 with stride 2; context triples the channels
-        features = model.anomaly_features(torch.zeros(1, 3, 32, 32))
-        assert features.shape[-1] == 16 // stride
-        assert features.shape[1] == model.segmentation.config["widths"][1] * (3 if context else 1)
+    # Conv: one query per 2x2 pixels, or per 4x4 with stride 2; ViT: one per patch. The pixels add 3
+    # channels, and the context triples them all.
+    features = model.anomaly_features(torch.zeros(1, 3, 32, 32))
+    grid, width = (16, model.segmentation.config["widths"][1]) if source == "conv" else (2, None)
+    assert features.shape[-1] == grid // stride
+    if width is not None:
+        assert features.shape[1] == (width + (3 if pixels else 0)) * (3 if context else 1)
     tiles = torch.randn(3, 3, 32, 32)
     p_head, p_anomaly = model.branch_probabilities(tiles)
     fused = 1 - (1 - p_head) * (1 - model.fusion_weight * p_anomaly)

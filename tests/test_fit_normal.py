@@ -122,6 +122,40 @@ def test_context_sees_a_smooth_patch_that_every_3x3_mean_hides() -> None:
     assert separation[0] < 0.0 < separation[7]
 
 
+def test_pixels_reveal_a_pale_stain_that_edge_features_miss() -> None:
+    """A stain that brightens the surface: learned edge-like filters (here a horizontal difference of
+    the image) answer the same inside it, the pixels themselves do not."""
+    generator = torch.Generator().manual_seed(8)
+    normal = torch.randn(4, 3, 32, 32, generator=generator) * 0.3
+    query = torch.randn(1, 3, 32, 32, generator=generator) * 0.3
+    query[..., 8:24, 8:24] += 1.5
+
+    def edges(images: torch.Tensor) -> torch.Tensor:  # an offset cancels in a difference of neighbours
+        return F.avg_pool2d(images[..., 1:] - images[..., :-1], 2, ceil_mode=True)[..., :16]
+
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[12:20, 12:20] = True
+    separation = {}
+    for weight in (0.0, 2.0):
+        head = AnomalyHead(torch.zeros(1, 1), (0,), source="conv", blur_sigma=0.5, pixel_weight=weight)
+        rows = head.local_features(head.with_pixels(edges(normal), normal))
+        head.set_memory_bank(rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[1]))
+        score = head.raw_score((32, 32), head.with_pixels(edges(query), query))[0, 0]
+        separation[weight] = float(score[inside].mean() - score[~inside].mean())
+    assert abs(separation[0.0]) < 0.1 < separation[2.0]
+
+
+def test_pixels_are_the_weighted_image_averaged_to_the_feature_grid() -> None:
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    features = torch.ones(2, 5, 4, 4)
+    assert torch.equal(AnomalyHead(torch.zeros(1, 1), (0,)).with_pixels(features, images), features)
+    with_pixels = AnomalyHead(torch.zeros(1, 1), (0,), pixel_weight=3.0).with_pixels(features, images)
+    assert with_pixels.shape == (2, 8, 4, 4)
+    torch.testing.assert_close(with_pixels[:, 5:], 3.0 * F.avg_pool2d(images, 2))
+    with pytest.raises(ValueError, match="pixel_weight"):
+        AnomalyHead(torch.zeros(1, 1), (0,), pixel_weight=-1.0)
+
+
 def test_context_window_must_be_odd() -> None:
     for window in (1, 4, -3):
         with pytest.raises(ValueError, match="odd"):

@@ -145,6 +145,7 @@ def test_rerun_reuses_finished_models(study_run: tuple[Path, Path, str]) -> None
     ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
     ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
     ("--bank-size", "512", "bank_size", 512, "512 rows per query"),
+    ("--anomaly-pixel-weight", "0", "anomaly_pixel_weight", 0.0, "texture statistics; hybrid head"),
     ("--head-context", "5", "head_context", 5, "hybrid head with a 5x5 texture-context block"),
 ])
 def test_other_anomaly_branch_retrains_only_the_hybrids(

@@ -43,7 +43,7 @@ from training.hybrid import (
     save_run,
 )
 from training.metrics import best_f1_threshold, image_scores, segmentation_summary
-from training.models.anomaly import default_context
+from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import (
     SegmentationHead,
@@ -77,6 +77,8 @@ class FinetuneConfig:
     anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
     # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: DEFAULT_CONTEXT of the features
     anomaly_context: int | None = None
+    # w > 0: bank rows also carry the image's pixels, weighted by w (pale stains); None: DEFAULT_PIXEL_WEIGHT
+    anomaly_pixel_weight: float | None = None
     bank_size: int = 2048
     head_context: int | None = None  # the head's TextureContext window at 1/4 resolution (0: none; None: the default)
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
@@ -89,6 +91,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         # Resolved once here, so everything downstream (and the saved run) sees a plain number.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
+        object.__setattr__(self, "anomaly_pixel_weight",
+                           default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
         object.__setattr__(self, "head_context", default_head_context(self.head_context))
 
     @property
@@ -291,7 +295,8 @@ def finetune(config: FinetuneConfig) -> dict:
     Raises:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
-    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context)
+    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context,
+                          config.anomaly_pixel_weight)
     check_head_options(config.head_context)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
@@ -368,7 +373,7 @@ def add_anomaly_branch(
         bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
         bank, calibration = [normal_train[i] for i in bank_idx], [normal_train[i] for i in calib_idx]
     model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride,
-                                       config.anomaly_context).to(device)
+                                       config.anomaly_context, config.anomaly_pixel_weight).to(device)
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
                      device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)

@@ -98,7 +98,9 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
-def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0) -> None:
+def check_anomaly_options(
+    features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0, pixel_weight: float = 0.0
+) -> None:
     """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
     if features not in ANOMALY_SOURCES:
         raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
@@ -110,12 +112,16 @@ def check_anomaly_options(features: str = "vit", stride: int = 1, neighbour_tile
         check_context(context)
     except ValueError:
         raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
+    if pixel_weight < 0:
+        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}")
 
 
-def empty_anomaly_head(backbone: torch.nn.Module, source: AnomalySource, stride: int = 1, context: int = 0) -> AnomalyHead:
+def empty_anomaly_head(
+    backbone: torch.nn.Module, source: AnomalySource, stride: int = 1, context: int = 0, pixel_weight: float = 0.0
+) -> AnomalyHead:
     """An anomaly head reading `source` features of `backbone`'s mid-level blocks, its bank still to fill."""
     return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride,
-                       context=context)
+                       context=context, pixel_weight=pixel_weight)
 
 
 @torch.no_grad()

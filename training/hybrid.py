@@ -79,7 +79,7 @@ class InspectionModel(nn.Module):
         p_head = torch.sigmoid(self.segmentation.decode(encoded, maps)) if encoded is not None else None
         p_anomaly = None
         if self.anomaly is not None:
-            p_anomaly = self.anomaly(images.shape[-2:], self._anomaly_features(maps, encoded))
+            p_anomaly = self.anomaly(images.shape[-2:], self._anomaly_features(images, maps, encoded))
         return p_head, p_anomaly
 
     def anomaly_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,16 +95,19 @@ class InspectionModel(nn.Module):
         if self.anomaly is None:
             raise ValueError("this model has no anomaly head")
         if self.anomaly.source == "vit":
-            return self._anomaly_features(vit_feature_maps(self.backbone, images, self.anomaly.feature_blocks), None)
-        return self._anomaly_features({}, self.segmentation.encode(images))
+            maps = vit_feature_maps(self.backbone, images, self.anomaly.feature_blocks)
+            return self._anomaly_features(images, maps, None)
+        return self._anomaly_features(images, {}, self.segmentation.encode(images))
 
-    def _anomaly_features(self, maps: dict[int, torch.Tensor], encoded: EncodedImage | None) -> torch.Tensor:
+    def _anomaly_features(self, images: torch.Tensor, maps: dict[int, torch.Tensor], encoded: EncodedImage | None) -> torch.Tensor:
         """The anomaly branch's input before its neighbourhood averaging."""
         if self.anomaly.source == "vit":
-            return torch.cat([maps[b] for b in self.anomaly.feature_blocks], dim=1)
-        if encoded is None:
+            features = torch.cat([maps[b] for b in self.anomaly.feature_blocks], dim=1)
+        elif encoded is None:
             raise ValueError("conv anomaly features need the segmentation head's encoder")
-        return encoded.half
+        else:
+            features = encoded.half
+        return self.anomaly.with_pixels(features, images)
 
     def segmentation_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The supervised head's logits (what fine-tuning trains)."""
@@ -245,7 +248,8 @@ def _assemble(backbone: VisionTransformer, payload: dict[str, Any]) -> Inspectio
         cfg = payload["anomaly"]
         anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],
                               source=cfg.get("source", "vit"), stride=cfg.get("stride", 1),  # older runs: vit, 1, 0
-                              neighbour_tiles=cfg.get("neighbour_tiles", 0), context=cfg.get("context", 0))
+                              neighbour_tiles=cfg.get("neighbour_tiles", 0), context=cfg.get("context", 0),
+                              pixel_weight=cfg.get("pixel_weight", 0.0))
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
 
 

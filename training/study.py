@@ -47,7 +47,7 @@ from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, check_head_options, load_images_with_masks
 from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
-from training.models.anomaly import default_context
+from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.models.segmentation import default_head_context
 from training.study_report import write_study
@@ -81,6 +81,8 @@ class StudyConfig:
         neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
         anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none;
             None: finetune's default for `anomaly_features`, resolved at construction).
+        anomaly_pixel_weight: Weight of the image's pixels in the hybrid's bank rows (0: none; None:
+            finetune's default for `anomaly_features`, resolved at construction).
         head_context: Window K of the hybrid head's texture-context block (0: none; None: finetune's
             default, resolved at construction).
         bank_size: Memory-bank rows a hybrid's query meets.
@@ -103,6 +105,7 @@ class StudyConfig:
     anomaly_features: str = "conv"
     neighbour_tiles: int = 4
     anomaly_context: int | None = None  # None: the finetune default for the features
+    anomaly_pixel_weight: float | None = None  # None: the finetune default for the features
     head_context: int | None = None  # None: finetune's default
     bank_size: int = 2048
     copy_paste: float = 0.0
@@ -112,6 +115,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         # Resolved here so the saved study, its cache signatures and its report name the window used.
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
+        object.__setattr__(self, "anomaly_pixel_weight",
+                           default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
         object.__setattr__(self, "head_context", default_head_context(self.head_context))
 
     @property
@@ -381,6 +386,7 @@ def _train_hybrid(
             anomaly_features=config.anomaly_features,
             neighbour_tiles=config.neighbour_tiles,
             anomaly_context=config.anomaly_context,
+            anomaly_pixel_weight=config.anomaly_pixel_weight,
             head_context=config.head_context,
             bank_size=config.bank_size,
             copy_paste=config.copy_paste,
@@ -641,6 +647,7 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
         "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
         "anomaly_context": config.anomaly_context if job.model == "hybrid" else None,
+        "anomaly_pixel_weight": config.anomaly_pixel_weight if job.model == "hybrid" else None,
         "head_context": config.head_context if job.model == "hybrid" else None,
         "bank_size": config.bank_size if job.model == "hybrid" else None,
         "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
@@ -672,7 +679,8 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
-    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context)
+    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context,
+                          pixel_weight=config.anomaly_pixel_weight)
     check_head_options(config.head_context)
 
 

@@ -46,6 +46,11 @@ def _context_words(config: dict) -> str:
     return f", bank rows with {window}x{window} texture statistics" if window else ""
 
 
+def _pixel_words(config: dict) -> str:
+    weight = config.get("anomaly_pixel_weight", 0.0)  # studies before the option had none
+    return f" and the image's pixels at weight {weight:g}" if weight else ""
+
+
 def _head_context_words(config: dict) -> str:
     window = config.get("head_context", 0)  # studies before the option had none
     return f"; hybrid head with a {window}x{window} texture-context block at 1/4 resolution" if window else ""
@@ -64,7 +69,7 @@ def render_markdown(study: dict) -> str:
         f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
         f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}; "
         f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features, {_bank_words(config)}"
-        f"{_context_words(config)}{_head_context_words(config)}{_copy_paste_words(config)}."
+        f"{_context_words(config)}{_pixel_words(config)}{_head_context_words(config)}{_copy_paste_words(config)}."
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]

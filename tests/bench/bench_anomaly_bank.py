@@ -8,7 +8,8 @@ per tile, as its forward does) and the anomaly branch alone, overall and per def
 run's own settings it reproduces the cell `label-study` reports for that run. The head is not
 retrained, so settings differ only in the bank. `--context` also varies what a bank row describes:
 the 3x3 mean of the conv features alone (0), or with the mean and standard deviation over a larger
-KxK window (`finetune --anomaly-context K`).
+KxK window (`finetune --anomaly-context K`); `--pixel-weights` whether the image's own pixels join
+the features, and at which weight (`finetune --anomaly-pixel-weight W`).
 Prints a table and writes JSON.
 
     python tests/bench/bench_anomaly_bank.py \
@@ -30,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import fused_and_branches, rebuild_split  # noqa: E402
+from tests.bench.run_split import fused_and_branches, rebuild_split, run_split_parser  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import metrics_by_group  # noqa: E402
 from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
@@ -39,27 +40,28 @@ from training.models import anomaly as anomaly_module  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
-    parser.add_argument("--data", type=Path, required=True, help="the labeled folder the run was trained on")
-    parser.add_argument("--labeled-defects", type=int, default=None, help="as given to finetune")
-    parser.add_argument("--seed", type=int, default=0, help="as given to finetune")
-    parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
+    parser = run_split_parser(__doc__)
     parser.add_argument("--only-types", default="", help="score only these defect types (+ defect-free images)")
     parser.add_argument("--neighbour-tiles", default="0,4", help="settings to compare, e.g. 0,1,2,4,8")
     parser.add_argument("--bank-sizes", default="2048", help="rows a query meets, e.g. 1024,2048,4096")
     parser.add_argument("--blur", default="", help="smoothing sigmas in pixels to compare (default: the product's)")
     parser.add_argument("--context", default="", help="texture-statistics windows to compare, e.g. 0,7,11 "
                         "(0: the 3x3 mean alone; default: the run's own)")
+    parser.add_argument("--pixel-weights", default="",
+                        help="weights of the image's pixels in the bank rows to compare, e.g. 0,2,4 (default: the run's)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
 
-def settings(args: argparse.Namespace, run_context: int) -> list[tuple[int, int, float | None, int]]:
+Setting = tuple[int, int, float | None, int, float]  # neighbour tiles, bank rows, blur, context, pixel weight
+
+
+def settings(args: argparse.Namespace, run_context: int, run_pixels: float) -> list[Setting]:
     blurs = [float(b) for b in args.blur.split(",") if b] or [None]
     contexts = [int(c) for c in args.context.split(",") if c] or [run_context]
-    return [(int(k), int(size), blur, context) for k in args.neighbour_tiles.split(",")
-            for size in args.bank_sizes.split(",") for blur in blurs for context in contexts]
+    pixel_weights = [float(w) for w in args.pixel_weights.split(",") if w] or [run_pixels]
+    return [(int(k), int(size), blur, context, pixels) for k in args.neighbour_tiles.split(",")
+            for size in args.bank_sizes.split(",") for blur in blurs for context in contexts for pixels in pixel_weights]
 
 
 def cells(metrics: dict) -> str:
@@ -80,16 +82,17 @@ def main() -> None:
     test_types = [s.defect_types for s in test.samples]
 
     results = []
-    print("| neighbour tiles | bank rows | blur | context | fused | anomaly branch alone | weakest type (fused) |")
-    print("|---|---|---|---|---|---|---|")
-    for neighbours, bank_size, blur, context in settings(args, run.model.anomaly.context):
+    print("| neighbour tiles | bank rows | blur | context | pixel weight | fused | anomaly branch alone | weakest type (fused) |")
+    print("|---|---|---|---|---|---|---|---|")
+    anomaly = run.model.anomaly
+    for neighbours, bank_size, blur, context, pixels in settings(args, anomaly.context, anomaly.pixel_weight):
         model = copy.deepcopy(run.model)
         if blur is not None:  # the head takes its smoothing from the per-source default
             anomaly_module.DEFAULT_BLUR[model.anomaly.source] = blur
         predictor = TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
         setting = replace(config, neighbour_tiles=neighbours, bank_size=bank_size,
                           anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride,
-                          anomaly_context=context)
+                          anomaly_context=context, anomaly_pixel_weight=pixels)
         add_anomaly_branch(model, predictor, normal_train, val, setting, run.mean, run.std, torch.device("cpu"))
         # Fused per tile, as the model's forward does, before the tiles are blended: fusing the blended
         # branch maps instead is not the served map wherever tiles overlap.
@@ -100,10 +103,10 @@ def main() -> None:
         }
         per_type = scored["fused"]["per_defect_type"]
         weakest = min(per_type, key=lambda t: per_type[t]["pixel_auroc"])
-        print(f"| {neighbours} | {bank_size} | {model.anomaly.config['blur_sigma']:g} | {context} | {cells(scored['fused'])} "
+        print(f"| {neighbours} | {bank_size} | {model.anomaly.config['blur_sigma']:g} | {context} | {pixels:g} | {cells(scored['fused'])} "
               f"| {cells(scored['anomaly'])} | {weakest} {cells(per_type[weakest])} |", flush=True)
         results.append({"neighbour_tiles": neighbours, "bank_size": bank_size, "blur": model.anomaly.config["blur_sigma"],
-                        "context": context,
+                        "context": context, "pixel_weight": pixels,
                         "fusion_weight": float(model.fusion_weight), **scored})
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -14,6 +15,17 @@ from training.finetune import (
     split_train_val,
 )
 from training.hybrid import InspectionModel, RunModel
+
+
+def run_split_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A bench's parser with the options that name a run and rebuild its split (as given to finetune)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
+    parser.add_argument("--data", type=Path, required=True, help="the labeled folder the run was trained on")
+    parser.add_argument("--labeled-defects", type=int, default=None, help="as given to finetune")
+    parser.add_argument("--seed", type=int, default=0, help="as given to finetune")
+    parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
+    return parser
 
 
 def rebuild_split(

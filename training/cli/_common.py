@@ -21,6 +21,12 @@ AnomalyContextOpt = Annotated[int | None, typer.Option(
     "(odd K; 0: off). Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit.",
 )]
 
+AnomalyPixelWeightOpt = Annotated[float | None, typer.Option(
+    "--anomaly-pixel-weight", min=0.0, show_default=False,
+    help="Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale "
+    "stains and colour changes that learned features miss. Default: 4 on conv features, 0 on vit.",
+)]
+
 HeadContextOpt = Annotated[int | None, typer.Option(
     "--head-context", min=0, show_default=False,
     help="The head compares each 1/4-resolution position with the mean and std of the KxK window around "

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import AnomalyContextOpt, CopyPasteOpt, HeadContextOpt, user_errors
+from training.cli._common import (
+    AnomalyContextOpt,
+    AnomalyPixelWeightOpt,
+    CopyPasteOpt,
+    HeadContextOpt,
+    user_errors,
+)
 
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
@@ -47,6 +53,7 @@ def finetune(
         "--anomaly-stride", help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).",
     )] = 1,
     anomaly_context: AnomalyContextOpt = None,
+    anomaly_pixel_weight: AnomalyPixelWeightOpt = None,
     head_context: HeadContextOpt = None,
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
@@ -66,7 +73,8 @@ def finetune(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
-        anomaly_context=anomaly_context, head_context=head_context, bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
+        anomaly_context=anomaly_context, anomaly_pixel_weight=anomaly_pixel_weight, head_context=head_context,
+        bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
         labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():

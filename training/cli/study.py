@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import AnomalyContextOpt, CopyPasteOpt, HeadContextOpt, user_errors
+from training.cli._common import (
+    AnomalyContextOpt,
+    AnomalyPixelWeightOpt,
+    CopyPasteOpt,
+    HeadContextOpt,
+    user_errors,
+)
 
 Opt = typer.Option
 
@@ -57,6 +63,7 @@ def label_study(
         help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
     )] = 4,
     anomaly_context: AnomalyContextOpt = None,
+    anomaly_pixel_weight: AnomalyPixelWeightOpt = None,
     head_context: HeadContextOpt = None,
     bank_size: Annotated[int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")] = 2048,
     copy_paste: CopyPasteOpt = 0.0,
@@ -94,6 +101,7 @@ def label_study(
             anomaly_features=anomaly_features,
             neighbour_tiles=neighbour_tiles,
             anomaly_context=anomaly_context,
+            anomaly_pixel_weight=anomaly_pixel_weight,
             head_context=head_context,
             bank_size=bank_size,
             copy_paste=copy_paste,

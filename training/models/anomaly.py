@@ -28,6 +28,11 @@ looks like some normal window. With `context` K a row also carries the mean and 
 of the features over the surrounding KxK window, i.e. the local texture statistics, which such a
 defect does change (measured in docs/BENCHMARKS.md §3).
 
+Learned features describe structure. A defect that only changes brightness or colour, such as a pale
+stain on gravel, leaves edge-like filters nearly unmoved, and was missed by both branches (frame AUROC
+near 0.5). With `pixel_weight` W the features also carry the image's own pixels (normalised RGB,
+averaged down to the feature grid, times W), so the rows' 3x3 means and window statistics see them too.
+
 Everything in `AnomalyHead.forward` is plain tensor algebra, so the bank is a constant of the
 exported graph and the nearest-neighbour search is MatMul + ReduceMin (retrieval adds TopK and
 Gather): d²(a, b) = ‖a‖² − 2 a·b + ‖b‖².
@@ -67,6 +72,18 @@ DEFAULT_CONTEXT: dict[str, int] = {"conv": 15, "vit": 0}
 def default_context(features: str, context: int | None) -> int:
     """The context window given, or the default for `features`."""
     return DEFAULT_CONTEXT.get(features, 0) if context is None else context
+
+
+# The hybrid's default weight of the image's own pixels in the bank rows (`AnomalyHead.with_pixels`;
+# docs/BENCHMARKS.md §3): on conv features pixel AUROC rose with the weight (0.958 → 0.965 / 0.970 / 0.971
+# at 0 / 2 / 4 / 8) while AUPRO fell (0.912 → 0.910 / 0.907 / 0.901); 4 keeps most of the one and AUPRO
+# well above 0.90. ViT tokens were never measured with them, so they keep none; `--anomaly-pixel-weight 0` is off.
+DEFAULT_PIXEL_WEIGHT: dict[str, float] = {"conv": 4.0, "vit": 0.0}
+
+
+def default_pixel_weight(features: str, weight: float | None) -> float:
+    """The pixel weight given, or the default for `features`."""
+    return DEFAULT_PIXEL_WEIGHT.get(features, 0.0) if weight is None else float(weight)
 
 
 def neighbourhood_mean(features: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -212,6 +229,9 @@ class AnomalyHead(nn.Module):
         neighbour_tiles: with per-tile banks, how many tiles' banks a query tile is scored against.
         context: 0, or an odd window K ≥ 3: rows also carry the KxK mean and standard deviation
             (`window_statistics`), three times the channels.
+        pixel_weight: 0, or the weight of the image's own pixels (normalised RGB, averaged down to the
+            feature grid) appended to the features `InspectionModel` hands the head: see
+            `with_pixels`.
     """
 
     def __init__(
@@ -225,9 +245,12 @@ class AnomalyHead(nn.Module):
         descriptors: torch.Tensor | None = None,
         neighbour_tiles: int = 0,
         context: int = 0,
+        pixel_weight: float = 0.0,
     ) -> None:
         super().__init__()
         check_context(context)
+        if pixel_weight < 0:
+            raise ValueError(f"pixel_weight must be 0 (off) or positive, got {pixel_weight}")
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"unknown anomaly feature source {source!r}; expected one of {ANOMALY_SOURCES}")
         blur_sigma = DEFAULT_BLUR[source] if blur_sigma is None else blur_sigma
@@ -235,6 +258,7 @@ class AnomalyHead(nn.Module):
             raise ValueError(f"stride must be at least 1, got {stride}")
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
         self.source, self.stride, self.context = source, int(stride), int(context)
+        self.pixel_weight = float(pixel_weight)
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma))
         # Logistic calibration p = sigmoid((score - center) / scale), fitted by `calibrate`.
         self.register_buffer("center", torch.tensor(0.0))
@@ -245,6 +269,7 @@ class AnomalyHead(nn.Module):
             "source": source,
             "stride": int(stride),
             "context": int(context),
+            "pixel_weight": float(pixel_weight),
         }
         self.set_memory_bank(memory_bank, descriptors, neighbour_tiles)  # adds the bank's shape to the config
 
@@ -268,6 +293,19 @@ class AnomalyHead(nn.Module):
         if not self.context:
             return local
         return torch.cat([local, window_statistics(features, self.context, self.stride)], dim=1)
+
+    def with_pixels(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """`features` `[N, C, h, w]` with the images' pixels, averaged down to `h`x`w` and weighted, appended.
+
+        Learned features describe structure; a change of brightness or colour alone (a pale stain on
+        gravel) can leave them nearly unchanged, since edge-like filters answer little to an offset.
+        The pixels themselves carry it, and with `context` so do their window mean and spread.
+        """
+        if not self.pixel_weight:
+            return features
+        factor = images.shape[-1] // features.shape[-1]
+        pixels = F.avg_pool2d(images, kernel_size=factor) if factor > 1 else images
+        return torch.cat([features, self.pixel_weight * pixels], dim=1)
 
     def set_memory_bank(
         self,
