@@ -31,11 +31,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import fused_and_branches, rebuild_split, run_split_parser  # noqa: E402
+from tests.bench.run_split import (  # noqa: E402
+    fused_and_branches,
+    load_hybrid_run,
+    predictor_of,
+    rebuild_split,
+    run_split_parser,
+)
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import metrics_by_group  # noqa: E402
 from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
-from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
 from training.models import anomaly as anomaly_module  # noqa: E402
 
 
@@ -71,9 +76,7 @@ def cells(metrics: dict) -> str:
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
-    run = load_run(args.run)
-    if run.model.kind != "hybrid":
-        raise SystemExit(f"{args.run} is a {run.model.kind} run; this bench rebuilds a hybrid's anomaly branch")
+    run = load_hybrid_run(args.run, "rebuilds a hybrid's anomaly branch")
     config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     normal_train = [image for image, mask in zip(train.images, train.masks) if not mask.any()]
     types = {t for t in args.only_types.split(",") if t}
@@ -89,7 +92,7 @@ def main() -> None:
         model = copy.deepcopy(run.model)
         if blur is not None:  # the head takes its smoothing from the per-source default
             anomaly_module.DEFAULT_BLUR[model.anomaly.source] = blur
-        predictor = TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+        predictor = predictor_of(run, model)
         setting = replace(config, neighbour_tiles=neighbours, bank_size=bank_size,
                           anomaly_features=model.anomaly.source, anomaly_stride=model.anomaly.stride,
                           anomaly_context=context, anomaly_pixel_weight=pixels)

@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import fused_and_branches, rebuild_split  # noqa: E402
+from tests.bench.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
-from training.hybrid import InspectionModel, RunModel, TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.hybrid import RunModel, TorchPredictor  # noqa: E402
 from training.metrics import auroc  # noqa: E402
 
 
@@ -50,10 +50,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bank-size", type=int, default=2048,
                         help="with --own-line-bank: as given to finetune")
     return parser.parse_args()
-
-
-def predictor_of(run: RunModel, model: InspectionModel) -> TorchPredictor:
-    return TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
 
 
 def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchPredictor]:
@@ -86,14 +82,12 @@ def frame_cells(probability: np.ndarray, defect: np.ndarray) -> str:
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
-    run = load_run(args.run)
-    if run.model.kind != "hybrid":
-        raise SystemExit(f"{args.run} is a {run.model.kind} run; this bench compares a hybrid's branches")
+    run = load_hybrid_run(args.run, "compares a hybrid's branches")
     types = {t for t in args.only_types.split(",") if t}
     samples = [s for s in load_labeled_set(args.test).samples
                if s.defective and (not types or types & set(s.defect_types))]
     test = load_images_with_masks(samples)
-    predictor = predictor_of(run, run.model)
+    predictor = predictor_of(run)
     per_line = own_line_models(run, args) if args.own_line_bank else {}
     header = "| frame | types | defect share | fused | head | anomaly branch |"
     header += " anomaly, own line's bank |" if per_line else ""

@@ -21,10 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.run_split import load_hybrid_run, predictor_of  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import metrics_by_group  # noqa: E402
 from training.finetune import LabeledImages, load_images_with_masks  # noqa: E402
-from training.hybrid import TorchPredictor, default_overlap, fuse_branches, load_run  # noqa: E402
+from training.hybrid import TorchPredictor, fuse_branches  # noqa: E402
 
 Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
 
@@ -73,14 +74,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="images listed per side")
     args = parser.parse_args()
 
-    run = load_run(args.run)
-    if run.model.kind != "hybrid":
-        raise SystemExit(f"{args.run} is a {run.model.kind} run; this benchmark needs a hybrid one")
+    run = load_hybrid_run(args.run, "needs a hybrid one")
     wanted = {t for t in args.only_types.split(",") if t}
     samples = [s for s in load_labeled_set(args.data).samples
                if not wanted or not s.defective or wanted & set(s.defect_types)]
     data = load_images_with_masks(samples)
-    predictor = TorchPredictor(run.model.eval(), tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    predictor = predictor_of(run)
     weight = float(run.model.fusion_weight)
 
     served = [predictor.predict(image) for image in data.images]

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import rebuild_split, run_split_parser  # noqa: E402
+from tests.bench.run_split import predictor_of, rebuild_split, run_split_parser  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.finetune import load_images_with_masks  # noqa: E402
-from training.hybrid import TorchPredictor, default_overlap, load_run  # noqa: E402
+from training.hybrid import load_run  # noqa: E402
 from training.metrics import aupro, auroc, image_scores  # noqa: E402
 
 EPS = 1e-6
@@ -102,7 +102,7 @@ def line_remaps(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str
 def main() -> None:
     args = parse_args()
     run = load_run(args.run)
-    predictor = TorchPredictor(run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    predictor = predictor_of(run)
     _, _, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     test = load_images_with_masks(load_labeled_set(args.test).samples)
     val_lines, test_lines = [s.line for s in val.samples], [s.line for s in test.samples]

@@ -14,7 +14,7 @@ from training.finetune import (
     select_samples,
     split_train_val,
 )
-from training.hybrid import InspectionModel, RunModel
+from training.hybrid import InspectionModel, RunModel, TorchPredictor, default_overlap, load_run
 
 
 def run_split_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -26,6 +26,20 @@ def run_split_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="as given to finetune")
     parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
     return parser
+
+
+def load_hybrid_run(run_dir: Path, purpose: str) -> RunModel:
+    """The run at `run_dir`; exits with a message unless it is a hybrid (what `purpose` needs)."""
+    run = load_run(run_dir)
+    if run.model.kind != "hybrid":
+        raise SystemExit(f"{run_dir} is a {run.model.kind} run; this bench {purpose}")
+    return run
+
+
+def predictor_of(run: RunModel, model: InspectionModel | None = None) -> TorchPredictor:
+    """Whole-frame prediction with `model` (default: the run's own) at the run's tile and normalisation."""
+    return TorchPredictor(run.model if model is None else model, tile=run.tile, overlap=default_overlap(run.tile),
+                          mean=run.mean, std=run.std)
 
 
 def rebuild_split(
