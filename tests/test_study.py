@@ -141,6 +141,27 @@ def test_rerun_reuses_finished_models(study_run: tuple[Path, Path, str]) -> None
     assert json.loads((out / "study.json").read_text())["rows"] == before
 
 
+def test_a_job_alone_gives_the_row_it_gives_within_the_study(
+    study_run: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job seeds its own training, so one job run alone (here the held-out-type hybrid, with the
+    other jobs skipped) scores exactly as it does after the jobs before it."""
+    from training import study
+
+    data, out, _ = study_run
+    whole = json.loads((out / "study.json").read_text())["rows"]
+    plan = study.plan_jobs
+    monkeypatch.setattr(study, "plan_jobs", lambda config: [
+        job for job in plan(config) if job.model == "hybrid" and job.trained_on != "pool"
+    ])
+    result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(tmp_path), *TINY_STUDY_ARGS])
+    assert result.exit_code == 0, result.output
+    (alone,) = json.loads((tmp_path / "study.json").read_text())["rows"]
+    within = next(r for r in whole if r["model"] == "hybrid" and r["trained_on"] != "pool")
+    assert alone["evaluated_on"] == within["evaluated_on"] == "held-out-types"
+    assert alone["metrics"] == within["metrics"] and alone["thresholds"] == within["thresholds"]
+
+
 @pytest.mark.parametrize(("option", "value", "key", "stored", "words"), [
     ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
     ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
@@ -282,6 +303,14 @@ def test_summary_statistics_by_hand() -> None:
     markdown = render_summary_markdown(summary)
     assert "| hybrid · dino, 5 labels/line | all defect types | 2 | 0.850 ± 0.071 (0.800) |" in markdown
     assert "| U-Net from scratch, 5 labels/line | all defect types | 0.600 / 0.500 / 0.750 | — |" in markdown
+    assert "| stain |" in markdown
+
+    held_out_only = {seed: study(seed, 0.9, False) for seed in (1, 2)}
+    for record in held_out_only.values():
+        record["rows"][0]["evaluated_on"] = "held-out-types"
+    markdown = render_summary_markdown(summarize_seeds(held_out_only))
+    assert "| hybrid · dino, 5 labels/line | held-out types | 2 | 0.900 ± 0.000 (0.900) |" in markdown
+    assert "per defect type" not in markdown and "| model |  |" not in markdown  # no empty table
 
 
 def test_repeated_seed_is_a_one_line_error(tmp_path: Path) -> None:

@@ -129,7 +129,9 @@ def render_summary_markdown(summary: dict) -> str:
     if thin:
         title = f"Thin defects ({', '.join(sorted(THIN_DEFECT_TYPES))}, with the defect-free test images)"
         lines += ["", *_mean_table(title, thin, "thin_defects", tested_on="thin defects")]
-    lines += ["", *_per_type_table([r for r in rows if r["evaluated_on"] == "test"])]
+    per_type = _per_type_table([r for r in rows if r["evaluated_on"] == "test"])
+    if per_type:  # a summary of held-out-type rows alone has no all-types row to break down
+        lines += ["", *per_type]
     lines += ["", *_per_seed_table(rows, seeds)]
     return "\n".join(lines) + "\n"
 
@@ -168,7 +170,10 @@ def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None 
 
 
 def _per_type_table(rows: list[dict]) -> list[str]:
+    """Pixel AUROC per defect type; no table (an empty list) when no row names a type."""
     types = sorted({t for r in rows for t in r["per_defect_type"]})
+    if not types:
+        return []
     body = [
         f"| {_row_label(r)} | "
         + " | ".join(
