@@ -34,6 +34,7 @@ from training.models.anomaly import (
     AnomalySource,
     anomaly_feature_blocks,
     check_context,
+    check_pixel_weight,
     greedy_coreset,
     tile_descriptor,
 )
@@ -112,8 +113,10 @@ def check_anomaly_options(
         check_context(context)
     except ValueError:
         raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
-    if pixel_weight < 0:
-        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}")
+    try:
+        check_pixel_weight(pixel_weight)
+    except ValueError:
+        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}") from None
 
 
 def empty_anomaly_head(

@@ -249,8 +249,7 @@ class AnomalyHead(nn.Module):
     ) -> None:
         super().__init__()
         check_context(context)
-        if pixel_weight < 0:
-            raise ValueError(f"pixel_weight must be 0 (off) or positive, got {pixel_weight}")
+        check_pixel_weight(pixel_weight)
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"unknown anomaly feature source {source!r}; expected one of {ANOMALY_SOURCES}")
         blur_sigma = DEFAULT_BLUR[source] if blur_sigma is None else blur_sigma
@@ -347,6 +346,12 @@ def check_context(context: int) -> None:
     """0 (off) or an odd window of at least 3 positions, so the window is centred on its position."""
     if context != 0 and (context < 3 or context % 2 == 0):
         raise ValueError(f"the anomaly context window must be 0 (off) or an odd size of at least 3, got {context}")
+
+
+def check_pixel_weight(weight: float) -> None:
+    """0 (off) or positive; distances see only the weight's size, so a negative one is a slip, not a setting."""
+    if weight < 0:
+        raise ValueError(f"pixel_weight must be 0 (off) or positive, got {weight:g}")
 
 
 def _make_scorer(
