@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import exc as sa_exc
 
 from inspect_svc.schemas import InspectionCreate
+from inspect_svc.storage.local_sqlite import open_durable
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,10 @@ class ResultSpool:
     """
 
     def __init__(self, path: Path, *, max_items: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_items = max_items
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection = open_durable(path)
         self._connection.execute(
             "CREATE TABLE IF NOT EXISTS spooled ("
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
