@@ -29,12 +29,15 @@ from inspect_svc.metrics import ServiceMetrics
 from inspect_svc.middleware import BodyLimitMiddleware, MetricsMiddleware
 from inspect_svc.model_manager import ModelManager, open_bundle
 from inspect_svc.notify import Notifier, build_publishers
-from inspect_svc.service import ServiceState, ServiceUnavailable, store_spooled
+from inspect_svc.service import ServiceState, ServiceUnavailable, StorageUnwritable, store_spooled
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
 from inspect_svc.storage.blobstore import BlobStore
+from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory
+from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.spool import ResultSpool, SpoolReplayer
+from inspect_svc.storage.write_health import WriteHealth
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +83,12 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
     sessions = make_session_factory(db)
     spool = ResultSpool(settings.spool_path, max_items=settings.spool_max)
     models = ModelManager(settings, sessions, on_batch=lambda tiles, _seconds: metrics.observe_batch(tiles))
+    blobs = BlobStore(settings.blob_dir)
     service = ServiceState(
         settings=settings,
         db=db,
         sessions=sessions,
-        blobs=BlobStore(settings.blob_dir),
+        blobs=blobs,
         spool=spool,
         replayer=SpoolReplayer(spool, functools.partial(store_spooled, sessions)),
         notifier=Notifier(
@@ -94,9 +98,19 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
         ),
         metrics=metrics,
         models=models,
+        acknowledged=AcknowledgedFrames(
+            settings.frame_index_path,
+            max_age_s=settings.idempotency_window_s,
+            max_items=settings.idempotency_max_frames,
+        ),
+        known_keys=KnownCameraKeys(settings.camera_keys_path),
+        write_health=WriteHealth(
+            [settings.spool_path.parent, blobs.root], on_failure=metrics.storage_write_failures.inc
+        ),
     )
     metrics.watch_queue_depth(models.queue_depth)
     metrics.watch_spool(spool.depth, spool.rejected_count)
+    metrics.watch_storage(lambda: service.write_health.writable)
     await _start_model(models, settings)
     service.replayer.start()
     service.replayer.wake()  # results spooled before a restart are replayed first
@@ -135,6 +149,8 @@ async def _close_service(service: ServiceState) -> None:
     await service.replayer.stop()
     await service.notifier.stop()
     service.spool.close()
+    service.acknowledged.close()
+    service.known_keys.close()
     service.db.dispose()
 
 
@@ -199,4 +215,5 @@ def _overload_reason(error: Exception) -> str:
         DeadlineExceeded: "deadline",
         EngineNotReady: "not_ready",
         BatcherStopped: "not_ready",
+        StorageUnwritable: "storage",
     }.get(type(error), "unavailable")

@@ -57,6 +57,15 @@ class ServiceMetrics:
             "inspect_spool_rejected", "spooled results the database refused, set aside for an operator",
             registry=registry,
         )
+        self.storage_write_failures = Counter(
+            "inspect_storage_write_failures",
+            "local writes (blobs, spool, indexes, readiness probes) refused by a full or read-only disk",
+            registry=registry,
+        )
+        self.storage_writable = Gauge(
+            "inspect_storage_writable", "1 while the service's own disk takes writes, 0 while it refuses them",
+            registry=registry,
+        )
 
     def watch_queue_depth(self, read: Callable[[], float]) -> None:
         self.queue_depth.set_function(read)
@@ -64,6 +73,9 @@ class ServiceMetrics:
     def watch_spool(self, depth: Callable[[], float], rejected: Callable[[], float]) -> None:
         self.spool_depth.set_function(depth)
         self.spool_rejected.set_function(rejected)
+
+    def watch_storage(self, writable: Callable[[], bool]) -> None:
+        self.storage_writable.set_function(lambda: float(writable()))
 
     def observe_batch(self, size: int) -> None:
         """Engine hook: one ONNX Runtime run over `size` tiles."""

@@ -1,7 +1,13 @@
 """The inspection pipeline behind `POST /inspect`, and the service state the routers share.
 
 Order matters for durability: the image and map go to the blob store first, then the row (or, while
-the database is unreachable, the spool). A result is answered with 200 only once it is durable.
+the database is unreachable, the spool), then the local index of acknowledged frames. A result is
+answered with 200 only once all three are durable; a write the service's own disk refuses is answered
+with 503 and Retry-After, and the frame is not acknowledged.
+
+While the database is unreachable two local copies stand in for it: the acknowledged-frame index (a
+repeated frame gets its first result, never a second one) and the camera keys (a restarted service
+still knows its cameras and still refuses disabled keys).
 """
 
 from __future__ import annotations
@@ -37,15 +43,22 @@ from inspect_svc.security import hash_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStore
+from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
+from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.models import utc_now
 from inspect_svc.storage.spool import ResultSpool, SpoolFull, SpoolReplayer
+from inspect_svc.storage.write_health import LOCAL_WRITE_ERRORS, WriteHealth
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Line overrides and camera keys are re-read this often; within it, other workers' changes are not seen.
 CACHE_TTL_S = 5.0
+# The whole camera table is copied to the local key store at most this often (single keys on every read).
+KEY_COPY_INTERVAL_S = 30.0
+# A full or read-only disk is not fixed in a second: cameras should not hammer it.
+STORAGE_RETRY_AFTER_S = 30.0
 IMAGE_SUFFIX = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "tiff": ".tif"}
 IMAGE_MEDIA_TYPE = {"jpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "tiff": "image/tiff"}
 
@@ -56,6 +69,10 @@ class ServiceUnavailable(RuntimeError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StorageUnwritable(ServiceUnavailable):
+    """The service's own disk refuses writes (full, read-only, failing); the frame was not acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +114,14 @@ class ServiceState:
     notifier: Notifier
     metrics: ServiceMetrics
     models: ModelManager
+    acknowledged: AcknowledgedFrames
+    known_keys: KnownCameraKeys
+    write_health: WriteHealth
     accepting: bool = True
     _line_cache: dict[str, _Cached] = field(default_factory=dict)
     _camera_cache: dict[str, _Cached] = field(default_factory=dict)
+    _keys_copied_at: float = float("-inf")
+    _database_down: bool = False
 
     # --- database access that survives an outage ----------------------------------------------------
 
@@ -124,22 +146,45 @@ class ServiceState:
             return False
 
     async def camera_for_key(self, api_key: str) -> CameraPublic | None:
-        """The camera owning `api_key`; while the database is away, cameras seen before still pass."""
+        """The active camera owning `api_key`; while the database is away, the local copy of the keys decides."""
         key_hash = hash_api_key(api_key)
         cached = self._camera_cache.get(key_hash)
         if cached and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
             return cached.value  # type: ignore[return-value]
         try:
-            camera = await self.run_db(lambda s: repo.camera_for_key_hash(s, api_key_hash=key_hash))
+            camera = await asyncio.to_thread(self._camera_from_database, key_hash)
         except UNAVAILABLE_ERRORS:
-            if cached is None:
-                raise ServiceUnavailable("the database is unreachable and this key is not known yet") from None
-            return cached.value  # type: ignore[return-value]
+            return await asyncio.to_thread(self._camera_while_database_down, key_hash, cached)
         if camera is None:
             self._camera_cache.pop(key_hash, None)
             return None
         self._camera_cache[key_hash] = _Cached(camera, time.monotonic())
         return camera
+
+    def _camera_from_database(self, key_hash: str) -> CameraPublic | None:
+        """(worker thread) Look the key up and keep the local copy current, the whole table now and then."""
+        if time.monotonic() - self._keys_copied_at >= KEY_COPY_INTERVAL_S:
+            with session_scope(self.sessions) as session:
+                cameras = repo.cameras_by_key_hash(session)
+            self._keys_copied_at = time.monotonic()
+            self._keep_locally(lambda: self.known_keys.replace_all(cameras))
+            camera = cameras.get(key_hash)
+            return camera if camera is not None and camera.active else None
+        with session_scope(self.sessions) as session:
+            camera = repo.camera_for_key_hash(session, api_key_hash=key_hash)
+        if camera is None:
+            self._keep_locally(lambda: self.known_keys.refuse(key_hash))
+        else:
+            self._keep_locally(lambda: self.known_keys.remember(key_hash, camera))
+        return camera
+
+    def _camera_while_database_down(self, key_hash: str, cached: _Cached | None) -> CameraPublic | None:
+        known = self.known_keys.lookup(key_hash)
+        if known is not None:
+            return known if known.active else None
+        if cached is not None:
+            return cached.value  # type: ignore[return-value]
+        raise ServiceUnavailable("the database is unreachable and this key is not known yet")
 
     async def line_overrides(self, line: str | None) -> LineThresholds:
         if line is None:
@@ -183,6 +228,8 @@ class ServiceState:
         if frame.frame_id is not None:
             earlier = await self._earlier_result(frame.camera_id, frame.frame_id)
             if earlier is not None:
+                # Best effort: a frame first answered elsewhere (another replica) is known here from now on.
+                await asyncio.to_thread(self._keep_locally, lambda: self.acknowledged.remember(earlier))
                 return await self._replayed(earlier, include_map)
         image = await asyncio.to_thread(
             imaging.decode_image, frame.body, frame.content_type, max_pixels=self.settings.max_pixels
@@ -190,8 +237,8 @@ class ServiceState:
         decode_ms = (time.perf_counter() - started) * 1000.0
         output = await self.models.infer(image, deadline_s=self.settings.request_timeout_s)
         thresholds = await self.effective_thresholds(frame.line, output.manifest.thresholds)
-        record, map_png = await asyncio.to_thread(
-            self._finish, frame, image, output.prob_map, output.model_version, thresholds
+        record, map_png = await self._write_locally(
+            lambda: self._finish(frame, image, output.prob_map, output.model_version, thresholds)
         )
         record.timings = Timings(
             decode_ms=decode_ms,
@@ -200,6 +247,9 @@ class ServiceState:
             total_ms=(time.perf_counter() - started) * 1000.0,
         )
         stored, replay = await self._store(record)
+        await self._write_locally(lambda: self.acknowledged.remember(stored))
+        if not replay:
+            self.write_health.succeeded()  # a new row went into the index: the disk takes writes
         self._observe(stored, replay)
         if not replay:
             self.notifier.submit(_notice(stored))
@@ -212,7 +262,9 @@ class ServiceState:
         try:
             return await self.run_db(lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id))
         except UNAVAILABLE_ERRORS:
-            return None  # the spool will catch a duplicate, and the database ignores one on replay
+            # Every frame this service acknowledged within the idempotency window is in the local index;
+            # one that is not is new to this service and is inspected and spooled (see docs/RELIABILITY.md).
+            return await asyncio.to_thread(self.acknowledged.find, camera_id, frame_id)
 
     async def _replayed(self, record: InspectionCreate, include_map: bool) -> Outcome:
         map_png = None
@@ -267,8 +319,9 @@ class ServiceState:
         try:
             inserted = await self.run_db(lambda s: repo.insert_inspection(s, inspection=record))
         except UNAVAILABLE_ERRORS as error:
-            log.warning("database unreachable (%s); spooling inspection %s", type(error).__name__, record.id)
+            self._note_database(error)
             return await self._spool(record)
+        self._note_database(None)
         if inserted:
             return record, False
         # A concurrent request for the same frame won the race: answer with its result.
@@ -277,12 +330,39 @@ class ServiceState:
 
     async def _spool(self, record: InspectionCreate) -> tuple[InspectionCreate, bool]:
         try:
-            spooled = await asyncio.to_thread(self.spool.add, record)
+            spooled = await self._write_locally(lambda: self.spool.add(record))
         except SpoolFull as error:
             raise ServiceUnavailable(str(error), retry_after_s=30.0) from None
         self.metrics.spooled.inc()
         self.replayer.wake()
         return spooled, spooled.id != record.id
+
+    def _note_database(self, error: BaseException | None) -> None:
+        """One log line when writes start going to the spool, one when they reach the database again."""
+        down = error is not None
+        if down and not self._database_down:
+            log.warning("database unreachable (%s); results go to the outage spool", type(error).__name__)
+        elif not down and self._database_down:
+            log.info("database reachable again; results are stored directly")
+        self._database_down = down
+
+    async def _write_locally(self, work: Callable[[], T]) -> T:
+        """Run a write to the service's own disk in a worker thread; a refused write becomes a 503."""
+        try:
+            return await asyncio.to_thread(work)
+        except LOCAL_WRITE_ERRORS as error:
+            self.write_health.failed(error)
+            raise StorageUnwritable(
+                "the service cannot write to its data directory (full or read-only); the frame was not stored",
+                retry_after_s=STORAGE_RETRY_AFTER_S,
+            ) from None
+
+    def _keep_locally(self, work: Callable[[], object]) -> None:
+        """(worker thread) A write to a local copy that the answer does not depend on: a failure is noted only."""
+        try:
+            work()
+        except LOCAL_WRITE_ERRORS as error:
+            self.write_health.failed(error)
 
     def _observe(self, record: InspectionCreate, replay: bool) -> None:
         if replay:
@@ -325,7 +405,17 @@ class ServiceState:
 def store_spooled(sessions: sessionmaker[Session], record: InspectionCreate) -> bool:
     """The replayer's writer (worker thread): insert a spooled record; a frame already stored is left as is."""
     with session_scope(sessions) as session:
-        return repo.insert_inspection(session, inspection=record)
+        if repo.insert_inspection(session, inspection=record):
+            return True
+        stored = repo.find_inspection(session, camera_id=record.camera_id, frame_id=record.frame_id)
+    if stored is not None and stored.id != record.id:
+        # Only possible when the first answer is unknown here (another replica's, or older than the
+        # idempotency window): the database keeps the first row, and the mismatch is at least visible.
+        log.error(
+            "frame %s/%s was answered twice during the outage: %s is kept, spooled %s is dropped",
+            record.camera_id, record.frame_id, stored.id, record.id,
+        )
+    return False
 
 
 def _notice(record: InspectionCreate) -> ResultNotice:

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         None, description="run `alembic upgrade head` at start-up; default: on for SQLite, off for PostgreSQL"
     )
     spool_max: int = Field(100_000, gt=0, description="results held while the database is down; /readyz fails beyond")
+    idempotency_window_s: float = Field(
+        86_400.0, gt=0, description="while the database is down, a frame repeated within this many seconds still"
+        " gets its first result (from a local index beside the spool)",
+    )
+    idempotency_max_frames: int = Field(200_000, gt=0, description="the local index keeps at most this many frames")
 
     # Model
     model: Path | None = Field(None, description="model bundle (directory or .zip) to activate at start-up")
@@ -116,6 +121,14 @@ class Settings(BaseSettings):
     @property
     def spool_path(self) -> Path:
         return self.data_dir / "spool.sqlite3"
+
+    @property
+    def frame_index_path(self) -> Path:
+        return self.spool_path.parent / "acknowledged.sqlite3"
+
+    @property
+    def camera_keys_path(self) -> Path:
+        return self.spool_path.parent / "camera_keys.sqlite3"
 
     @property
     def bundle_extract_dir(self) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response, status
 
 from inspect_svc.api.deps import ServiceDep
@@ -19,8 +21,10 @@ async def livez() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(service: ServiceDep, response: Response) -> Health:
-    """Ready when a warmed model serves and results have somewhere durable to go (database or spool)."""
+    """Ready when a warmed model serves and results have somewhere durable to go (database or spool),
+    and the service's own disk takes writes (blobs, spool and indexes live there)."""
     database = await service.database_reachable()
+    storage_writable = await asyncio.to_thread(service.write_health.check)
     spool_depth = service.spool.depth()
     spool_has_room = spool_depth < service.settings.spool_max
     checks: dict[str, bool | int | str] = {
@@ -29,8 +33,9 @@ async def readyz(service: ServiceDep, response: Response) -> Health:
         "model_version": service.models.active_version or "",
         "database": database,
         "spool_depth": spool_depth,
+        "storage_writable": storage_writable,
     }
-    ready = service.accepting and service.models.ready and (database or spool_has_room)
+    ready = service.accepting and service.models.ready and storage_writable and (database or spool_has_room)
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Health(status="ok" if ready else "unavailable", checks=checks)

@@ -286,6 +286,11 @@ def camera_for_key_hash(session: Session, *, api_key_hash: str) -> CameraPublic 
     return _camera_public(row) if row else None
 
 
+def cameras_by_key_hash(session: Session) -> dict[str, CameraPublic]:
+    """Every camera (disabled ones too) by the hash of its key: the service's local copy of the keys."""
+    return {row.api_key_hash: _camera_public(row) for row in session.scalars(select(CameraDB))}
+
+
 def list_cameras(session: Session) -> list[CameraPublic]:
     return [_camera_public(row) for row in session.scalars(select(CameraDB).order_by(CameraDB.name))]
 
