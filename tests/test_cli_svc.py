@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from inspect_svc.storage import migrations
 from inspect_svc.storage.db import make_engine
 from inspect_svc.storage.models import CameraDB, InspectionDB, UserDB
 from tests.conftest import png_bytes
+from tests.utils.live_server import free_port, wait_until_ready
 
 runner = CliRunner()
 
@@ -107,12 +107,6 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert message in single_error_line(result)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bundle):
     port, url = free_port(), f"sqlite:///{tmp_path / 'serve.db'}"
@@ -168,15 +162,3 @@ def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bund
         stored = set(connection.scalars(select(InspectionDB.id)))
     engine.dispose()
     assert set(answered) <= stored and len(answered) >= 10
-
-
-def wait_until_ready(base: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{base} did not become ready")
