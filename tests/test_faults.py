@@ -230,3 +230,23 @@ def test_a_restart_during_an_outage_keeps_known_cameras_and_refuses_disabled_one
     assert set(stored) == {"before", "during"}
     tally(capsys, f"restart during an outage on {backend(fault_settings)}",
           tried=6, answers=acknowledged_pairs(responses), rows=stored)
+
+
+@pytest.mark.parametrize("outage", [False, True], ids=["database up", "database down"])
+def test_eight_concurrent_identical_posts_get_one_answer_and_one_row(fault_settings, outage, capsys):
+    with TestClient(create_app(fault_settings)) as client:
+        key = add_camera(client)
+        assert send(client, key, "warm", 0).status_code == 200  # the key is known before any outage
+        end = refuse_connections(client.app.state.service.db) if outage else (lambda: None)
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda _: send(client, key, "same", 1), range(8)))
+        finally:
+            end()
+        wait_for_empty_spool(client)
+        stored = rows_by_frame(client)
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sum(r.headers.get("idempotent-replay") != "true" for r in responses) == 1
+    assert len(stored["same"]) == 1
+    tally(capsys, f"8 concurrent identical posts, database {'down' if outage else 'up'}, on {backend(fault_settings)}",
+          tried=8, answers=acknowledged_pairs(responses), rows={"same": stored["same"]})
