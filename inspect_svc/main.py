@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -83,12 +84,11 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
     sessions = make_session_factory(db)
     spool = ResultSpool(settings.spool_path, max_items=settings.spool_max)
     models = ModelManager(settings, sessions, on_batch=lambda tiles, _seconds: metrics.observe_batch(tiles))
-    blobs = BlobStore(settings.blob_dir)
     service = ServiceState(
         settings=settings,
         db=db,
         sessions=sessions,
-        blobs=blobs,
+        blobs=BlobStore(settings.blob_dir),
         spool=spool,
         replayer=SpoolReplayer(spool, functools.partial(store_spooled, sessions)),
         notifier=Notifier(
@@ -104,9 +104,7 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
             max_items=settings.idempotency_max_frames,
         ),
         known_keys=KnownCameraKeys(settings.camera_keys_path),
-        write_health=WriteHealth(
-            [settings.spool_path.parent, blobs.root], on_failure=metrics.storage_write_failures.inc
-        ),
+        write_health=WriteHealth(_local_directories(settings), on_failure=metrics.storage_write_failures.inc),
     )
     metrics.watch_queue_depth(models.queue_depth)
     metrics.watch_spool(spool.depth, spool.rejected_count)
@@ -116,6 +114,12 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
     service.replayer.wake()  # results spooled before a restart are replayed first
     service.notifier.start()
     return service
+
+
+def _local_directories(settings: Settings) -> list[Path]:
+    """Where the service writes on its own disk (a blob folder only when blobs are kept locally)."""
+    folders = [settings.data_dir, settings.spool_path.parent, settings.blob_dir]
+    return [folder for folder in dict.fromkeys(folders) if folder.is_dir()]
 
 
 async def _start_model(models: ModelManager, settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Faults on a real server (`inspect-svc serve` in a subprocess): kill -9 under load, a PostgreSQL outage
+"""Faults on a real server (`inspect-svc serve` in a subprocess): kill -9 and SIGTERM under load, a PostgreSQL outage
 with a restart in the middle of it, and a data directory that refuses writes. Each prints its counts.
 
 The PostgreSQL outage is made by cutting a TCP forwarder between the server and the database (the shared
@@ -75,18 +75,19 @@ def migrated_url(database_url: str) -> str:
     return database_url
 
 
-def test_kill_9_under_load_loses_no_acknowledged_frame(migrated_url, test_bundle, tmp_path, capsys):
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_server_stopped_under_load_loses_no_acknowledged_frame(migrated_url, stop, test_bundle, tmp_path, capsys):
     key = add_camera(migrated_url, "cam-1")
     server = LiveServer(model=test_bundle.root, database_url=migrated_url, data_dir=tmp_path / "var")
     server.start()
     answers: list[tuple[str, str]] = []
     tried = [0]
-    stop = threading.Event()
+    done = threading.Event()
 
     def camera(worker: int) -> None:
         with httpx.Client(base_url=server.base, timeout=10) as client:
             for index in range(10_000):
-                if stop.is_set():
+                if done.is_set():
                     return
                 tried[0] += 1
                 try:
@@ -95,7 +96,7 @@ def test_kill_9_under_load_loses_no_acknowledged_frame(migrated_url, test_bundle
                         headers={**key, "Content-Type": "image/png"},
                     )
                 except httpx.TransportError:
-                    return  # killed: a frame not answered was never acknowledged
+                    return  # stopped: a frame not answered was never acknowledged
                 if response.status_code == 200:
                     answers.append((response.json()["frame_id"], response.json()["id"]))
 
@@ -105,8 +106,11 @@ def test_kill_9_under_load_loses_no_acknowledged_frame(migrated_url, test_bundle
             worker.start()
         while len(answers) < 12:
             time.sleep(0.02)
-        server.kill()
-        stop.set()
+        if stop == "kill -9":
+            server.kill()
+        else:
+            server.stop()  # drains: frames already taken are answered and stored
+        done.set()
         for worker in workers:
             worker.join()
         server.start()  # recovers its files, replays anything spooled
@@ -115,10 +119,10 @@ def test_kill_9_under_load_loses_no_acknowledged_frame(migrated_url, test_bundle
         assert [r.headers.get("idempotent-replay") for r in again] == ["true"] * 3
         answers += ok_pairs(again)
     finally:
-        stop.set()
+        done.set()
         server.kill()
     rows = rows_by_frame(migrated_url)
-    tally(capsys, f"kill -9 under load on {make_url(migrated_url).get_backend_name()}",
+    tally(capsys, f"{stop} under load on {make_url(migrated_url).get_backend_name()}",
           tried=tried[0] + len(again), answers=answers, rows=rows)
 
 

@@ -7,6 +7,9 @@ import asyncio
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from inspect_svc.service import store_spooled
+from inspect_svc.storage import migrations
+from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.spool import ResultSpool, SpoolReplayer, is_database_outage
 from tests.test_storage import record
 
@@ -59,3 +62,17 @@ def test_an_outage_stops_the_pass_and_keeps_every_record(tmp_path) -> None:
 )
 def test_outages_are_told_from_refusals(error: BaseException, outage: bool) -> None:
     assert is_database_outage(error) is outage
+
+
+def test_a_replayed_frame_the_database_holds_under_another_id_is_dropped_and_logged(tmp_path, caplog) -> None:
+    # Only a frame whose first answer the service could not know (another replica's) reaches this.
+    database_url = f"sqlite:///{tmp_path / 'inspect.db'}"
+    migrations.upgrade(database_url)
+    sessions = make_session_factory(make_engine(database_url))
+    first, second = record("f-1"), record("f-1")
+    assert store_spooled(sessions, first) is True
+    assert store_spooled(sessions, first) is False  # the same result replayed twice: silent
+    assert caplog.records == []
+    assert store_spooled(sessions, second) is False
+    [line] = caplog.records
+    assert line.levelname == "ERROR" and first.id in line.getMessage() and second.id in line.getMessage()

@@ -41,7 +41,7 @@ class WriteHealth:
         on_failure: Callable[[], None] = lambda: None,
         probe_interval_s: float = 5.0,
     ) -> None:
-        self.directories = list(dict.fromkeys(directories))
+        self.directories = list(directories)
         self.on_failure = on_failure
         self.probe_interval_s = probe_interval_s
         self._lock = threading.Lock()
