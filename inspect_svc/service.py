@@ -1,9 +1,9 @@
 """The inspection pipeline behind `POST /inspect`, and the service state the routers share.
 
 Order matters for durability: the image and map go to the blob store first, then the row (or, while
-the database is unreachable, the spool), then the local index of acknowledged frames. A result is
-answered with 200 only once all three are durable; a write the service's own disk refuses is answered
-with 503 and Retry-After, and the frame is not acknowledged.
+the database is unreachable, the spool). A result is answered with 200 only once both are durable; a
+write the service's own disk refuses is answered with 503 and Retry-After, and the frame is not
+acknowledged. The result then goes into the local index of acknowledged frames before the answer.
 
 While the database is unreachable two local copies stand in for it: the acknowledged-frame index (a
 repeated frame gets its first result, never a second one) and the camera keys (a restarted service
@@ -247,8 +247,10 @@ class ServiceState:
             total_ms=(time.perf_counter() - started) * 1000.0,
         )
         stored, replay = await self._store(record)
-        await self._write_locally(lambda: self.acknowledged.remember(stored))
-        if not replay:
+        # The result is durable now (row or spool): a failure to index it weakens only the recognition of
+        # a repeat during a later outage, which a 503 would not restore, so the answer stands.
+        indexed = await asyncio.to_thread(self._keep_locally, lambda: self.acknowledged.remember(stored))
+        if indexed and not replay:
             self.write_health.succeeded()  # a new row went into the index: the disk takes writes
         self._observe(stored, replay)
         if not replay:
@@ -357,12 +359,14 @@ class ServiceState:
                 retry_after_s=STORAGE_RETRY_AFTER_S,
             ) from None
 
-    def _keep_locally(self, work: Callable[[], object]) -> None:
+    def _keep_locally(self, work: Callable[[], object]) -> bool:
         """(worker thread) A write to a local copy that the answer does not depend on: a failure is noted only."""
         try:
             work()
         except LOCAL_WRITE_ERRORS as error:
             self.write_health.failed(error)
+            return False
+        return True
 
     def _observe(self, record: InspectionCreate, replay: bool) -> None:
         if replay:

@@ -9,6 +9,7 @@ shared PostgreSQL server itself would disturb everything else using it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -91,7 +92,8 @@ def acknowledged_pairs(responses) -> list[tuple[str, str]]:  # type: ignore[no-u
     return [(r.json()["frame_id"], r.json()["id"]) for r in responses if r.status_code == 200]
 
 
-def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_settings, capsys):
+def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_settings, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="inspect_svc.service")
     with TestClient(create_app(fault_settings)) as client:
         key = add_camera(client)
         assert send(client, key, "before", 0).status_code == 200  # also caches the camera key
@@ -120,6 +122,12 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
         }
         replay = send(client, key, "f3", 3)
         assert replay.headers["idempotent-replay"] == "true" and replay.json()["id"] == answered["f3"]
+        assert send(client, key, "after", 30).status_code == 200
+    # One line when the outage begins and one when it ends, not one per frame.
+    outage_lines = [r.getMessage() for r in caplog.records if r.name == "inspect_svc.service"]
+    assert [line.split(" (")[0].split(";")[0] for line in outage_lines if "database" in line] == [
+        "database unreachable", "database reachable again"
+    ]
     tally(capsys, f"outage under load on {backend(fault_settings)}",
           tried=len(responses), answers=answered_pairs, rows=stored)
 
