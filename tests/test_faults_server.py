@@ -104,7 +104,9 @@ def test_a_server_stopped_under_load_loses_no_acknowledged_frame(migrated_url, s
     try:
         for worker in workers:
             worker.start()
+        deadline = time.monotonic() + 120
         while len(answers) < 12:
+            assert time.monotonic() < deadline, server.lines[-20:]
             time.sleep(0.02)
         if stop == "kill -9":
             server.kill()
