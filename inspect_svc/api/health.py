@@ -19,7 +19,11 @@ async def livez() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(service: ServiceDep, response: Response) -> Health:
-    """Ready when a warmed model serves and results have somewhere durable to go (database or spool)."""
+    """Ready when a warmed model serves and results have somewhere durable to go (database or spool).
+
+    `replica` and `model_version` say which replica answers and what it serves; `model_in_sync` is
+    false while it still serves another version than the database's active one (`model_wanted`).
+    """
     database = await service.database_reachable()
     spool_depth = service.spool.depth()
     spool_has_room = spool_depth < service.settings.spool_max
@@ -27,6 +31,9 @@ async def readyz(service: ServiceDep, response: Response) -> Health:
         "accepting": service.accepting,
         "model": service.models.ready,
         "model_version": service.models.active_version or "",
+        "replica": service.settings.replica_id,
+        "model_wanted": service.follower.state.database_version or "",
+        "model_in_sync": service.follower.in_sync,
         "database": database,
         "spool_depth": spool_depth,
     }
