@@ -18,6 +18,11 @@ from inspect_svc.bundle import MANIFEST_NAME, ONNX_NAME, Bundle, BundleError, lo
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, check_key
 
 ARCHIVE_SUFFIX = ".zip"
+
+
+class BundleNotStored(BundleError):
+    """The blob store has no archive under the key (a file store that is not shared between machines)."""
+
 # Zip cannot store dates before 1980; any fixed date makes the archive depend on the content alone.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -76,7 +81,7 @@ def _download_and_extract(key: str, digest: str, blobs: BlobStorage, target: Pat
         try:
             blobs.download(key, archive)
         except BlobNotFound:
-            raise BundleError(f"bundle archive {key} is not in the blob store") from None
+            raise BundleNotStored(f"bundle archive {key} is not in the blob store") from None
         actual = sha256_file(archive)
         if actual != digest:
             raise BundleError(f"bundle archive {key} arrived with sha256 {actual[:12]}…: corrupt, not loaded")

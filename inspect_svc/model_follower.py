@@ -75,13 +75,18 @@ class ActiveModelFollower:
         replica catches up within one interval of the database's return.
         """
         try:
-            self.state.database_version = await self.models.follow_database()
+            active = await self.models.active_in_database()
+            self.state.database_version = active.version if active else None
+            if active is not None:
+                await self.models.follow(active)
         except UNAVAILABLE_ERRORS as error:
             log.debug("active model not checked: database unreachable (%s)", type(error).__name__)
             return True
         except LOAD_ERRORS as error:
-            self.state.error = f"{type(error).__name__}: {error}"
-            log.error("cannot serve the active model here; the current one keeps serving (%s)", self.state.error)
+            error_text = f"{type(error).__name__}: {error}"
+            if error_text != self.state.error:  # once per distinct cause, not once per poll
+                log.error("cannot serve the active model here; the current one keeps serving (%s)", error_text)
+            self.state.error = error_text
             return False
         self.state.error = ""
         return True

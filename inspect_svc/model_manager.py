@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc.bundle import Bundle, BundleError, load_bundle
-from inspect_svc.bundle_store import fetch_bundle, publish_bundle
+from inspect_svc.bundle_store import BundleNotStored, fetch_bundle, publish_bundle
 from inspect_svc.engine.batcher import BatchHook
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine, InferenceOutput
 from inspect_svc.schemas import ModelVersionPublic
@@ -171,36 +171,49 @@ class ModelManager:
         """
         if registered.bundle_key is None or self.blobs is None:  # registered before bundles were published
             return open_bundle(registered.bundle_path, self.settings)
-        return fetch_bundle(
-            registered.bundle_key,
-            self.blobs,
-            extract_root=self.settings.bundle_extract_dir,
-            version=registered.version,
-        )
+        try:
+            return fetch_bundle(
+                registered.bundle_key,
+                self.blobs,
+                extract_root=self.settings.bundle_extract_dir,
+                version=registered.version,
+            )
+        except BundleNotStored:
+            # A file blob store of another machine: the registered path may still be reachable from here.
+            if not Path(registered.bundle_path).exists():
+                raise
+            return open_bundle(registered.bundle_path, self.settings)
 
-    async def follow_database(self) -> str | None:
-        """Serve the version the database marks active, if this replica serves another; returns it.
-
-        An activation made through another replica reaches this one here. The new bundle is loaded and
-        warmed beside the serving one before the switch, so no request fails across it.
+    async def active_in_database(self) -> ModelVersionPublic | None:
+        """The version the database marks active (after recording a model served while it was away).
 
         Raises:
-            the database's errors while it is unreachable; BundleError, EngineError or
-            BlobStoreUnavailable when the active version cannot be loaded here (the old one keeps serving).
+            the database's errors while it is unreachable; BlobStoreUnavailable while a pending record
+            cannot publish its bundle.
         """
         if self.unrecorded is not None:
             await asyncio.to_thread(self.record_active, self.unrecorded)
             self.unrecorded = None
-        active = await asyncio.to_thread(self._active)
-        if active is None or active.version == self.active_version:
-            return active.version if active else None
+        return await asyncio.to_thread(self._active)
+
+    async def follow(self, active: ModelVersionPublic) -> None:
+        """Serve `active` (the database's choice) if this replica serves another version.
+
+        An activation made through another replica reaches this one here. The new bundle is fetched when
+        missing, then loaded and warmed beside the serving one before the switch, so no request fails.
+
+        Raises:
+            BundleError, EngineError or BlobStoreUnavailable when it cannot be loaded here; the serving
+            model stays.
+        """
+        if active.version == self.active_version:
+            return
         bundle = await asyncio.to_thread(self.local_bundle, active)
         async with self._lock:
-            # Looked at again under the lock: an activation through this replica may have just won.
+            # Looked at again under the lock: an activation through this replica may have won meanwhile.
             current = await asyncio.to_thread(self._active)
             if current is not None and current.version == active.version != self.active_version:
                 await self._serve_locked(bundle)
-        return active.version
 
     def _record(self, bundle: Bundle, activate: bool) -> ModelVersionPublic:
         """Publish `bundle` to the blob store (a no-op when it is there) and record it; mark it active if asked."""

@@ -34,6 +34,7 @@ async def readyz(service: ServiceDep, response: Response) -> Health:
         "replica": service.settings.replica_id,
         "model_wanted": service.follower.state.database_version or "",
         "model_in_sync": service.follower.in_sync,
+        "model_error": service.follower.state.error,
         "database": database,
         "spool_depth": spool_depth,
     }

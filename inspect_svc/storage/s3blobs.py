@@ -130,8 +130,7 @@ class S3BlobStore:
     def download(self, key: str, target: Path) -> None:
         """Copy the object to the file `target` (a bundle archive), chunk by chunk."""
         with open(target, "wb") as handle:
-            for chunk in self.stream(key):
-                handle.write(chunk)
+            handle.writelines(self.stream(key))
 
     def _exists(self, key: str) -> bool:
         try:
