@@ -23,6 +23,7 @@ from inspect_svc.security import hash_api_key, new_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
 from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.blobstore import BlobStoreUnavailable
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory, session_scope
 
 DEMO_PART = "demo/part.png"  # the shipped defective part, relative to the repository root
@@ -51,7 +52,7 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (BundleError, migrations.MigrationsNotFound, LookupError) as error:
+        except (BundleError, BlobStoreUnavailable, migrations.MigrationsNotFound, LookupError) as error:
             _fail(str(error))
         except ValidationError as error:
             first = error.errors()[0]
@@ -207,15 +208,18 @@ def camera_list(db: DbOption = None) -> None:
 def model_add(
     bundle: Annotated[Path, typer.Argument(help="bundle directory or .zip")],
     db: DbOption = None,
-    activate: Annotated[bool, typer.Option(help="also mark it active (used at the next start)")] = False,
+    activate: Annotated[bool, typer.Option(help="also mark it active: running replicas switch within seconds")] = False,
 ) -> None:
-    """Verify a bundle and register its version."""
+    """Verify a bundle, publish it to the blob store (so every replica can fetch it) and register its version."""
+    from inspect_svc.bundle_store import publish_bundle
     from inspect_svc.model_manager import open_bundle
+    from inspect_svc.storage.blobstore import open_blob_store
 
     settings = load_settings(db)
     loaded = open_bundle(bundle, settings)
+    key = publish_bundle(loaded, open_blob_store(settings), workdir=settings.bundle_extract_dir)
     with _session(settings) as session:
-        version = repo.register_model_version(session, bundle=loaded).version
+        version = repo.register_model_version(session, bundle=loaded, bundle_key=key).version
         if activate:
             repo.mark_model_active(session, version=version)
     typer.echo(f"registered {version}{' (active)' if activate else ''}")
@@ -224,7 +228,7 @@ def model_add(
 @model_app.command("activate")
 @friendly_errors
 def model_activate(version: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
-    """Mark VERSION active for the next start (a running service swaps with POST /models/VERSION/activate)."""
+    """Mark VERSION active; running replicas follow the database within INSPECT_MODEL_POLL_S seconds."""
     with _session(load_settings(db)) as session:
         repo.mark_model_active(session, version=version)
     typer.echo(f"{version} is active")

@@ -28,13 +28,14 @@ from inspect_svc.engine.inference import EngineNotReady
 from inspect_svc.imaging import ImageRejected
 from inspect_svc.metrics import ServiceMetrics
 from inspect_svc.middleware import BodyLimitMiddleware, MetricsMiddleware
+from inspect_svc.model_follower import ActiveModelFollower
 from inspect_svc.model_manager import ModelManager, open_bundle
 from inspect_svc.notify import Notifier, build_publishers
 from inspect_svc.service import ServiceState, ServiceUnavailable, StorageUnwritable, store_spooled
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
-from inspect_svc.storage.blobstore import BlobStore
 from inspect_svc.storage.camera_keys import KnownCameraKeys
+from inspect_svc.storage.blobstore import BlobStoreUnavailable, open_blob_store
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory
 from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.spool import ResultSpool, SpoolReplayer
@@ -83,12 +84,15 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
     db = make_engine(settings.database_url)
     sessions = make_session_factory(db)
     spool = ResultSpool(settings.spool_path, max_items=settings.spool_max)
-    models = ModelManager(settings, sessions, on_batch=lambda tiles, _seconds: metrics.observe_batch(tiles))
+    blobs = await asyncio.to_thread(open_blob_store, settings)
+    models = ModelManager(
+        settings, sessions, on_batch=lambda tiles, _seconds: metrics.observe_batch(tiles), blobs=blobs
+    )
     service = ServiceState(
         settings=settings,
         db=db,
         sessions=sessions,
-        blobs=BlobStore(settings.blob_dir),
+        blobs=blobs,
         spool=spool,
         replayer=SpoolReplayer(spool, functools.partial(store_spooled, sessions)),
         notifier=Notifier(
@@ -105,11 +109,13 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
         ),
         known_keys=KnownCameraKeys(settings.camera_keys_path),
         write_health=WriteHealth(_local_directories(settings), on_failure=metrics.storage_write_failures.inc),
+        follower=ActiveModelFollower(models, interval_s=settings.model_poll_s),
     )
     metrics.watch_queue_depth(models.queue_depth)
     metrics.watch_spool(spool.depth, spool.rejected_count)
     metrics.watch_storage(lambda: service.write_health.writable)
     await _start_model(models, settings)
+    service.follower.start()
     service.replayer.start()
     service.replayer.wake()  # results spooled before a restart are replayed first
     service.notifier.start()
@@ -118,7 +124,9 @@ async def _open_service(settings: Settings, metrics: ServiceMetrics) -> ServiceS
 
 def _local_directories(settings: Settings) -> list[Path]:
     """Where the service writes on its own disk (a blob folder only when blobs are kept locally)."""
-    folders = [settings.data_dir, settings.spool_path.parent, settings.blob_dir]
+    folders = [settings.data_dir, settings.spool_path.parent]
+    if settings.blob_store == "file":
+        folders.append(settings.blob_dir)
     return [folder for folder in dict.fromkeys(folders) if folder.is_dir()]
 
 
@@ -129,13 +137,15 @@ async def _start_model(models: ModelManager, settings: Settings) -> None:
         await models.serve(bundle)
         try:
             await asyncio.to_thread(models.record_active, bundle)
-        except UNAVAILABLE_ERRORS:
-            log.warning("database unreachable: model %s serves but is not recorded yet", bundle.manifest.model_version)
+        except (*UNAVAILABLE_ERRORS, BlobStoreUnavailable):
+            log.warning("database or blob store unreachable: model %s serves, recorded once they are back",
+                        bundle.manifest.model_version)
+            models.unrecorded = bundle
         return
     try:
         bundle = await asyncio.to_thread(models.active_bundle_from_db)
-    except UNAVAILABLE_ERRORS:
-        bundle = None
+    except (*UNAVAILABLE_ERRORS, BlobStoreUnavailable):
+        bundle = None  # the follower loads the active version once they are reachable
     if bundle is None:
         log.warning("no model bundle given and none active in the database: /readyz stays unavailable")
         return
@@ -144,6 +154,7 @@ async def _start_model(models: ModelManager, settings: Settings) -> None:
 
 async def _close_service(service: ServiceState) -> None:
     service.accepting = False
+    await service.follower.stop()
     await service.models.stop()
     if service.spool.depth():
         try:
@@ -178,7 +189,9 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         )
 
     app.add_exception_handler(ImageRejected, image_rejected)  # type: ignore[arg-type]
-    for overload in (QueueFull, DeadlineExceeded, EngineNotReady, BatcherStopped, ServiceUnavailable):
+    for overload in (
+        QueueFull, DeadlineExceeded, EngineNotReady, BatcherStopped, ServiceUnavailable, BlobStoreUnavailable
+    ):
         app.add_exception_handler(overload, overloaded)
     for unavailable in UNAVAILABLE_ERRORS:
         app.add_exception_handler(unavailable, database_unavailable)

@@ -2,6 +2,10 @@
 
 The engine does the swap itself (load and warm beside the old model, switch atomically); this module
 keeps the database's `model_versions` in step with it, so every listed version can be re-activated.
+
+With several replicas the database is the truth: each registered bundle is also published to the
+blob store (its key recorded on the row), and `follow_database` makes this replica serve whatever
+version the database marks active, fetching the bundle when this replica has never seen it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc.bundle import Bundle, BundleError, load_bundle
+from inspect_svc.bundle_store import BundleNotStored, fetch_bundle, publish_bundle
 from inspect_svc.engine.batcher import BatchHook
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine, InferenceOutput
 from inspect_svc.schemas import ModelVersionPublic
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.blobstore import BlobStorage
 from inspect_svc.storage.db import session_scope
 
 
@@ -54,13 +60,24 @@ class ModelManager:
         settings: engine configuration and where bundles are extracted.
         sessions: database sessions for `model_versions`.
         on_batch: metrics hook handed to the engine.
+        blobs: where bundles are published for other replicas; None keeps them on this machine only.
     """
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, on_batch: BatchHook | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        on_batch: BatchHook | None,
+        blobs: BlobStorage | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.on_batch = on_batch
+        self.blobs = blobs
         self.engine: InferenceEngine | None = None
+        # A bundle served from --model while the database was away: recorded once it is back.
+        self.unrecorded: Bundle | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -118,7 +135,7 @@ class ModelManager:
         registered = await asyncio.to_thread(self._get, version)
         if registered is None:
             raise ModelNotFound(f"model version {version!r} is not registered")
-        bundle = await asyncio.to_thread(open_bundle, registered.bundle_path, self.settings)
+        bundle = await asyncio.to_thread(self.local_bundle, registered)
         # Swap and record under one lock: two concurrent activations must leave the database marking
         # the version the engine ended up serving, not whichever write happened to land last.
         async with self._lock:
@@ -142,16 +159,79 @@ class ModelManager:
 
     def active_bundle_from_db(self) -> Bundle | None:
         """The bundle of the version the database marks active (start-up without --model)."""
-        with session_scope(self.sessions) as session:
-            active = repo.active_model_version(session)
-        return open_bundle(active.bundle_path, self.settings) if active else None
+        active = self._active()
+        return self.local_bundle(active) if active else None
+
+    def local_bundle(self, registered: ModelVersionPublic) -> Bundle:
+        """The files of a registered version on this machine: from the blob store when it has them there.
+
+        Raises:
+            BundleError: missing or corrupt.
+            BlobStoreUnavailable: the blob store cannot be reached to fetch it.
+        """
+        if registered.bundle_key is None or self.blobs is None:  # registered before bundles were published
+            return open_bundle(registered.bundle_path, self.settings)
+        try:
+            return fetch_bundle(
+                registered.bundle_key,
+                self.blobs,
+                extract_root=self.settings.bundle_extract_dir,
+                version=registered.version,
+            )
+        except BundleNotStored:
+            # A file blob store of another machine: the registered path may still be reachable from here.
+            if not Path(registered.bundle_path).exists():
+                raise
+            return open_bundle(registered.bundle_path, self.settings)
+
+    async def active_in_database(self) -> ModelVersionPublic | None:
+        """The version the database marks active (after recording a model served while it was away).
+
+        Raises:
+            the database's errors while it is unreachable; BlobStoreUnavailable while a pending record
+            cannot publish its bundle.
+        """
+        if self.unrecorded is not None:
+            await asyncio.to_thread(self.record_active, self.unrecorded)
+            self.unrecorded = None
+        return await asyncio.to_thread(self._active)
+
+    async def follow(self, active: ModelVersionPublic) -> None:
+        """Serve `active` (the database's choice) if this replica serves another version.
+
+        An activation made through another replica reaches this one here. The new bundle is fetched when
+        missing, then loaded and warmed beside the serving one before the switch, so no request fails.
+
+        Raises:
+            BundleError, EngineError or BlobStoreUnavailable when it cannot be loaded here; the serving
+            model stays.
+        """
+        if active.version == self.active_version:
+            return
+        bundle = await asyncio.to_thread(self.local_bundle, active)
+        async with self._lock:
+            # Looked at again under the lock: an activation through this replica may have won meanwhile.
+            current = await asyncio.to_thread(self._active)
+            if current is not None and current.version == active.version != self.active_version:
+                await self._serve_locked(bundle)
 
     def _record(self, bundle: Bundle, activate: bool) -> ModelVersionPublic:
+        """Publish `bundle` to the blob store (a no-op when it is there) and record it; mark it active if asked."""
+        key = self._publish(bundle)
         with session_scope(self.sessions) as session:
-            registered = repo.register_model_version(session, bundle=bundle)
+            registered = repo.register_model_version(session, bundle=bundle, bundle_key=key)
             if activate:
                 registered = repo.mark_model_active(session, version=registered.version)
             return registered
+
+    def _publish(self, bundle: Bundle) -> str | None:
+        if self.blobs is None:
+            return None
+        return publish_bundle(bundle, self.blobs, workdir=self.settings.bundle_extract_dir)
+
+    def _active(self) -> ModelVersionPublic | None:
+        with session_scope(self.sessions) as session:
+            return repo.active_model_version(session)
 
     def _get(self, version: str) -> ModelVersionPublic | None:
         with session_scope(self.sessions) as session:

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from inspect_svc.storage.blobstore import BlobNotFound, BlobStore
+from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
 from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
 
@@ -162,7 +162,7 @@ def _mask_png(defect: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _label_for(entry: _Reviewed, blobs: BlobStore) -> tuple[bytes | None, str] | str:
+def _label_for(entry: _Reviewed, blobs: BlobStorage) -> tuple[bytes | None, str] | str:
     """(mask PNG or None, mask source), or the reason the inspection cannot be exported."""
     review, inspection = entry.review, entry.inspection
     if review.mask_key is not None and review.verdict != "reject":
@@ -180,7 +180,7 @@ def _label_for(entry: _Reviewed, blobs: BlobStore) -> tuple[bytes | None, str] |
     return _mask_png(predicted), "predicted"
 
 
-def write_reviewed_dataset(session: Session, blobs: BlobStore, sink: DatasetSink) -> Manifest:
+def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSink) -> Manifest:
     """Write every reviewed inspection to `sink` in the labeled layout, then the manifest."""
     manifest = Manifest(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     for entry in _latest_reviews(session):
@@ -246,7 +246,7 @@ def export_to_directory(database_url: str, blob_root: Path, out: Path) -> Manife
         engine.dispose()
 
 
-def export_to_zip(session: Session, blobs: BlobStore, target: io.BufferedIOBase | Path) -> Manifest:
+def export_to_zip(session: Session, blobs: BlobStorage, target: io.BufferedIOBase | Path) -> Manifest:
     """Export the reviewed set as a zip archive written to `target` (a path or a binary file)."""
     with zipfile.ZipFile(target, "w") as archive:
         return write_reviewed_dataset(session, blobs, ZipSink(archive))

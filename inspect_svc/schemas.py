@@ -147,6 +147,7 @@ class ModelVersionPublic(BaseModel):
 
     version: str
     bundle_path: str
+    bundle_key: str | None = None
     kind: str
     backbone: str
     input_size: int
@@ -156,6 +157,7 @@ class ModelVersionPublic(BaseModel):
     registered_at: datetime
     activated_at: datetime | None
     active: bool
+    serving: bool = Field(False, description="this replica serves this version now (see X-Replica-Id)")
 
 
 class ModelRegister(BaseModel):

@@ -28,6 +28,7 @@ from inspect_svc import imaging
 from inspect_svc.bundle import Thresholds
 from inspect_svc.engine import regions as region_ops
 from inspect_svc.metrics import ServiceMetrics
+from inspect_svc.model_follower import ActiveModelFollower
 from inspect_svc.model_manager import ModelManager
 from inspect_svc.notify import Notifier, ResultNotice
 from inspect_svc.schemas import (
@@ -42,8 +43,8 @@ from inspect_svc.schemas import (
 from inspect_svc.security import hash_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
-from inspect_svc.storage.blobstore import BlobNotFound, BlobStore
 from inspect_svc.storage.camera_keys import KnownCameraKeys
+from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
 from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.models import utc_now
@@ -108,7 +109,7 @@ class ServiceState:
     settings: Settings
     db: Engine
     sessions: sessionmaker[Session]
-    blobs: BlobStore
+    blobs: BlobStorage
     spool: ResultSpool
     replayer: SpoolReplayer
     notifier: Notifier
@@ -117,6 +118,7 @@ class ServiceState:
     acknowledged: AcknowledgedFrames
     known_keys: KnownCameraKeys
     write_health: WriteHealth
+    follower: ActiveModelFollower
     accepting: bool = True
     _line_cache: dict[str, _Cached] = field(default_factory=dict)
     _camera_cache: dict[str, _Cached] = field(default_factory=dict)

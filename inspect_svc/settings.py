@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,6 +37,30 @@ class Settings(BaseSettings):
         " gets its first result (from a local index beside the spool)",
     )
     idempotency_max_frames: int = Field(200_000, gt=0, description="the local index keeps at most this many frames")
+    spool_dir: Path | None = Field(
+        None, description="this replica's own durable outage spool; default DATA_DIR. Never share it between replicas"
+    )
+
+    # Blob store: images, maps, masks and model bundles
+    blob_store: Literal["file", "s3"] = Field("file", description="file: under DATA_DIR/blobs; s3: an S3 bucket")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (SeaweedFS, MinIO…); none: the AWS default")
+    s3_bucket: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="bucket for blobs; required with blob_store=s3"
+    )
+    s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$", description="key prefix inside the bucket, e.g. 'inspect/'")
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_timeout_s: float = Field(10.0, gt=0, description="connect and read timeout of one S3 call")
+
+    # Replicas
+    replica_id: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=128,
+        description="names this replica in /readyz and /models; default the host name (the pod name in k8s)",
+    )
+    model_poll_s: float = Field(
+        2.0, ge=0, description="how often the active model version is re-read from the database; 0: never"
+    )
 
     # Model
     model: Path | None = Field(None, description="model bundle (directory or .zip) to activate at start-up")
@@ -110,6 +135,14 @@ class Settings(BaseSettings):
             self.auto_migrate = self.is_sqlite
         return self
 
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store=s3 needs s3_bucket (INSPECT_S3_BUCKET)")
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("give both s3_access_key and s3_secret_key, or neither (the AWS default chain)")
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -120,7 +153,7 @@ class Settings(BaseSettings):
 
     @property
     def spool_path(self) -> Path:
-        return self.data_dir / "spool.sqlite3"
+        return (self.spool_dir or self.data_dir) / "spool.sqlite3"
 
     @property
     def frame_index_path(self) -> Path:

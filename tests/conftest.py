@@ -20,6 +20,7 @@ from inspect_svc.bundle import Bundle, Thresholds
 from inspect_svc.main import create_app
 from inspect_svc.settings import Settings
 from tests.utils.onnx_models import make_test_bundle
+from tests.utils.seaweed import S3Server
 
 POSTGRES_URL = os.environ.get("INSPECT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "test-admin-token"
@@ -150,3 +151,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'storage.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+# --- S3 (SeaweedFS) -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS's S3 gateway on loopback, started here when none answers; skips only without the binary."""
+    try:
+        server = S3Server.start_or_reuse(tmp_path_factory.mktemp("seaweedfs"))
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_overrides(s3_server: S3Server) -> dict[str, object]:
+    """Settings for the S3 blob store on a fresh bucket of the test server."""
+    return {
+        "blob_store": "s3",
+        "s3_endpoint": s3_server.endpoint,
+        "s3_bucket": f"t-{uuid.uuid4().hex[:16]}",
+        "s3_access_key": s3_server.access_key,
+        "s3_secret_key": s3_server.secret_key,
+        "s3_timeout_s": 5.0,
+    }

@@ -41,7 +41,7 @@ def single_error_line(result) -> str:  # type: ignore[no-untyped-def]
 def test_db_upgrade_current_downgrade(database_url):
     assert invoke("db", "upgrade", "--db", database_url).exit_code == 0
     current = invoke("db", "current", "--db", database_url)
-    assert current.exit_code == 0 and current.output.strip() == "current 0002, head 0002"
+    assert current.exit_code == 0 and current.output.strip() == "current 0003, head 0003"
     assert invoke("db", "downgrade", "base", "--db", database_url).exit_code == 0
     assert migrations.current_revision(database_url) is None
 
@@ -80,7 +80,10 @@ def test_database_commands_close_their_connection_pool(tmp_path, monkeypatch):
 def test_models_and_users(tmp_path, test_bundle):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     invoke("db", "upgrade", "--db", url)
-    assert invoke("model", "add", str(test_bundle.root), "--db", url).output.strip() == "registered test-1"
+    added = invoke("model", "add", str(test_bundle.root), "--db", url, INSPECT_DATA_DIR=str(tmp_path / "var"))
+    assert added.output.strip() == "registered test-1"
+    # Published to the blob store, so replicas without the bundle's folder can fetch it.
+    assert list((tmp_path / "var" / "blobs").rglob("*.zip"))
     assert invoke("model", "activate", "test-1", "--db", url).exit_code == 0
     assert invoke("model", "list", "--db", url).output.startswith("* test-1\tsupervised")
     assert "not registered" in single_error_line(invoke("model", "activate", "nope", "--db", url))

@@ -21,8 +21,12 @@ async def livez() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(service: ServiceDep, response: Response) -> Health:
-    """Ready when a warmed model serves and results have somewhere durable to go (database or spool),
-    and the service's own disk takes writes (blobs, spool and indexes live there)."""
+    """Ready when a warmed model serves, results have somewhere durable to go (database or spool), and
+    the service's own disk takes writes (spool and indexes live there).
+
+    `replica` and `model_version` say which replica answers and what it serves; `model_in_sync` is
+    false while it still serves another version than the database's active one (`model_wanted`).
+    """
     database = await service.database_reachable()
     storage_writable = await asyncio.to_thread(service.write_health.check)
     spool_depth = service.spool.depth()
@@ -31,6 +35,10 @@ async def readyz(service: ServiceDep, response: Response) -> Health:
         "accepting": service.accepting,
         "model": service.models.ready,
         "model_version": service.models.active_version or "",
+        "replica": service.settings.replica_id,
+        "model_wanted": service.follower.state.database_version or "",
+        "model_in_sync": service.follower.in_sync,
+        "model_error": service.follower.state.error,
         "database": database,
         "spool_depth": spool_depth,
         "storage_writable": storage_writable,

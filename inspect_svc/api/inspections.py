@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse
 
 from inspect_svc import rendering
 from inspect_svc.api.deps import ReaderDep, ServiceDep
@@ -23,6 +21,7 @@ from inspect_svc.schemas import (
 )
 from inspect_svc.service import ServiceState
 from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.blob_responses import blob_response
 from inspect_svc.storage.blobstore import BlobNotFound
 
 router = APIRouter(prefix="/inspections", tags=["inspections"], dependencies=[ReaderDep])
@@ -65,17 +64,17 @@ async def get_inspection(service: ServiceDep, inspection_id: str) -> InspectionP
 
 
 @router.get("/{inspection_id}/image", responses={200: {"content": {"image/*": {}}}, **NOT_FOUND})
-async def get_image(service: ServiceDep, inspection_id: str) -> FileResponse:
+async def get_image(service: ServiceDep, inspection_id: str) -> Response:
     """The frame exactly as the camera sent it."""
     record = await _record(service, inspection_id)
-    return FileResponse(_blob_path(service, record.image_key), media_type=record.image_media_type)
+    return await asyncio.to_thread(blob_response, service.blobs, record.image_key, record.image_media_type)
 
 
 @router.get("/{inspection_id}/map.png", responses=PNG)
-async def get_map(service: ServiceDep, inspection_id: str) -> FileResponse:
+async def get_map(service: ServiceDep, inspection_id: str) -> Response:
     """Defect probability per pixel as 8-bit grey (255 = probability 1), at the frame's resolution."""
     record = await _record(service, inspection_id)
-    return FileResponse(_blob_path(service, record.map_key), media_type="image/png")
+    return await asyncio.to_thread(blob_response, service.blobs, record.map_key, "image/png")
 
 
 @router.get("/{inspection_id}/mask.png", responses=PNG)
@@ -106,12 +105,8 @@ async def _record(service: ServiceState, inspection_id: str) -> InspectionCreate
     return record
 
 
-def _blob_path(service: ServiceState, key: str) -> Path:
+def _read_blob(service: ServiceState, key: str) -> bytes:
     try:
-        return service.blobs.path(key)
+        return service.blobs.read(key)
     except BlobNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing") from None
-
-
-def _read_blob(service: ServiceState, key: str) -> bytes:
-    return _blob_path(service, key).read_bytes()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
 from inspect_svc.bundle import BundleError
@@ -17,9 +17,16 @@ ADMIN_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 422)}
 
 
 @router.get("", response_model=list[ModelVersionPublic], dependencies=[ReaderDep])
-async def list_models(service: ServiceDep) -> list[ModelVersionPublic]:
-    """Registered versions, newest first; `active` marks the one serving."""
-    return await service.run_db(repo.list_model_versions)
+async def list_models(service: ServiceDep, response: Response) -> list[ModelVersionPublic]:
+    """Registered versions, newest first; `active` marks the database's choice, `serving` this replica's.
+
+    Headers `X-Replica-Id` and `X-Serving-Version` name the replica that answered and what it serves.
+    """
+    serving = service.models.active_version
+    response.headers["X-Replica-Id"] = service.settings.replica_id
+    response.headers["X-Serving-Version"] = serving or ""
+    versions = await service.run_db(repo.list_model_versions)
+    return [version.model_copy(update={"serving": version.version == serving}) for version in versions]
 
 
 @router.post(
@@ -39,11 +46,12 @@ async def register_model(service: ServiceDep, body: ModelRegister) -> ModelVersi
 async def rollback(service: ServiceDep) -> ModelVersionPublic:
     """Re-activate the previously active version."""
     try:
-        return await service.models.rollback()
+        rolled_back = await service.models.rollback()
     except ModelNotFound as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except (BundleError, EngineError) as error:  # a bundle whose graph cannot serve: the old model stays
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    return rolled_back.model_copy(update={"serving": True})
 
 
 @router.post(
@@ -52,8 +60,9 @@ async def rollback(service: ServiceDep) -> ModelVersionPublic:
 async def activate(service: ServiceDep, version: str) -> ModelVersionPublic:
     """Hot-swap to `version`: loaded and warmed beside the current model, then switched atomically."""
     try:
-        return await service.models.activate(version)
+        activated = await service.models.activate(version)
     except ModelNotFound as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except (BundleError, EngineError) as error:  # a bundle whose graph cannot serve: the old model stays
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    return activated.model_copy(update={"serving": True})

@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from inspect_svc.settings import Settings
-from inspect_svc.storage.blobstore import BlobStore
+from inspect_svc.storage.blobstore import BlobStorage
 from inspect_svc.storage.db import session_scope
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -28,7 +28,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_blobs(request: Request) -> BlobStore:
+def get_blobs(request: Request) -> BlobStorage:
     return request.app.state.service.blobs
 
 
@@ -37,5 +37,5 @@ def get_settings(request: Request) -> Settings:
 
 
 DbSession = Annotated[Session, Depends(get_db)]
-Blobs = Annotated[BlobStore, Depends(get_blobs)]
+Blobs = Annotated[BlobStorage, Depends(get_blobs)]
 AppSettings = Annotated[Settings, Depends(get_settings)]

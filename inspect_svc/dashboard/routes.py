@@ -22,7 +22,7 @@ from inspect_svc.dashboard.queries import Cursor, InspectionView, QueryError, Qu
 from inspect_svc.review_export import export_to_zip
 from inspect_svc.schemas import ReviewCreate, ReviewVerdict
 from inspect_svc.storage import repositories
-from inspect_svc.storage.blobstore import BlobNotFound
+from inspect_svc.storage.blob_responses import blob_response
 
 router = APIRouter(prefix="/dashboard")
 
@@ -216,30 +216,26 @@ def _store_mask(blobs: Blobs, upload: UploadFile, item: InspectionView, verdict:
     return blobs.put(canonical, suffix=".png")
 
 
-def _blob_response(blobs: Blobs, key: str, media_type: str) -> FileResponse:
-    try:
-        path = blobs.path(key)
-    except BlobNotFound as error:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "the file of this inspection is missing") from error
+def _blob_response(blobs: Blobs, key: str, media_type: str) -> Response:
     # Blobs are content-addressed, so a browser may keep them; `private` keeps them out of shared caches.
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
+    return blob_response(blobs, key, media_type, headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/inspections/{inspection_id}/image", name="dashboard_image")
-def inspection_image(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> FileResponse:
+def inspection_image(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
     item = _inspection_or_404(db, inspection_id)
     return _blob_response(blobs, item.image_key, item.image_media_type)
 
 
 @router.get("/inspections/{inspection_id}/map.png", name="dashboard_map")
-def inspection_map(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> FileResponse:
+def inspection_map(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
     """The probability map as an 8-bit grey PNG; the page thresholds it in the browser."""
     item = _inspection_or_404(db, inspection_id)
     return _blob_response(blobs, item.map_key, "image/png")
 
 
 @router.get("/inspections/{inspection_id}/mask.png", name="dashboard_mask")
-def inspection_mask(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> FileResponse:
+def inspection_mask(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
     """The corrected mask of the latest review, when that review has one."""
     item = _inspection_or_404(db, inspection_id)
     if item.latest_review is None or item.latest_review.mask_key is None:

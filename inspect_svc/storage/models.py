@@ -70,6 +70,8 @@ class ModelVersionDB(Base):
 
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     bundle_path: Mapped[str] = mapped_column(String(1024))
+    # The bundle's archive in the blob store, so every replica can fetch it (migration 0003).
+    bundle_key: Mapped[str | None] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(32))
     backbone: Mapped[str] = mapped_column(String(128))
     input_size: Mapped[int] = mapped_column(Integer)

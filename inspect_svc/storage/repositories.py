@@ -337,13 +337,16 @@ def list_line_thresholds(session: Session) -> dict[str, LineThresholds]:
 # --- model versions ----------------------------------------------------------------------------------
 
 
-def register_model_version(session: Session, *, bundle: Bundle) -> ModelVersionPublic:
-    """Record a bundle; registering a version again updates where its files are."""
+def register_model_version(
+    session: Session, *, bundle: Bundle, bundle_key: str | None = None
+) -> ModelVersionPublic:
+    """Record a bundle; registering a version again updates where its files are (a known key is kept)."""
     manifest = bundle.manifest
     row = session.get(ModelVersionDB, manifest.model_version) or ModelVersionDB(
         version=manifest.model_version, is_active=False
     )
     row.bundle_path = str(bundle.root)
+    row.bundle_key = bundle_key or row.bundle_key
     row.kind = manifest.kind
     row.backbone = manifest.backbone
     row.input_size = manifest.input_size
@@ -401,6 +404,7 @@ def _model_public(row: ModelVersionDB) -> ModelVersionPublic:
     return ModelVersionPublic(
         version=row.version,
         bundle_path=row.bundle_path,
+        bundle_key=row.bundle_key,
         kind=row.kind,
         backbone=row.backbone,
         input_size=row.input_size,
