@@ -10,7 +10,7 @@ import binascii
 import json
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -414,11 +414,20 @@ def _model_public(row: ModelVersionDB) -> ModelVersionPublic:
 def add_review(session: Session, *, review: ReviewCreate) -> ReviewPublic:
     """Record a review; the latest review of an inspection is the one that counts.
 
+    A reviewer has one decision per inspection: a new one replaces their earlier one (deleted, so the
+    new row is the latest and review counts stay one per decision), never stands beside it.
+
     Raises:
         LookupError: the inspection does not exist.
     """
     if session.get(InspectionDB, review.inspection_id) is None:
         raise LookupError(f"inspection {review.inspection_id!r} does not exist")
+    if review.reviewer_id is not None:
+        session.execute(
+            delete(ReviewDB).where(
+                ReviewDB.inspection_id == review.inspection_id, ReviewDB.reviewer_id == review.reviewer_id
+            )
+        )
     row = ReviewDB(**review.model_dump())
     session.add(row)
     session.flush()
