@@ -266,9 +266,30 @@ def _inspection_public(row: InspectionDB, reviewed: bool) -> InspectionPublic:
 # --- cameras -----------------------------------------------------------------------------------------
 
 
-def create_camera(session: Session, *, camera: CameraCreate, api_key_hash: str) -> CameraPublic:
-    row = CameraDB(name=camera.name, line=camera.line, api_key_hash=api_key_hash, active=True)
+def create_camera(
+    session: Session, *, camera: CameraCreate, api_key_hash: str, api_key_prefix: str | None = None
+) -> CameraPublic:
+    row = CameraDB(
+        name=camera.name,
+        line=camera.line,
+        api_key_hash=api_key_hash,
+        api_key_prefix=api_key_prefix,
+        active=True,
+    )
     session.add(row)
+    session.flush()
+    return _camera_public(row)
+
+
+def replace_camera_key(
+    session: Session, *, name: str, api_key_hash: str, api_key_prefix: str
+) -> CameraPublic | None:
+    """Give a camera a new key; the old one stops working with this transaction. None: no such camera."""
+    row = session.get(CameraDB, name)
+    if row is None:
+        return None
+    row.api_key_hash = api_key_hash
+    row.api_key_prefix = api_key_prefix
     session.flush()
     return _camera_public(row)
 
@@ -300,7 +321,13 @@ def set_camera_active(session: Session, *, name: str, active: bool) -> CameraPub
 
 
 def _camera_public(row: CameraDB) -> CameraPublic:
-    return CameraPublic(name=row.name, line=row.line, active=row.active, created_at=row.created_at)
+    return CameraPublic(
+        name=row.name,
+        line=row.line,
+        active=row.active,
+        created_at=row.created_at,
+        key_prefix=row.api_key_prefix,
+    )
 
 
 # --- lines -------------------------------------------------------------------------------------------
