@@ -71,6 +71,15 @@ function colourTable() {
   return table;
 }
 
+// Write one opaque RGB pixel; no array per pixel, since a 12 MP frame has 12 million of them.
+function putPixel(data, index, red, green, blue) {
+  const offset = index * 4;
+  data[offset] = red;
+  data[offset + 1] = green;
+  data[offset + 2] = blue;
+  data[offset + 3] = 255;
+}
+
 function loadPreferences() {
   try {
     return { ...DEFAULT_VIEW, ...JSON.parse(localStorage.getItem(PREFERENCES_KEY) || "{}") };
@@ -133,7 +142,10 @@ function initViewer(root) {
     applyView();
   });
   const viewButtons = {
-    "toggle-image-only": "imageOnly", "toggle-heat": "heat", "toggle-regions": "regions", "toggle-side": "side",
+    "toggle-image-only": "imageOnly",
+    "toggle-heat": "heat",
+    "toggle-regions": "regions",
+    "toggle-side": "side",
   };
   for (const [id, name] of Object.entries(viewButtons)) {
     document.getElementById(id).addEventListener("click", () => toggle(name));
@@ -286,7 +298,7 @@ function initHeat(root, width, height) {
   const bar = document.getElementById("scale-bar");
   const barImage = new ImageData(256, 1);
   for (let value = 0; value < 256; value++) {
-    barImage.data.set([table[value * 3], table[value * 3 + 1], table[value * 3 + 2], 255], value * 4);
+    putPixel(barImage.data, value, table[value * 3], table[value * 3 + 1], table[value * 3 + 2]);
   }
   bar.getContext("2d").putImageData(barImage, 0, 0);
 
@@ -297,7 +309,7 @@ function initHeat(root, width, height) {
     for (let index = 0; index < width * height; index++) {
       const value = pixels[index * 4];
       state.probabilities[index] = value;
-      coloured.data.set([table[value * 3], table[value * 3 + 1], table[value * 3 + 2], 255], index * 4);
+      putPixel(coloured.data, index, table[value * 3], table[value * 3 + 1], table[value * 3 + 2]);
     }
     overlay.getContext("2d").putImageData(coloured, 0, 0);
     side.getContext("2d").putImageData(coloured, 0, 0);
@@ -327,7 +339,7 @@ function initMaskEditor(root, { width, height, view, applyView, heat, say }) {
     thresholdOutput.textContent = threshold.toFixed(2);
     const image = new ImageData(width, height);
     for (let index = 0; index < width * height; index++) {
-      if (heat.state.probabilities[index] / 255 >= threshold) image.data.set([...MASK_COLOUR, 255], index * 4);
+      if (heat.state.probabilities[index] / 255 >= threshold) putPixel(image.data, index, ...MASK_COLOUR);
     }
     maskContext.putImageData(image, 0, 0);
   }
@@ -336,7 +348,7 @@ function initMaskEditor(root, { width, height, view, applyView, heat, say }) {
     const pixels = pixelsOf(await loadImage(url), width, height);
     const image = new ImageData(width, height);
     for (let index = 0; index < width * height; index++) {
-      if (pixels[index * 4] >= 128) image.data.set([...MASK_COLOUR, 255], index * 4);
+      if (pixels[index * 4] >= 128) putPixel(image.data, index, ...MASK_COLOUR);
     }
     maskContext.putImageData(image, 0, 0);
     state.corrected = true; // the latest review's correction is the label until someone changes it
@@ -408,7 +420,7 @@ function initMaskEditor(root, { width, height, view, applyView, heat, say }) {
     const out = new ImageData(width, height);
     for (let index = 0; index < width * height; index++) {
       const value = painted[index * 4 + 3] >= 128 ? 255 : 0;
-      out.data.set([value, value, value, 255], index * 4);
+      putPixel(out.data, index, value, value, value);
     }
     const canvas = document.createElement("canvas");
     canvas.width = width;
@@ -469,7 +481,9 @@ function initMaskEditor(root, { width, height, view, applyView, heat, say }) {
     maskFromThreshold();
     state.corrected = true;
   });
-  thresholdInput.addEventListener("input", () => { thresholdOutput.textContent = Number(thresholdInput.value).toFixed(2); });
+  thresholdInput.addEventListener("input", () => {
+    thresholdOutput.textContent = Number(thresholdInput.value).toFixed(2);
+  });
   brushInput.addEventListener("input", () => setBrush(Number(brushInput.value)));
   document.getElementById("review-form").addEventListener("submit", (event) => {
     const verdict = event.submitter && event.submitter.value;
