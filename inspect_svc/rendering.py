@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from inspect_svc import imaging
@@ -45,7 +47,9 @@ def overlay_png(image_bytes: bytes, media_type: str, map_png: bytes, *, opacity:
 def thumbnail_jpeg(image_bytes: bytes, media_type: str, *, max_side: int = THUMBNAIL_SIDE) -> bytes:
     """A small JPEG of the frame, its aspect ratio kept, its longer side `max_side` pixels at most."""
     cv2 = imaging.opencv()
-    frame_rgb = imaging.decode_image(image_bytes, media_type, max_pixels=imaging.DEFAULT_MAX_PIXELS)
+    frame_rgb = _reduced_jpeg(image_bytes, max_side) if media_type == "image/jpeg" else None
+    if frame_rgb is None:
+        frame_rgb = imaging.decode_image(image_bytes, media_type, max_pixels=imaging.DEFAULT_MAX_PIXELS)
     height, width = frame_rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -55,3 +59,27 @@ def thumbnail_jpeg(image_bytes: bytes, media_type: str, *, max_side: int = THUMB
     if not encoded_ok:
         raise ValueError("the thumbnail could not be encoded")
     return encoded.tobytes()
+
+
+def _reduced_jpeg(image_bytes: bytes, max_side: int) -> np.ndarray | None:
+    """A large JPEG decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while decoding, far cheaper
+    than a full decode), still at least `max_side` on its longer side; None: decode it in full."""
+    cv2 = imaging.opencv()
+    from PIL import Image  # the header alone: no pixel is decoded here
+
+    try:
+        with Image.open(io.BytesIO(image_bytes), formats=["JPEG"]) as header:
+            longer = max(header.size)
+    except (OSError, ValueError):
+        return None  # the full, hardened decode says what is wrong with it
+    reductions = (
+        (8, cv2.IMREAD_REDUCED_COLOR_8),
+        (4, cv2.IMREAD_REDUCED_COLOR_4),
+        (2, cv2.IMREAD_REDUCED_COLOR_2),
+    )
+    for factor, flag in reductions:
+        if longer // factor >= max_side:
+            # As the service decodes a frame: EXIF orientation is not applied (the map is not turned).
+            decoded = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+            return None if decoded is None else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return None

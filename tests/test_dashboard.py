@@ -17,6 +17,7 @@ from sqlalchemy import select
 from inspect_svc.dashboard import queries
 from inspect_svc.dashboard.auth import SESSION_COOKIE
 from inspect_svc.dashboard.queries import Cursor, QueueFilters
+from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.schemas import CameraCreate
 from inspect_svc.security import hash_api_key, new_api_key
 from inspect_svc.storage import repositories
@@ -390,6 +391,17 @@ def test_queue_rows_carry_thumbnails_and_frame_ids(world, client):
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumb.content)).size == (128, 64)  # aspect ratio kept
     assert client.get("/dashboard/inspections/nope/thumb.jpg").status_code == 404
+
+
+def test_thumbnail_of_a_large_jpeg_is_decoded_reduced_and_keeps_its_aspect_ratio():
+    left_dark = np.full((1500, 3000, 3), 200, np.uint8)
+    left_dark[:, :1500] = 40
+    encoded = io.BytesIO()
+    Image.fromarray(left_dark).save(encoded, format="JPEG", quality=90)
+    thumbnail = Image.open(io.BytesIO(thumbnail_jpeg(encoded.getvalue(), "image/jpeg")))
+    assert thumbnail.size == (128, 64)
+    pixels = np.asarray(thumbnail.convert("L"), dtype=np.float32)
+    assert abs(pixels[:, :60].mean() - 40) < 6 and abs(pixels[:, 68:].mean() - 200) < 6  # not mirrored
 
 
 def test_queue_dates_are_iso_text_fields(world, client):
