@@ -328,11 +328,12 @@ def test_frame_is_never_stretched_and_image_only_shows_the_original_pixels(
     shoot(page, artifacts, f"12-actual-pixels-{screen}")
 
 
-def test_zoom_pan_heat_toggle_and_side_by_side(world, server_url, browser, artifacts):
+@pytest.mark.parametrize("screen", SCREENS, ids=SCREENS)
+def test_zoom_pan_heat_toggle_and_side_by_side(world, server_url, browser, artifacts, screen):
     width, height = 400, 250
     frame_png, _ = smooth_frame(width, height)
     item = add_inspection(world, score=0.9, width=width, height=height, frame_png=frame_png)
-    page = browser.new_context(viewport=SCREENS["1366x768"]).new_page()
+    page = browser.new_context(viewport=SCREENS[screen]).new_page()
     log_in(page, server_url, "vera")  # viewing needs no reviewer role
     page.goto(f"{server_url}/dashboard/inspections/{item.id}")
     wait_for_viewer(page)
@@ -357,18 +358,21 @@ def test_zoom_pan_heat_toggle_and_side_by_side(world, server_url, browser, artif
     assert math.dist(before, after) < 0.5
     assert_aspect_kept(wheeled, width, height)
 
-    # Dragging pans the frame by the pointer's movement.
+    # Dragging pans the frame by the pointer's movement (zoomed in far enough to have room to pan).
+    page.keyboard.press("+")
+    page.keyboard.press("+")
+    centre = (viewport["x"] + viewport["width"] / 2, viewport["y"] + viewport["height"] / 2)
+    grabbed = box_of(page, "#frame")
+    page.mouse.move(*centre)
     page.mouse.down()
-    page.mouse.move(cursor[0] + 60, cursor[1] + 40, steps=5)
+    page.mouse.move(centre[0] + 60, centre[1] + 40, steps=5)
     page.mouse.up()
     panned = box_of(page, "#frame")
-    assert (panned["x"] - wheeled["x"], panned["y"] - wheeled["y"]) == (
-        pytest.approx(60, abs=0.5),
-        pytest.approx(40, abs=0.5),
-    )
+    moved = (panned["x"] - grabbed["x"], panned["y"] - grabbed["y"])
+    assert moved == (pytest.approx(60, abs=0.5), pytest.approx(40, abs=0.5))
     page.keyboard.press("-")
     assert box_of(page, "#frame")["width"] == pytest.approx(panned["width"] / 1.25, rel=1e-3)
-    shoot(page, artifacts, "20-zoomed")
+    shoot(page, artifacts, f"20-zoomed-{screen}")
     page.keyboard.press("0")
     assert displayed_scale(page) == pytest.approx(fit_scale, rel=1e-6)
 
@@ -392,7 +396,7 @@ def test_zoom_pan_heat_toggle_and_side_by_side(world, server_url, browser, artif
     page.keyboard.press("+")
     left, right = box_of(page, "#frame"), box_of(page, "#heat-side")
     assert right["width"] == pytest.approx(left["width"])
-    shoot(page, artifacts, "21-side-by-side")
+    shoot(page, artifacts, f"21-side-by-side-{screen}")
     page.keyboard.press("v")
     assert page.locator("#viewport-map").is_hidden()
 
