@@ -217,6 +217,8 @@ def test_review_the_queue_by_keyboard_paint_a_mask_and_export(world, server_url,
     page.mouse.up()
     page.keyboard.press("s")
     page.wait_for_selector("#viewer[data-saved=true]")
+    history = page.locator("#review-history li")
+    assert history.count() == 1 and "corrected mask" in history.inner_text()  # the decision, shown
     shoot(page, artifacts, "04-mask-corrected")
 
     reviews = latest_reviews(world)
@@ -372,6 +374,11 @@ def test_zoom_pan_heat_toggle_and_side_by_side(world, server_url, browser, artif
     assert moved == (pytest.approx(60, abs=0.5), pytest.approx(40, abs=0.5))
     page.keyboard.press("-")
     assert box_of(page, "#frame")["width"] == pytest.approx(panned["width"] / 1.25, rel=1e-3)
+    # Outlines stay one thin line on screen however far the frame is zoomed.
+    stroke = page.evaluate(
+        "parseFloat(getComputedStyle(document.querySelector('#regions rect, #regions polygon')).strokeWidth)"
+    )
+    assert stroke * displayed_scale(page) == pytest.approx(1.5, abs=0.05)  # screen pixels
     shoot(page, artifacts, f"20-zoomed-{screen}")
     page.keyboard.press("0")
     assert displayed_scale(page) == pytest.approx(fit_scale, rel=1e-6)

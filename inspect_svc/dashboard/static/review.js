@@ -16,6 +16,7 @@ const BRUSH_MIN = 1;
 const BRUSH_MAX = 80;
 const MAX_SCALE = 32;
 const ZOOM_STEP = 1.25;
+const OUTLINE_PX = 1.5;
 const PREFERENCES_KEY = "inspect.viewer";
 const DEFAULT_VIEW = { heat: false, regions: true, side: false, opacity: 0.6 };
 
@@ -88,6 +89,15 @@ function loadPreferences() {
   }
 }
 
+// The layers an operator chose stay chosen from one inspection to the next.
+function savePreferences({ heat, regions, side, opacity }) {
+  try {
+    localStorage.setItem(PREFERENCES_KEY, JSON.stringify({ heat, regions, side, opacity }));
+  } catch {
+    // Storage may be off (private windows, policies): the view still works, it just is not remembered.
+  }
+}
+
 function initViewer(root) {
   const width = Number(root.dataset.width);
   const height = Number(root.dataset.height);
@@ -120,11 +130,10 @@ function initViewer(root) {
     for (const [id, on] of Object.entries(pressed)) {
       document.getElementById(id)?.setAttribute("aria-pressed", String(on));
     }
-    const { heat: showHeat, regions, side, opacity } = view;
-    localStorage.setItem(PREFERENCES_KEY, JSON.stringify({ heat: showHeat, regions, side, opacity }));
+    savePreferences(view);
   }
 
-  // Showing a layer leaves "image only"; the mask editor needs its layer, so it leaves it too.
+  // Showing a layer leaves "image only" (so does correcting the mask: its layer must show).
   function toggle(name) {
     if (name === "imageOnly") {
       view.imageOnly = !view.imageOnly;
@@ -209,6 +218,8 @@ function initZoom(root, width, height) {
     for (const stage of stages) {
       stage.style.transform = `translate(${transform.x}px, ${transform.y}px) scale(${transform.scale})`;
     }
+    // Outlines keep one thin screen width at every zoom (the stage's CSS scale would thicken them).
+    root.style.setProperty("--outline-width", `${OUTLINE_PX / transform.scale}px`);
     root.classList.toggle("magnified", transform.scale >= 2);
     root.dataset.scale = transform.scale.toFixed(4);
     level.textContent = `${Math.round(transform.scale * 100)}%`;
@@ -451,10 +462,20 @@ function initMaskEditor(root, { width, height, view, applyView, heat, say }) {
       await postReview(verdict, true);
       state.corrected = true;
       say(`correction saved: ${verdict} with your mask (your decision on this inspection; j goes on)`);
+      await refreshReviewHistory();
       root.dataset.saved = "true";
     } catch (error) {
       say(error.message);
     }
+  }
+
+  // The page's own review list, fetched again, so the saved decision shows where decisions are listed.
+  async function refreshReviewHistory() {
+    const response = await fetch(window.location.href, { headers: { Accept: "text/html" } });
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    const history = fresh.getElementById("review-history");
+    if (history) document.getElementById("review-history").replaceWith(history);
   }
 
   async function review(verdict) {
