@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_BUNDLE ?= demo/bundle
 
-.PHONY: run test install-service install-all demo-bundle
+.PHONY: run test install-service install-all demo-textures demo-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(BIN)/python:
 install-service: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
-install-all: $(BIN)/python
+install-all: $(BIN)/python demo-textures
 	$(BIN)/pip install -q -e '.[train,dev]'
+
+## The demo data's photographed surfaces (Debian's ufoai-textures), where apt can install them.
+demo-textures:
+	bash scripts/install-textures.sh
 
 run: install-service
 	$(BIN)/inspect-svc serve --model $(DEMO_BUNDLE) --host $(HOST) --port $(PORT)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from inspect_svc.bundle import BundleError
 from inspect_svc.schemas import CameraCreate, UserCreate
-from inspect_svc.security import hash_api_key, new_api_key
+from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
 from inspect_svc.storage import repositories as repo
@@ -116,6 +116,12 @@ def serve(
         # From the repository root the shipped defective part makes the example ready to paste.
         image = DEMO_PART if Path(DEMO_PART).is_file() else "<image.png>"
         typer.echo(f'  curl -H "X-API-Key: {demo_key}" -F file=@{image} {url}/inspect')
+    elif settings.require_api_key:
+        # Keys are shown once, at creation; a restart cannot show them again, but it can say how to go on.
+        typer.echo(
+            "camera keys are shown only when made: `inspect-svc camera list` lists the cameras,"
+            " `inspect-svc camera rotate-key NAME` prints a new key for one"
+        )
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
         log_config=logging_config(settings.log_format),
@@ -131,7 +137,12 @@ def _demo_key(settings: Settings) -> str | None:
             if repo.list_cameras(session):
                 return None
             api_key = new_api_key()
-            repo.create_camera(session, camera=CameraCreate(name="demo"), api_key_hash=hash_api_key(api_key))
+            repo.create_camera(
+                session,
+                camera=CameraCreate(name="demo"),
+                api_key_hash=hash_api_key(api_key),
+                api_key_prefix=api_key_prefix(api_key),
+            )
             return api_key
     except UNAVAILABLE_ERRORS:
         return None  # not migrated yet (PostgreSQL): the operator adds cameras with `camera add`
@@ -184,20 +195,58 @@ def camera_add(
     api_key = new_api_key()
     try:
         with _session(load_settings(db)) as session:
-            repo.create_camera(session, camera=camera, api_key_hash=hash_api_key(api_key))
+            repo.create_camera(
+                session,
+                camera=camera,
+                api_key_hash=hash_api_key(api_key),
+                api_key_prefix=api_key_prefix(api_key),
+            )
     except IntegrityError:
         _fail(f"camera {name!r} already exists")
     typer.echo(api_key)
 
 
+CAMERA_COLUMNS = ("name", "line", "state", "created (UTC)", "key starts")
+
+
 @camera_app.command("list")
 @friendly_errors
 def camera_list(db: DbOption = None) -> None:
-    """List cameras (keys are never shown again)."""
+    """List cameras: name, line, state, creation time and the first characters of the key (never the key)."""
     with _session(load_settings(db)) as session:
-        for camera in repo.list_cameras(session):
-            state = "active" if camera.active else "disabled"
-            typer.echo(f"{camera.name}\t{camera.line or '-'}\t{state}")
+        cameras = repo.list_cameras(session)
+    if not cameras:
+        typer.echo("no cameras yet: `inspect-svc camera add NAME` registers one")
+        return
+    typer.echo("\t".join(CAMERA_COLUMNS))
+    for camera in cameras:
+        typer.echo(
+            "\t".join(
+                (
+                    camera.name,
+                    camera.line or "-",
+                    "active" if camera.active else "disabled",
+                    camera.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    f"{camera.key_prefix}…" if camera.key_prefix else "- (made before key prefixes)",
+                )
+            )
+        )
+
+
+@camera_app.command("rotate-key")
+@friendly_errors
+def camera_rotate_key(
+    name: Annotated[str, typer.Argument(help="camera whose key is replaced")], db: DbOption = None
+) -> None:
+    """Give a camera a new API key and print it (shown once); the old key stops working at once."""
+    api_key = new_api_key()
+    with _session(load_settings(db)) as session:
+        camera = repo.replace_camera_key(
+            session, name=name, api_key_hash=hash_api_key(api_key), api_key_prefix=api_key_prefix(api_key)
+        )
+    if camera is None:
+        _fail(f"no camera {name!r}; `inspect-svc camera list` shows the cameras")
+    typer.echo(api_key)
 
 
 # --- models --------------------------------------------------------------------------------------------

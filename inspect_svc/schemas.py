@@ -122,6 +122,7 @@ class CameraPublic(BaseModel):
     line: str | None
     active: bool
     created_at: datetime
+    key_prefix: str | None = None  # the key's first characters, to tell keys apart; never the key
 
 
 class CameraWithKey(CameraPublic):

@@ -8,6 +8,9 @@ import hmac
 import secrets
 
 API_KEY_PREFIX = "isk_"
+# Characters of a key after its "isk_" that may be shown again (lists, logs) to tell keys apart: 36 of
+# its 256 random bits, which leaves the rest far beyond guessing.
+API_KEY_SHOWN_CHARS = 6
 # scrypt cost: n=2**14, r=8 uses 16 MiB and ~50 ms per check, enough for interactive logins.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
 
@@ -15,6 +18,11 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
 def new_api_key() -> str:
     """A fresh camera key with 256 bits of entropy; show it once, store only `hash_api_key(key)`."""
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_key_prefix(api_key: str) -> str:
+    """The start of a key that may be shown again, so an operator can tell which key a camera holds."""
+    return api_key[: len(API_KEY_PREFIX) + API_KEY_SHOWN_CHARS]
 
 
 def hash_api_key(api_key: str) -> str:

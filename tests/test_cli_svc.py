@@ -9,17 +9,18 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from inspect_svc.cli import app
 from inspect_svc.security import hash_api_key
-from inspect_svc.storage import migrations
-from inspect_svc.storage.db import make_engine
+from inspect_svc.storage import migrations, repositories
+from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.models import CameraDB, InspectionDB, UserDB
 from tests.conftest import png_bytes
 from tests.utils.live_server import free_port, wait_until_ready
@@ -41,7 +42,7 @@ def single_error_line(result) -> str:  # type: ignore[no-untyped-def]
 def test_db_upgrade_current_downgrade(database_url):
     assert invoke("db", "upgrade", "--db", database_url).exit_code == 0
     current = invoke("db", "current", "--db", database_url)
-    assert current.exit_code == 0 and current.output.strip() == "current 0003, head 0003"
+    assert current.exit_code == 0 and current.output.strip() == "current 0004, head 0004"
     assert invoke("db", "downgrade", "base", "--db", database_url).exit_code == 0
     assert migrations.current_revision(database_url) is None
 
@@ -58,7 +59,78 @@ def test_camera_add_prints_a_working_key_once(tmp_path):
     engine.dispose()
     assert row == (hash_api_key(api_key), "line-a")
     assert "already exists" in single_error_line(invoke("camera", "add", "cam-1", "--db", url))
-    assert invoke("camera", "list", "--db", url).output.strip() == "cam-1\tline-a\tactive"
+    listed = invoke("camera", "list", "--db", url).output.strip().splitlines()
+    assert listed[1].startswith("cam-1\tline-a\tactive\t")
+
+
+def test_camera_list_shows_line_created_and_key_prefix_never_the_key(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "--db", url)
+    assert "no cameras yet" in invoke("camera", "list", "--db", url).output
+    keys = {name: invoke("camera", "add", name, "--line", "line-a", "--db", url).output.strip() for name in "ab"}
+    listed = invoke("camera", "list", "--db", url)
+    assert listed.exit_code == 0
+    header, *rows = listed.output.strip().splitlines()
+    assert header.split("\t") == ["name", "line", "state", "created (UTC)", "key starts"]
+    for row, (name, key) in zip(rows, keys.items(), strict=True):
+        listed_name, line, state, created, prefix = row.split("\t")
+        assert (listed_name, line, state) == (name, "line-a", "active")
+        assert datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ")  # ISO 8601, UTC
+        assert prefix == f"{key[:10]}…" and len(key) > 40
+        assert key not in listed.output and key[10:20] not in listed.output
+
+
+def test_camera_rotate_key_prints_a_new_key_once_and_the_old_one_stops_working(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "--db", url)
+    old_key = invoke("camera", "add", "cam-1", "--line", "line-a", "--db", url).output.strip()
+    rotated = invoke("camera", "rotate-key", "cam-1", "--db", url)
+    assert rotated.exit_code == 0
+    new_key = rotated.output.strip()
+    assert len(rotated.output.strip().splitlines()) == 1 and new_key.startswith("isk_") and new_key != old_key
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        assert repositories.camera_for_key_hash(session, api_key_hash=hash_api_key(old_key)) is None
+        camera = repositories.camera_for_key_hash(session, api_key_hash=hash_api_key(new_key))
+        assert (camera.name, camera.line) == ("cam-1", "line-a")  # the same camera, with its line
+    engine.dispose()
+    assert f"{new_key[:10]}…" in invoke("camera", "list", "--db", url).output
+    assert "no camera 'nope'" in single_error_line(invoke("camera", "rotate-key", "nope", "--db", url))
+
+
+def test_cameras_from_before_key_prefixes_list_without_one(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    invoke("db", "upgrade", "0002", "--db", url)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO cameras (name, line, api_key_hash, active, created_at)"
+                " VALUES ('old', NULL, 'h', 1, :t)"
+            ),
+            {"t": "2026-01-01 00:00:00"},
+        )
+    engine.dispose()
+    assert invoke("db", "upgrade", "--db", url).exit_code == 0
+    (row,) = invoke("camera", "list", "--db", url).output.strip().splitlines()[1:]
+    assert row.split("\t")[-1] == "- (made before key prefixes)"
+    assert invoke("camera", "rotate-key", "old", "--db", url).exit_code == 0
+    (row,) = invoke("camera", "list", "--db", url).output.strip().splitlines()[1:]
+    assert row.split("\t")[-1].startswith("isk_")
+
+
+def test_serve_shows_the_demo_key_once_and_then_how_to_get_a_new_one(tmp_path, monkeypatch):
+    served: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.append(app))
+    monkeypatch.setattr("inspect_svc.main.create_app", lambda settings: "app")
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    first = invoke("serve", "--db", url, INSPECT_DATA_DIR=str(tmp_path / "var"))
+    assert first.exit_code == 0, first.output
+    assert "created camera 'demo'; its API key (shown once): isk_" in first.output
+    again = invoke("serve", "--db", url, INSPECT_DATA_DIR=str(tmp_path / "var"))
+    assert again.exit_code == 0 and "isk_" not in again.output
+    assert "inspect-svc camera rotate-key NAME" in again.output and "inspect-svc camera list" in again.output
+    assert served == ["app", "app"]
 
 
 def test_database_commands_close_their_connection_pool(tmp_path, monkeypatch):

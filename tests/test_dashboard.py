@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import zipfile
 from datetime import timedelta
 
 import numpy as np
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from inspect_svc.dashboard import queries
 from inspect_svc.dashboard.auth import SESSION_COOKIE
 from inspect_svc.dashboard.queries import Cursor, QueueFilters
+from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.schemas import CameraCreate
 from inspect_svc.security import hash_api_key, new_api_key
 from inspect_svc.storage import repositories
@@ -264,6 +267,47 @@ def test_review_is_stored_and_leads_to_the_next_inspection(world, client):
     assert first.id in client.get("/dashboard/queue", params={"review_state": "reviewed"}).text
 
 
+def test_one_decision_per_reviewer_a_second_replaces_the_first(world, client):
+    item = add_inspection(world, score=0.9, width=64, height=48)
+    csrf = log_in(client, "rita")
+    saved = client.post(
+        f"/dashboard/inspections/{item.id}/review",
+        data={"verdict": "confirm"},
+        files={"mask": ("mask.png", mask_png(64, 48, (4, 4, 10, 10)), "image/png")},
+        headers={"Accept": "application/json", "X-CSRF-Token": csrf},
+    )
+    assert saved.status_code == 200, saved.text
+    client.post(f"/dashboard/inspections/{item.id}/review", data={"verdict": "reject", "csrf_token": csrf})
+    (only,) = reviews_of(world, item.id)  # replaced, not stacked
+    assert (only.verdict, only.mask_key) == ("reject", None)
+
+    other = TestClient(dashboard_app(world))
+    other_csrf = log_in(other, "ada")
+    other.post(
+        f"/dashboard/inspections/{item.id}/review", data={"verdict": "confirm", "csrf_token": other_csrf}
+    )
+    by_reviewer = {review.reviewer_id: review.verdict for review in reviews_of(world, item.id)}
+    assert sorted(by_reviewer.values()) == ["confirm", "reject"]  # each reviewer keeps their own decision
+    page = client.get(f"/dashboard/inspections/{item.id}").text
+    assert page.count('<span class="badge review-') == 2
+
+
+def test_export_follows_the_replacing_decision(world, client):
+    item = add_inspection(world, score=0.9, width=64, height=48)
+    csrf = log_in(client, "rita")
+    client.post(f"/dashboard/inspections/{item.id}/review", data={"verdict": "reject", "csrf_token": csrf})
+    client.post(
+        f"/dashboard/inspections/{item.id}/review",
+        data={"verdict": "confirm"},
+        files={"mask": ("mask.png", mask_png(64, 48, (4, 4, 10, 10)), "image/png")},
+        headers={"Accept": "application/json", "X-CSRF-Token": csrf},
+    )
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/dashboard/export.zip").content))
+    (exported,) = json.loads(archive.read("manifest.json"))["items"]
+    assert (exported["verdict"], exported["mask_source"]) == ("confirm", "corrected")
+    assert (np.asarray(Image.open(io.BytesIO(archive.read(exported["mask"])))) == 255).sum() == 100
+
+
 def test_unknown_inspection_and_verdict_are_client_errors(world, client):
     item = add_inspection(world, score=0.9)
     csrf = log_in(client, "rita")
@@ -334,6 +378,45 @@ def test_inspection_page_carries_overlays_and_blobs_are_served(world, client):
     assert image.headers["content-type"] == "image/png" and image.content == world.blobs.read(item.image_key)
     assert client.get(f"/dashboard/inspections/{item.id}/map.png").content == world.blobs.read(item.map_key)
     assert client.get(f"/dashboard/inspections/{item.id}/mask.png").status_code == 404
+
+
+def test_queue_rows_carry_thumbnails_and_frame_ids(world, client):
+    item = add_inspection(world, score=0.9, width=200, height=100)
+    log_in(client, "vera")
+    queue = client.get("/dashboard/queue").text
+    assert item.frame_id in queue
+    thumb_url = f"/dashboard/inspections/{item.id}/thumb.jpg"
+    assert f'src="{thumb_url}"' in queue
+    thumb = client.get(thumb_url)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size == (128, 64)  # aspect ratio kept
+    assert client.get("/dashboard/inspections/nope/thumb.jpg").status_code == 404
+
+
+def test_thumbnail_of_a_large_jpeg_is_decoded_reduced_and_keeps_its_aspect_ratio():
+    left_dark = np.full((1500, 3000, 3), 200, np.uint8)
+    left_dark[:, :1500] = 40
+    encoded = io.BytesIO()
+    Image.fromarray(left_dark).save(encoded, format="JPEG", quality=90)
+    thumbnail = Image.open(io.BytesIO(thumbnail_jpeg(encoded.getvalue(), "image/jpeg")))
+    assert thumbnail.size == (128, 64)
+    pixels = np.asarray(thumbnail.convert("L"), dtype=np.float32)
+    assert abs(pixels[:, :60].mean() - 40) < 6 and abs(pixels[:, 68:].mean() - 200) < 6  # not mirrored
+
+
+def test_queue_dates_are_iso_text_fields(world, client):
+    early = add_inspection(world, score=0.9, minutes=0)
+    late = add_inspection(world, score=0.8, minutes=24 * 60)
+    log_in(client, "vera")
+    # A date alone means its midnight, UTC; the field shows the ISO form back, never a locale's.
+    page = client.get("/dashboard/queue", params={"since": "2026-03-03"}).text
+    assert late.id in page and early.id not in page
+    since_field = re.search(r'<input type="text" name="since" value="([^"]*)"', page)
+    assert since_field and since_field.group(1) == "2026-03-03T00:00"
+    assert 'type="datetime-local"' not in page and 'type="date"' not in page
+    spaced = client.get("/dashboard/queue", params={"until": "2026-03-02 09:00"}).text
+    assert early.id in spaced and late.id not in spaced
+    assert client.get("/dashboard/queue", params={"since": "03/02/2026"}).status_code == 400
 
 
 # --- statistics, models, admin ------------------------------------------------------------------------------

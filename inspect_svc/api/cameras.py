@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from inspect_svc.api.deps import AdminDep, ServiceDep
 from inspect_svc.schemas import CameraCreate, CameraPublic, CameraWithKey, ErrorBody
-from inspect_svc.security import hash_api_key, new_api_key
+from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.storage import repositories as repo
 
 router = APIRouter(
@@ -29,7 +29,9 @@ async def add_camera(service: ServiceDep, body: CameraCreate) -> CameraWithKey:
     api_key = new_api_key()
     try:
         camera = await service.run_db(
-            lambda s: repo.create_camera(s, camera=body, api_key_hash=hash_api_key(api_key))
+            lambda s: repo.create_camera(
+                s, camera=body, api_key_hash=hash_api_key(api_key), api_key_prefix=api_key_prefix(api_key)
+            )
         )
     except IntegrityError:
         raise HTTPException(status.HTTP_409_CONFLICT, f"camera {body.name!r} already exists") from None

@@ -16,7 +16,7 @@ from inspect_svc.dashboard.deps import TEMPLATES, DbSession
 from inspect_svc.dashboard.stats import precision_by_model
 from inspect_svc.model_manager import ModelNotFound
 from inspect_svc.schemas import CameraCreate, SessionPublic, UserCreate
-from inspect_svc.security import hash_api_key, new_api_key
+from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.storage import repositories
 
 router = APIRouter(prefix="/dashboard")
@@ -168,7 +168,9 @@ def add_camera(
         message = f"camera {camera.name!r} already exists"
         return _admin_page(request, login, db, status_code=409, flash=message, flash_kind="error")
     api_key = new_api_key()
-    repositories.create_camera(db, camera=camera, api_key_hash=hash_api_key(api_key))
+    repositories.create_camera(
+        db, camera=camera, api_key_hash=hash_api_key(api_key), api_key_prefix=api_key_prefix(api_key)
+    )
     db.commit()
     response = _admin_page(request, login, db, new_camera=camera.name, new_key=api_key)
     response.headers["Cache-Control"] = "no-store"  # the key must not linger in any cache

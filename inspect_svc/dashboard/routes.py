@@ -19,6 +19,7 @@ from inspect_svc.dashboard.auth import Reviewer, Viewer, page_context
 from inspect_svc.dashboard.deps import STATIC_DIR, TEMPLATES, Blobs, DbSession
 from inspect_svc.dashboard.masks import MAX_MASK_BYTES, MaskRejected, canonical_mask_png
 from inspect_svc.dashboard.queries import Cursor, InspectionView, QueryError, QueueFilters
+from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.review_export import export_to_zip
 from inspect_svc.schemas import ReviewCreate, ReviewVerdict
 from inspect_svc.storage import repositories
@@ -28,6 +29,9 @@ router = APIRouter(prefix="/dashboard")
 
 STATIC_FILES = {"review.js": "text/javascript", "dashboard.css": "text/css"}
 FILTER_FIELDS = ("line", "camera", "model_version", "verdict", "review_state", "since", "until", "sort")
+# What the queue's date fields accept, as an HTML `pattern`: an ISO date with an optional time.
+ISO_INPUT_PATTERN = r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?"
+ISO_MINUTES = "%Y-%m-%dT%H:%M"
 
 
 def parse_filters(params: Mapping[str, str]) -> QueueFilters:
@@ -58,7 +62,7 @@ def parse_filters(params: Mapping[str, str]) -> QueueFilters:
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    """An ISO date-time; one without a zone (as `datetime-local` inputs send it) is UTC."""
+    """An ISO date (midnight) or date-time; one without a zone is UTC, as the queue shows times."""
     if not value:
         return None
     try:
@@ -77,8 +81,8 @@ def filter_query(filters: QueueFilters) -> str:
         "model_version": filters.model_version,
         "verdict": filters.verdict,
         "review_state": filters.review_state,
-        "since": filters.since.strftime("%Y-%m-%dT%H:%M") if filters.since else None,
-        "until": filters.until.strftime("%Y-%m-%dT%H:%M") if filters.until else None,
+        "since": filters.since.strftime(ISO_MINUTES) if filters.since else None,
+        "until": filters.until.strftime(ISO_MINUTES) if filters.until else None,
         "sort": filters.sort,
     }
     return urlencode({name: value for name, value in values.items() if value})
@@ -136,8 +140,9 @@ def review_queue(
         limit=limit,
         filter_query=filter_query(filters),
         choices=queries.filter_choices(db),
-        form_since=filters.since.strftime("%Y-%m-%dT%H:%M") if filters.since else "",
-        form_until=filters.until.strftime("%Y-%m-%dT%H:%M") if filters.until else "",
+        form_since=filters.since.strftime(ISO_MINUTES) if filters.since else "",
+        form_until=filters.until.strftime(ISO_MINUTES) if filters.until else "",
+        iso_pattern=ISO_INPUT_PATTERN,
     )
     return TEMPLATES.TemplateResponse(request, "queue.html", context)
 
@@ -225,6 +230,21 @@ def _blob_response(blobs: Blobs, key: str, media_type: str) -> Response:
 def inspection_image(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
     item = _inspection_or_404(db, inspection_id)
     return _blob_response(blobs, item.image_key, item.image_media_type)
+
+
+@router.get("/inspections/{inspection_id}/thumb.jpg", name="dashboard_thumbnail")
+def inspection_thumbnail(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
+    """A small JPEG of the frame for the queue (the browser keeps it: the frame never changes)."""
+    item = _inspection_or_404(db, inspection_id)
+    try:
+        thumbnail = thumbnail_jpeg(blobs.read(item.image_key), item.image_media_type)
+    except BlobNotFound as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the file of this inspection is missing") from error
+    except ValueError as error:  # ImageRejected is one
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"the stored frame cannot be shown: {error}"
+        ) from error
+    return Response(thumbnail, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/inspections/{inspection_id}/map.png", name="dashboard_map")

@@ -48,6 +48,7 @@ class CameraDB(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     line: Mapped[str | None] = mapped_column(String(64))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    api_key_prefix: Mapped[str | None] = mapped_column(String(16))  # NULL for keys made before 0003
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 

@@ -10,7 +10,7 @@ import binascii
 import json
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -266,9 +266,30 @@ def _inspection_public(row: InspectionDB, reviewed: bool) -> InspectionPublic:
 # --- cameras -----------------------------------------------------------------------------------------
 
 
-def create_camera(session: Session, *, camera: CameraCreate, api_key_hash: str) -> CameraPublic:
-    row = CameraDB(name=camera.name, line=camera.line, api_key_hash=api_key_hash, active=True)
+def create_camera(
+    session: Session, *, camera: CameraCreate, api_key_hash: str, api_key_prefix: str | None = None
+) -> CameraPublic:
+    row = CameraDB(
+        name=camera.name,
+        line=camera.line,
+        api_key_hash=api_key_hash,
+        api_key_prefix=api_key_prefix,
+        active=True,
+    )
     session.add(row)
+    session.flush()
+    return _camera_public(row)
+
+
+def replace_camera_key(
+    session: Session, *, name: str, api_key_hash: str, api_key_prefix: str
+) -> CameraPublic | None:
+    """Give a camera a new key; the old one stops working with this transaction. None: no such camera."""
+    row = session.get(CameraDB, name)
+    if row is None:
+        return None
+    row.api_key_hash = api_key_hash
+    row.api_key_prefix = api_key_prefix
     session.flush()
     return _camera_public(row)
 
@@ -305,7 +326,13 @@ def set_camera_active(session: Session, *, name: str, active: bool) -> CameraPub
 
 
 def _camera_public(row: CameraDB) -> CameraPublic:
-    return CameraPublic(name=row.name, line=row.line, active=row.active, created_at=row.created_at)
+    return CameraPublic(
+        name=row.name,
+        line=row.line,
+        active=row.active,
+        created_at=row.created_at,
+        key_prefix=row.api_key_prefix,
+    )
 
 
 # --- lines -------------------------------------------------------------------------------------------
@@ -423,11 +450,20 @@ def _model_public(row: ModelVersionDB) -> ModelVersionPublic:
 def add_review(session: Session, *, review: ReviewCreate) -> ReviewPublic:
     """Record a review; the latest review of an inspection is the one that counts.
 
+    A reviewer has one decision per inspection: a new one replaces their earlier one (deleted, so the
+    new row is the latest and review counts stay one per decision), never stands beside it.
+
     Raises:
         LookupError: the inspection does not exist.
     """
     if session.get(InspectionDB, review.inspection_id) is None:
         raise LookupError(f"inspection {review.inspection_id!r} does not exist")
+    if review.reviewer_id is not None:
+        session.execute(
+            delete(ReviewDB).where(
+                ReviewDB.inspection_id == review.inspection_id, ReviewDB.reviewer_id == review.reviewer_id
+            )
+        )
     row = ReviewDB(**review.model_dump())
     session.add(row)
     session.flush()

@@ -96,10 +96,15 @@ def add_inspection(
     width: int = 64,
     height: int = 48,
     pixel_threshold: float = 0.5,
+    frame_png: bytes | None = None,
 ) -> InspectionCreate:
-    """Store an inspection (blobs first, as the service does); verdict follows `score` >= 0.5."""
+    """Store an inspection (blobs first, as the service does); verdict follows `score` >= 0.5.
+
+    `frame_png` replaces the generated noise frame (it must be `width` x `height`).
+    """
     defect = score >= 0.5
     image_png, prob = frame_images(width, height, seed=int(score * 1000) + minutes, defect=defect)
+    image_png = frame_png if frame_png is not None else image_png
     record = InspectionCreate(
         id=str(uuid.uuid4()),
         camera_id=camera,
