@@ -156,3 +156,27 @@ def test_line_calibration_is_the_effective_threshold_of_that_line(tmp_path: Path
         assert client.get("/lines/line-b/threshold", headers=ADMIN).json()["effective"]["image"] == 0.8
         response = client.put("/lines/line-a/threshold", json={"pixel": None, "image": 0.7}, headers=ADMIN)
         assert response.json()["effective"]["image"] == 0.7  # an operator's override still comes first
+
+
+def test_models_list_and_page_show_the_expected_false_alarm_rate(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from inspect_svc.bundle import rewrite_manifest
+    from inspect_svc.storage import repositories
+    from inspect_svc.storage.db import session_scope
+    from tests.utils.reviews import add_user, dashboard_app, log_in, make_world
+
+    bundle = make_test_bundle(tmp_path / "bundle", version="m1")
+    decision = {"threshold": 0.7, "top_pixels": 16, "target_recall": 0.95, "expected_recall": 0.96,
+                "expected_false_alarm_rate": 0.035, "normal_images": 40}
+    bundle = rewrite_manifest(bundle, bundle.manifest.model_copy(update={"metrics": {"decision": decision}}))
+    world = make_world(tmp_path)
+    add_user(world, "vera", "viewer")
+    with session_scope(world.sessions) as session:
+        repositories.register_model_version(session, bundle=bundle)
+        listed = repositories.list_model_versions(session)  # what GET /models returns
+    assert listed[0].metrics["decision"]["expected_false_alarm_rate"] == 0.035
+    with TestClient(dashboard_app(world)) as client:
+        log_in(client, "vera")
+        page = client.get("/dashboard/models").text
+    assert "3.5%" in page and "at recall 0.95" in page

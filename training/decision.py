@@ -35,6 +35,9 @@ TOP_PIXELS_TILE_SHARE = 1 / 1024
 MIN_SYNTHETIC_DEFECTS = 24
 MAX_SYNTHETIC_PER_IMAGE = 6
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
+# Names the rule above; a study re-runs its saved results when it changes.
+DECISION_RULE = (f"image threshold for recall {DEFAULT_TARGET_RECALL} on real + synthetic validation defects; "
+                 f"image score = mean of the top {TOP_PIXELS_TILE_SHARE:.6f} x tile area pixels")
 
 @dataclass(frozen=True)
 class ImageDecision:
