@@ -50,6 +50,15 @@ def test_threshold_hits_the_target_recall_on_a_constructed_validation_set() -> N
     assert (decision.real_defective, decision.synthetic_defective, decision.normal_images) == (5, 35, 50)
 
 
+def test_threshold_stops_above_a_normal_image_that_a_defect_does_not_need() -> None:
+    # Recall 2/3 needs the 0.8 defect; a normal image at 0.6 sits between it and the next defect (0.2).
+    decision = choose_image_threshold(_maps_scoring([0.9, 0.8]), _maps_scoring([0.2]), _maps_scoring([0.6, 0.1]),
+                                      target_recall=0.6, top_pixels=4)
+    assert decision.threshold == pytest.approx(0.7)
+    assert decision.expected_false_alarm_rate == 0.0 and decision.expected_recall == pytest.approx(2 / 3)
+    assert decision.expected_recall_real == 1.0
+
+
 def test_lower_target_recall_gives_fewer_false_alarms() -> None:
     rng = np.random.default_rng(1)
     defects, normal = _maps_scoring(list(rng.uniform(0.2, 1, 40))), _maps_scoring(list(rng.uniform(0, 0.7, 40)))

@@ -147,7 +147,7 @@ def choose_image_threshold(
     defects = np.concatenate([real, synthetic])
     scores = np.concatenate([defects, normal])
     labels = np.r_[np.ones(defects.size, bool), np.zeros(normal.size, bool)]
-    threshold = min(1.0, threshold_for_recall(defects, np.ones(defects.size, bool), target_recall))
+    threshold = min(1.0, threshold_for_recall(scores, labels, target_recall))
     at_threshold = binary_scores(scores, labels, threshold)
     return ImageDecision(
         threshold=threshold,
