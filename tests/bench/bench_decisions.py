@@ -5,7 +5,9 @@ Prints, for a run or a bundle on a labeled test folder:
   k = 1 is the maximum, the score every bundle used before);
 - the verdicts at the stored image threshold (with the stored k): recall, precision, false-alarm
   rate, overall and per line, beside what training promised (`metrics.decision`: the recall it was
-  chosen for and the false-alarm rate expected on validation).
+  chosen for and the false-alarm rate expected on validation);
+- for a bundle with per-line calibrations (`train-pipeline calibrate`), the verdicts of each
+  calibrated line at its own threshold.
 
     python tests/bench/bench_decisions.py --model runs/ft --data runs/demo-test/labeled --top-pixels 1,16,64
 """
@@ -21,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from inspect_svc.bundle import load_bundle  # noqa: E402
 from training.data.labeled import load_labeled_set  # noqa: E402
 from training.evaluate import load_model  # noqa: E402
 from training.finetune import load_images_with_masks  # noqa: E402
@@ -53,7 +56,7 @@ def main() -> None:
     maps = [model.predict(image) for image in loaded.images]
     labels = np.asarray([m.any() for m in loaded.masks])
     lines = np.asarray([s.line or "-" for s in loaded.samples])
-    print(f"{len(maps)} test images ({labels.sum()} defective), lines {sorted(set(lines))}")
+    print(f"{len(maps)} test images ({labels.sum()} defective), lines {sorted(set(lines.tolist()))}")
     for k in (int(v) for v in args.top_pixels.split(",")):
         scores = image_scores(maps, k)
         print(f"k = {k:>4}: image AUROC {auroc(scores, labels):.3f}, image AP {average_precision(scores, labels):.3f}")
@@ -67,6 +70,14 @@ def main() -> None:
     for line in sorted(set(lines)):
         picked = lines == line
         print(verdict_line(line, scores[picked], labels[picked], threshold))
+    calibrated = {} if (args.model / "model.pt").is_file() else load_bundle(args.model).manifest.line_calibration
+    if calibrated:
+        print("at each line's calibrated threshold (train-pipeline calibrate):")
+    for line, calibration in sorted(calibrated.items()):
+        picked = lines == line
+        print(verdict_line(line, scores[picked], labels[picked], calibration.image)
+              + f"  [threshold {calibration.image:.4f}, {calibration.false_alarm_rate:.3f} on its "
+              f"{calibration.normal_images} calibration images]")
 
 
 if __name__ == "__main__":
