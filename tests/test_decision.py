@@ -167,6 +167,40 @@ def test_line_calibration_is_the_effective_threshold_of_that_line(tmp_path: Path
         assert response.json()["effective"]["image"] == 0.7  # an operator's override still comes first
 
 
+def test_the_service_scores_by_the_bundles_k_and_decides_by_the_lines_calibration(tmp_path: Path) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from inspect_svc.bundle import ImageScore, LineCalibration, rewrite_manifest
+    from inspect_svc.main import create_app
+    from tests.conftest import add_camera, make_settings
+    from tests.utils.onnx_models import reference_probability
+
+    bundle = make_test_bundle(tmp_path / "bundle", thresholds=Thresholds(pixel=0.5, image=0.5))
+    update = {"image_score": ImageScore(top_pixels=4),
+              "line_calibration": {"line-b": LineCalibration(image=0.2, target_false_alarm_rate=0.01,
+                                                             false_alarm_rate=0.0, normal_images=50)}}
+    rewrite_manifest(bundle, bundle.manifest.model_copy(update=update))
+    frame = np.zeros((40, 48, 3), np.uint8)
+    frame[..., 1] = 255  # green: far below every threshold under the test model
+    frame[20, 24] = (255, 0, 0)  # one red pixel: far above them
+    expected = reference_probability(frame)
+    top4 = float(np.sort(expected.ravel())[-4:].mean())
+    assert expected.max() > 0.9 and 0.2 < top4 < 0.5  # the maximum would call it defective, the top-4 mean not
+    body = io.BytesIO()
+    Image.fromarray(frame).save(body, format="PNG")
+    with TestClient(create_app(make_settings(tmp_path, model=bundle.root))) as client:
+        results = {}
+        for index, line in enumerate(("line-a", "line-b")):
+            key = add_camera(client, name=f"cam-{index}", line=line)
+            response = client.post("/inspect", content=body.getvalue(), headers={**key, "Content-Type": "image/png"})
+            assert response.status_code == 200, response.text
+            results[line] = response.json()
+    assert results["line-a"]["score"] == pytest.approx(top4, abs=1e-3) and results["line-a"]["verdict"] == "ok"
+    assert results["line-b"]["verdict"] == "defect" and results["line-b"]["threshold"]["image"] == 0.2
+
+
 def test_models_list_and_page_show_the_expected_false_alarm_rate(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

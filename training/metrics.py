@@ -20,6 +20,7 @@ below that (PyTorch vs ONNX Runtime, CPU vs GPU) would otherwise reorder thousan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,7 +216,7 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> BinaryScores:
     return BinaryScores(float(sorted_scores[last_of_tie[best]]), tp, fp, n_pos - tp, n_neg - fp)
 
 
-def image_scores(score_maps: list[np.ndarray] | np.ndarray, top_pixels: int = 1) -> np.ndarray:
+def image_scores(score_maps: Sequence[np.ndarray] | np.ndarray, top_pixels: int = 1) -> np.ndarray:
     """Image-level score of each map, computed as the service computes it (mean of the hottest pixels)."""
     return np.asarray([image_score(m, top_pixels) for m in score_maps], dtype=np.float64)
 

@@ -7,6 +7,7 @@ Everything here reads the study record that `training.study.run_study` builds (p
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def _worst_line_cell(m: dict) -> str | None:
 
 
 def _number(value: float | None) -> str:
-    return "—" if value is None or value != value else f"{value:.3f}"  # NaN: e.g. no part called defective
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"  # NaN: e.g. no part called defective
 
 
 def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:

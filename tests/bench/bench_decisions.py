@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from inspect_svc.bundle import load_bundle  # noqa: E402
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.evaluate import load_model  # noqa: E402
-from training.finetune import load_images_with_masks  # noqa: E402
-from training.metrics import auroc, average_precision, binary_scores, image_scores  # noqa: E402
+from inspect_svc.bundle import load_bundle
+from training.data.labeled import load_labeled_set
+from training.evaluate import load_model
+from training.finetune import load_images_with_masks
+from training.metrics import auroc, average_precision, binary_scores, image_scores
 
 
 def promised(model: Path) -> dict:
