@@ -2,6 +2,12 @@
 
 A bundle is a directory (or a .zip of one) holding `model.onnx` and `model.json`. `model.json` is
 `BundleManifest`; the service needs nothing else to run a model.
+
+Fields added after the first bundles were written all have defaults that mean what those bundles
+did, so an old `model.json` still loads and decides as before: `image_score.top_pixels` = 1 (the
+map's maximum) and no `line_calibration`. `metrics["decision"]`, when training wrote it, records
+how the image threshold was chosen: `target_recall`, and the `expected_recall` and
+`expected_false_alarm_rate` measured on validation at that threshold (see `training.decision`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,33 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pixel: float = Field(0.5, ge=0.0, le=1.0, description="a pixel is defective at or above this probability")
-    image: float = Field(0.5, ge=0.0, le=1.0, description="an image is defective when its max reaches this")
+    image: float = Field(0.5, ge=0.0, le=1.0, description="an image is defective when its image score reaches this")
     min_region_area: int = Field(1, ge=1, description="connected defect regions smaller than this are dropped")
+
+
+class ImageScore(BaseModel):
+    """How a probability map becomes one image score (`inspect_svc.engine.regions.image_score`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_pixels: int = Field(
+        1, ge=1, description="the score is the mean of this many hottest pixels; 1 is the map's maximum"
+    )
+
+
+class LineCalibration(BaseModel):
+    """An image threshold for one line, set on that line's own defect-free images (`train-pipeline calibrate`).
+
+    It replaces the bundle's image threshold for frames of that line; an operator's override through
+    `PUT /lines/{line}/threshold` still comes first.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: float = Field(..., ge=0.0, le=1.0, description="the line's image threshold")
+    target_false_alarm_rate: float = Field(..., ge=0.0, le=1.0, description="the false-alarm rate it was set for")
+    false_alarm_rate: float = Field(..., ge=0.0, le=1.0, description="measured on those images at `image`")
+    normal_images: int = Field(..., ge=1, description="defect-free images it was measured on")
 
 
 class Tiling(BaseModel):
@@ -72,6 +103,8 @@ class BundleManifest(BaseModel):
     # Arithmetic inside the graph; inputs and outputs are float32 whatever it is.
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    image_score: ImageScore = Field(default_factory=ImageScore)
+    line_calibration: dict[str, LineCalibration] = Field(default_factory=dict)
     tiling: Tiling
     metrics: dict[str, float | int | str | dict] = Field(default_factory=dict)
     data_fingerprint: str = ""
@@ -82,6 +115,13 @@ class BundleManifest(BaseModel):
         if self.tiling.tile != self.input_size:
             raise ValueError(f"tiling.tile {self.tiling.tile} differs from input_size {self.input_size}")
         return self
+
+    def thresholds_for(self, line: str | None) -> Thresholds:
+        """The bundle's thresholds for frames of `line`: its own calibrated image threshold, if it has one."""
+        calibration = self.line_calibration.get(line) if line is not None else None
+        if calibration is None:
+            return self.thresholds
+        return self.thresholds.model_copy(update={"image": calibration.image})
 
 
 @dataclass(frozen=True)
@@ -117,6 +157,21 @@ def write_bundle(root: Path, onnx_file: Path, manifest: BundleManifest) -> Bundl
     manifest = manifest.model_copy(update={"onnx_sha256": sha256_file(target)})
     (root / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
     return Bundle(root=root, manifest=manifest)
+
+
+def rewrite_manifest(bundle: Bundle, manifest: BundleManifest) -> Bundle:
+    """Replace the `model.json` of a bundle directory (the graph, and so its checksum, stay as they are).
+
+    Raises:
+        BundleError: the manifest names another graph than the bundle's.
+    """
+    if manifest.onnx_sha256 != bundle.manifest.onnx_sha256:
+        raise BundleError("a rewritten manifest must keep the checksum of the bundle's graph")
+    path = bundle.root / MANIFEST_NAME
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(manifest.model_dump_json(indent=2) + "\n")
+    scratch.replace(path)  # atomic: a reader sees the old manifest or the new one, never half of it
+    return Bundle(root=bundle.root, manifest=manifest)
 
 
 def load_bundle(path: Path | str, *, extract_to: Path | None = None) -> Bundle:

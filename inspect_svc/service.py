@@ -238,9 +238,12 @@ class ServiceState:
         )
         decode_ms = (time.perf_counter() - started) * 1000.0
         output = await self.models.infer(image, deadline_s=self.settings.request_timeout_s)
-        thresholds = await self.effective_thresholds(frame.line, output.manifest.thresholds)
+        manifest = output.manifest
+        thresholds = await self.effective_thresholds(frame.line, manifest.thresholds_for(frame.line))
         record, map_png = await self._write_locally(
-            lambda: self._finish(frame, image, output.prob_map, output.model_version, thresholds)
+            lambda: self._finish(
+                frame, image, output.prob_map, output.model_version, thresholds, manifest.image_score.top_pixels
+            )
         )
         record.timings = Timings(
             decode_ms=decode_ms,
@@ -286,9 +289,10 @@ class ServiceState:
         prob_map: np.ndarray,
         model_version: str,
         thresholds: Thresholds,
+        top_pixels: int,
     ) -> tuple[InspectionCreate, bytes]:
         """CPU work after inference (worker thread): verdict, regions, and the blobs written durably."""
-        summary = region_ops.summarize(prob_map, thresholds)
+        summary = region_ops.summarize(prob_map, thresholds, top_pixels=top_pixels)
         found = region_ops.extract_regions(prob_map, thresholds.pixel, thresholds.min_region_area)
         image_format = imaging.sniff_format(frame.body) or "png"
         image_key = self.blobs.put(frame.body, suffix=IMAGE_SUFFIX[image_format])

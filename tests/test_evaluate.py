@@ -35,7 +35,7 @@ def test_run_and_bundle_evaluate_alike(zero_label: tuple[Path, Path, Path], tmp_
         assert result.exit_code == 0, result.output
         reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
         assert (tmp_path / name / "report.html").is_file()
-    for key in ("pixel_auroc", "aupro", "image_auroc", "f1", "iou"):
+    for key in ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "f1", "iou"):
         assert reports["run"][key] == pytest.approx(reports["bundle"][key], abs=2e-3)
     assert set(reports["run"]["per_defect_type"]) == {"scratch", "crack"}
     assert "thin_defects" in reports["run"] and "at_best" in reports["run"]["overall"]
@@ -66,3 +66,59 @@ def test_groups_add_every_normal_image_to_each_defect_type() -> None:
     # scratch: defect 0.3 against normals 0.2, 0.25, 0.0 → ranked above all.
     assert result["thin_defects"]["pixel_auroc"] == pytest.approx(1.0)
     assert result["overall"]["images"] == 3
+
+
+def test_image_scores_agree_between_pytorch_evaluation_and_the_service(zero_label: tuple[Path, Path, Path]) -> None:
+    import numpy as np
+
+    from inspect_svc.bundle import load_bundle
+    from inspect_svc.engine.predictor import Predictor
+    from inspect_svc.engine.regions import summarize
+    from training.data.labeled import load_labeled_set
+    from training.finetune import load_images_with_masks
+    from training.hybrid import TorchPredictor, default_overlap, load_run
+    from training.metrics import image_scores
+
+    data, run_dir, bundle_dir = zero_label
+    run, bundle = load_run(run_dir), load_bundle(bundle_dir)
+    assert bundle.manifest.image_score.top_pixels == run.thresholds["image_top_pixels"]
+    torch_predictor = TorchPredictor(run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    service = Predictor(bundle)
+    images = load_images_with_masks(load_labeled_set(data).samples).images
+    for top_pixels in (1, 9, 50):
+        evaluated = image_scores([torch_predictor.predict(image) for image in images], top_pixels)
+        served = [summarize(service.predict(image), bundle.manifest.thresholds, top_pixels=top_pixels).score
+                  for image in images]
+        np.testing.assert_allclose(evaluated, served, atol=1e-3)
+
+
+def test_metrics_json_reports_pixel_ap_verdicts_and_the_worst_line(
+    zero_label: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, _, bundle = zero_label
+    result = runner.invoke(model_cli(), ["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("pixel_ap", "verdict_precision", "verdict_recall", "false_alarm_rate"):
+        assert key in metrics and key in metrics["per_defect_type"]["scratch"]
+    assert metrics["model"]["thresholds"]["image_top_pixels"] >= 1
+    assert "false_alarm_rate" in (tmp_path / "report.html").read_text()
+
+
+def test_groups_per_line_with_the_mean_and_the_worst_line() -> None:
+    import numpy as np
+
+    masks = [np.array([[1, 0]]), np.array([[0, 0]]), np.array([[0, 1]]), np.array([[0, 0]])]
+    maps = [np.array([[0.9, 0.1]]), np.array([[0.2, 0.0]]), np.array([[0.6, 0.3]]), np.array([[0.7, 0.1]])]
+    lines = ["steel", "steel", "wood", "wood"]
+    result = metrics_by_group(maps, masks, [("stain",), (), ("scratch",), ()], {"pixel": 0.5, "image": 0.5},
+                              lines=lines)
+    assert set(result["per_line"]) == {"steel", "wood"}
+    assert result["per_line"]["steel"]["verdict_recall"] == 1.0 and result["per_line"]["steel"]["false_alarm_rate"] == 0.0
+    # wood: its defect (0.3) ranks below a normal pixel (0.6), and its normal image (0.7) is rejected.
+    assert result["per_line"]["wood"]["false_alarm_rate"] == 1.0
+    assert result["lines"]["worst"]["pixel_auroc"]["line"] == "wood"
+    assert result["lines"]["worst"]["false_alarm_rate"] == {"line": "wood", "value": 1.0}
+    assert result["lines"]["mean"]["false_alarm_rate"] == pytest.approx(0.5)
+    assert "per_line" not in metrics_by_group(maps, masks, [(), (), (), ()], {"pixel": 0.5, "image": 0.5},
+                                              lines=["steel"] * 4)

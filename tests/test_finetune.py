@@ -30,7 +30,13 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert run.model.kind == "hybrid"
     assert 0.0 <= run.thresholds["pixel"] <= 1.0 and 0.0 <= run.thresholds["image"] <= 1.0
     validation = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
-    assert {"pixel_auroc", "aupro", "f1", "iou"} <= set(validation)
+    assert {"pixel_auroc", "aupro", "pixel_ap", "f1", "iou", "verdict_recall", "false_alarm_rate"} <= set(validation)
+    # The image threshold is chosen for the default target recall on real + synthetic validation defects.
+    decision = validation["decision"]
+    assert decision["threshold"] == run.thresholds["image"] and decision["target_recall"] == 0.95
+    assert decision["real_defective"] >= 1 and decision["synthetic_defective"] >= 1
+    assert decision["expected_recall"] >= 0.95 and 0.0 <= decision["expected_false_alarm_rate"] <= 1.0
+    assert run.thresholds["image_top_pixels"] == decision["top_pixels"] >= 1
     assert run.model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     # The anomaly branch reads the head's conv encoder at 1/2 resolution: one bank row per 2x2 pixels,
     # a bank per normal tile, each query tile scored against its 4 nearest (32 rows in all). By
@@ -205,3 +211,11 @@ def test_a_run_saved_before_the_head_context_option_still_loads(tmp_path: Path) 
     assert old.segmentation.config["context"] == 0
     with torch.no_grad():
         torch.testing.assert_close(old(tiles), before)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_bad_target_recall_is_a_one_line_error(tmp_path: Path, value: str) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
+                                         "--out", str(tmp_path / "run"), "--target-recall", value, *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 2 and "--target-recall" in result.output and "Traceback" not in result.output

@@ -180,7 +180,12 @@ def test_fit_normal_writes_a_zero_label_run(tmp_path: Path) -> None:
     assert run.model.kind == "zero-label"
     banks = run.model.anomaly.scorer.tile_banks
     assert banks.shape[1] == 16 // 4 and run.model.anomaly.config["neighbour_tiles"] == min(4, banks.shape[0])
-    assert 0.0 < run.thresholds["pixel"] <= run.thresholds["image"] <= 1.0
+    assert 0.0 < run.thresholds["pixel"] <= 1.0 and 0.0 < run.thresholds["image"] <= 1.0
+    # No defect was labeled: the image threshold is set for the target recall of synthetic defects.
+    decision = run.metrics["validation"]["decision"]
+    assert decision["target_recall"] == 0.95 and decision["real_defective"] == 0
+    assert decision["synthetic_defective"] > 0 and decision["expected_recall"] >= 0.95
+    assert decision["threshold"] == run.thresholds["image"] and run.thresholds["image_top_pixels"] >= 1
 
 
 def test_fit_normal_with_one_bank(tmp_path: Path) -> None:

@@ -7,7 +7,19 @@ import itertools
 import numpy as np
 import pytest
 
-from training.metrics import aupro, auroc, best_f1_threshold, binary_scores, image_scores
+from inspect_svc.engine.regions import image_score
+from training.metrics import (
+    aupro,
+    auroc,
+    average_precision,
+    best_f1_threshold,
+    binary_scores,
+    image_scores,
+    line_breakdown,
+    segmentation_summary,
+    threshold_for_false_alarm_rate,
+    threshold_for_recall,
+)
 
 
 def test_auroc_counts_ties_as_half() -> None:
@@ -67,3 +79,90 @@ def test_best_threshold_without_positives_calls_nothing() -> None:
 def test_image_scores_are_map_maxima() -> None:
     maps = [np.array([[0.1, 0.3]]), np.array([[0.9], [0.2]])]
     np.testing.assert_allclose(image_scores(maps), [0.3, 0.9])
+
+
+def test_average_precision_by_hand() -> None:
+    # Ranked: + (P 1, R .5), − , + (P 2/3, R 1), − → AP = .5·1 + .5·2/3.
+    scores, labels = np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])
+    assert average_precision(scores, labels) == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_average_precision_crosses_ties_together() -> None:
+    # The tie at 0.5 enters at once: (P 1/2, R 1/2); then 0.1: (P 2/3, R 1) → .25 + 1/3.
+    assert average_precision(np.array([0.5, 0.5, 0.1]), np.array([1, 0, 1])) == pytest.approx(0.25 + 1 / 3)
+
+
+def test_average_precision_is_not_flattered_by_easy_normals() -> None:
+    # 10 defect pixels ranked above 9,900 normal pixels but below 100 others: AUROC ~0.99, AP below 0.1.
+    scores = np.r_[np.full(100, 0.9), np.full(10, 0.8), np.full(9_900, 0.1)]
+    labels = np.r_[np.zeros(100), np.ones(10), np.zeros(9_900)]
+    assert auroc(scores, labels) > 0.98
+    assert average_precision(scores, labels) == pytest.approx(10 / 110)
+    assert np.isnan(average_precision(scores, np.zeros_like(labels)))
+
+
+def test_verdict_precision_recall_and_false_alarm_rate_at_a_threshold() -> None:
+    # Image scores of 3 defective and 5 normal images; threshold 0.5 → TP 2, FN 1, FP 1, TN 4.
+    scores = np.array([0.9, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1, 0.0])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    verdicts = binary_scores(scores, labels, 0.5)
+    assert (verdicts.precision, verdicts.recall, verdicts.false_alarm_rate) == pytest.approx((2 / 3, 2 / 3, 1 / 5))
+    assert verdicts.as_dict()["false_alarm_rate"] == pytest.approx(0.2)
+
+
+def test_image_score_is_the_mean_of_the_hottest_pixels() -> None:
+    prob = np.full((8, 8), 0.1, np.float32)
+    prob[0, 0] = 1.0  # one hot pixel: the maximum, but not a defect-sized area
+    assert image_score(prob) == pytest.approx(1.0)
+    assert image_score(prob, 4) == pytest.approx((1.0 + 3 * 0.1) / 4)
+    prob[4:6, 4:6] = 0.8  # a 2x2 defect outweighs the hot pixel once k covers it
+    assert image_score(prob, 4) == pytest.approx(0.85)
+    assert image_score(prob, 1000) == pytest.approx(float(prob.mean()))  # k beyond the map: all of it
+    np.testing.assert_allclose(image_scores([prob, prob * 0.5], 4), [0.85, 0.425], rtol=1e-6)
+
+
+def test_summary_reports_pixel_ap_and_verdicts_with_the_top_k_score() -> None:
+    masks = [np.zeros((4, 4), bool), np.zeros((4, 4), bool)]
+    masks[1][1:3, 1:3] = True
+    hot_pixel = np.zeros((4, 4))
+    hot_pixel[0, 0] = 0.9  # a normal image with one noisy pixel
+    defect = masks[1] * 0.7
+    by_max = segmentation_summary([hot_pixel, defect], masks, pixel_threshold=0.5, image_threshold=0.6)
+    by_top4 = segmentation_summary([hot_pixel, defect], masks, pixel_threshold=0.5, image_threshold=0.6, top_pixels=4)
+    assert by_max["false_alarm_rate"] == 1.0 and by_max["verdict_precision"] == 0.5
+    assert by_top4["false_alarm_rate"] == 0.0 and by_top4["verdict_recall"] == 1.0
+    assert by_top4["pixel_ap"] == pytest.approx(average_precision(np.r_[hot_pixel.ravel(), defect.ravel()],
+                                                                  np.r_[masks[0].ravel(), masks[1].ravel()]))
+
+
+def test_threshold_for_recall_is_the_highest_that_reaches_it() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.65, 0.3, 0.1])
+    labels = np.array([1, 1, 1, 1, 1, 0, 0, 0])
+    # 4 of 5 defects: down to 0.6, halfway to the next lower score 0.3.
+    assert threshold_for_recall(scores, labels, 0.8) == pytest.approx(0.45)
+    assert threshold_for_recall(scores, labels, 0.95) == pytest.approx(0.15)  # all 5: down to 0.2, then 0.1
+    assert binary_scores(scores, labels, threshold_for_recall(scores, labels, 0.8)).recall == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        threshold_for_recall(scores, np.zeros(8), 0.9)
+
+
+def test_threshold_for_false_alarm_rate_lets_through_at_most_that_share() -> None:
+    normal = np.arange(100) / 100.0
+    threshold = threshold_for_false_alarm_rate(normal, 0.05)
+    assert threshold == pytest.approx(0.945)
+    assert np.mean(normal >= threshold) == pytest.approx(0.05)
+    assert np.mean(normal >= threshold_for_false_alarm_rate(normal, 0.0)) == 0.0
+    tied = np.r_[np.full(10, 0.5), np.zeros(90)]  # a tie cannot be split: fewer alarms, never more
+    assert np.mean(tied >= threshold_for_false_alarm_rate(tied, 0.05)) == 0.0
+
+
+def test_line_breakdown_shows_the_mean_and_the_worst_line() -> None:
+    per_line = {
+        "tile": {"pixel_auroc": 0.9, "false_alarm_rate": 0.02, "aupro": float("nan")},
+        "wood": {"pixel_auroc": 0.7, "false_alarm_rate": 0.01, "aupro": 0.5},
+    }
+    result = line_breakdown(per_line)
+    assert result["mean"]["pixel_auroc"] == pytest.approx(0.8) and result["mean"]["aupro"] == pytest.approx(0.5)
+    assert result["worst"]["pixel_auroc"] == {"line": "wood", "value": 0.7}
+    assert result["worst"]["false_alarm_rate"] == {"line": "tile", "value": 0.02}  # higher is worse
+    assert "verdict_recall" not in result["mean"]

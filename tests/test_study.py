@@ -86,9 +86,13 @@ def test_study_writes_every_row(study_run: tuple[Path, Path, str]) -> None:
     )
     for row in rows:
         assert 0.0 <= row["metrics"]["pixel_auroc"] <= 1.0 and "aupro" in row["metrics"]
+        # What AUROC hides: pixel AP, the verdicts at the stored threshold, and each line with the worst one.
+        assert {"pixel_ap", "verdict_recall", "verdict_precision", "false_alarm_rate"} <= set(row["metrics"])
+        assert set(row["metrics"]["per_line"]) == {"line-a", "line-b"} and "worst" in row["metrics"]["lines"]
     assert "[7/7]" in output  # one progress line per trained model
     markdown = (out / "study.md").read_text()
     assert "| U-Net from scratch |" in markdown and "held out of the labels: scratch" in markdown
+    assert "## Pixel AP and verdicts at the stored image threshold" in markdown and "## The worst line" in markdown
     # The hybrids ran with finetune's defaults, and the report says which.
     assert "2048 rows per query, bank rows with 15x15 texture statistics" in markdown
 
@@ -318,3 +322,24 @@ def test_repeated_seed_is_a_one_line_error(tmp_path: Path) -> None:
     result = invoke_study(data, tmp_path / "out", "--device", "cpu", "--seed", "1", "--seed", "1")
     assert result.exit_code == 2 and "seed is given twice" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_summary_reports_decision_metrics_and_the_worst_line_by_hand() -> None:
+    def study(seed: int, recall: float, alarms: float, worst: str) -> dict:
+        metrics = {"pixel_auroc": 0.9, "aupro": 0.5, "image_auroc": 0.75, "pixel_ap": 0.4, "verdict_recall": recall,
+                   "verdict_precision": float("nan"), "false_alarm_rate": alarms, "per_defect_type": {},
+                   "lines": {"worst": {"pixel_auroc": {"line": worst, "value": 0.7},
+                                       "false_alarm_rate": {"line": worst, "value": alarms * 2}}}}
+        row = {"model": "hybrid", "backbone": "dino", "labels_per_line": 5, "trained_on": "pool",
+               "evaluated_on": "test", "metrics": metrics}
+        split = {"test_images": ["a", "b"], "test_defective": 1, "held_out_test_images": 0}
+        return {"config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32}, "split": split, "rows": [row]}
+
+    summary = summarize_seeds({1: study(1, 1.0, 0.1, "wood"), 2: study(2, 0.8, 0.3, "tile")})
+    (row,) = summary["rows"]
+    assert row["overall"]["verdict_recall"]["mean"] == pytest.approx(0.9)
+    assert row["overall"]["verdict_precision"]["mean"] is None  # NaN on every seed: nothing to average
+    markdown = render_summary_markdown(summary)
+    # pixel AP, verdict recall (worst: the lowest), false-alarm rate (worst: the highest).
+    assert "| 0.400 ± 0.000 (0.400) | 0.900 ± 0.141 (0.800) | 0.200 ± 0.141 (0.300) |" in markdown
+    assert "| hybrid · dino, 5 labels/line | all defect types | wood 0.700 | — | — | tile 0.600 |" in markdown

@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspect_svc.bundle import Bundle, BundleManifest, Thresholds, Tiling, sha256_file, utc_now, write_bundle
+from inspect_svc.bundle import (
+    Bundle,
+    BundleManifest,
+    ImageScore,
+    Thresholds,
+    Tiling,
+    sha256_file,
+    utc_now,
+    write_bundle,
+)
 from training.errors import UserError
 from training.export_variants import (
     Precision,
@@ -140,6 +149,8 @@ def _manifest(run: RunModel, onnx_path: Path, metrics: dict, precision: Precisio
         std=run.std,
         precision=precision,
         thresholds=Thresholds(pixel=run.thresholds["pixel"], image=run.thresholds["image"]),
+        # Runs saved before the image score was robust scored images by their maximum (k = 1).
+        image_score=ImageScore(top_pixels=int(run.thresholds.get("image_top_pixels", 1))),
         tiling=Tiling(tile=run.tile, overlap=default_overlap(run.tile)),
         metrics=metrics,
         data_fingerprint=run.data_fingerprint,
@@ -199,7 +210,10 @@ def _measure_variant(
 def _manifest_metrics(run: RunModel, parity: float) -> dict:
     validation = run.metrics.get("validation", {})
     flat = {k: v for k, v in validation.items() if isinstance(v, (int, float, str)) and not _is_nan(v)}
-    return {"validation": flat, "export_parity_max_abs_diff": parity}
+    metrics = {"validation": flat, "export_parity_max_abs_diff": parity}
+    if isinstance(validation.get("decision"), dict):  # how the image threshold was chosen, and what it promises
+        metrics["decision"] = {k: v for k, v in validation["decision"].items() if not _is_nan(v)}
+    return metrics
 
 
 def _is_nan(value: object) -> bool:

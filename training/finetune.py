@@ -5,7 +5,8 @@ otherwise almost never seen), with flips, 90° rotations and a mild colour jitte
 + dice: focal keeps the flood of easy normal pixels from drowning the few defect pixels, dice
 rewards overlap directly whatever a defect's size. After training, the memory bank of the anomaly
 branch is built from the defect-free training images, the fusion weight and the decision thresholds
-are chosen on the validation split, and the run is saved.
+are chosen on the validation split (the image threshold for a target recall, see
+`training.decision`), and the run is saved.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.copy_paste import cut_defect_pieces, paste_piece
+from training.data.copy_paste import DefectPiece, cut_defect_pieces, paste_piece
 from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
+from training.decision import (
+    DEFAULT_TARGET_RECALL,
+    check_target_recall,
+    choose_image_threshold,
+    default_top_pixels,
+    synthetic_defects,
+)
 from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
@@ -42,7 +50,7 @@ from training.hybrid import (
     fit_fusion_weight,
     save_run,
 )
-from training.metrics import best_f1_threshold, image_scores, segmentation_summary
+from training.metrics import best_f1_threshold, segmentation_summary
 from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import (
@@ -85,11 +93,15 @@ class FinetuneConfig:
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
     labeled_defects: int | None = None
     val_fraction: float = 0.2
+    target_recall: float = DEFAULT_TARGET_RECALL  # the image threshold catches this share of validation defects
+    image_top_pixels: int | None = None  # k of the image score (mean of the k hottest pixels); None: from the tile
     device: str = "cpu"
     seed: int = 0
 
     def __post_init__(self) -> None:
         # Resolved once here, so everything downstream (and the saved run) sees a plain number.
+        if self.image_top_pixels is None:
+            object.__setattr__(self, "image_top_pixels", default_top_pixels(self.image_size))
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
         object.__setattr__(self, "anomaly_pixel_weight",
                            default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
@@ -298,6 +310,7 @@ def finetune(config: FinetuneConfig) -> dict:
     check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context,
                           config.anomaly_pixel_weight)
     check_head_options(config.head_context)
+    check_target_recall(config.target_recall)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     samples = select_samples(config)
@@ -317,7 +330,9 @@ def finetune(config: FinetuneConfig) -> dict:
         add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
     elif config.anomaly_branch:
         log.warning("fewer than 2 defect-free training images: no anomaly branch, the model is supervised only")
-    thresholds, metrics = choose_thresholds(predictor, val)
+    pieces = cut_defect_pieces(train.images, train.masks)
+    thresholds, metrics = choose_thresholds(predictor, val, pieces, target_recall=config.target_recall,
+                                            top_pixels=config.image_top_pixels, seed=config.seed)
     metrics.update(kind=model.kind, train_images=len(train.images), train_defective=len(train.defective_indices()),
                    val_images=len(val.images), final_loss=float(np.mean(losses[-10:])), steps=len(losses))
     save_run(
@@ -382,14 +397,34 @@ def add_anomaly_branch(
     model.fusion_weight.fill_(weight)
 
 
-def choose_thresholds(predictor: TorchPredictor, val: LabeledImages) -> tuple[dict[str, float], dict]:
-    """Pixel threshold at max pooled F1 on validation; image threshold at max image-level F1."""
+def choose_thresholds(
+    predictor: TorchPredictor, val: LabeledImages, pieces: Sequence[DefectPiece] = (), *,
+    target_recall: float = DEFAULT_TARGET_RECALL, top_pixels: int | None = None, seed: int = 0,
+) -> tuple[dict[str, float], dict]:
+    """Pixel threshold at max pooled F1 on validation; image threshold for `target_recall`.
+
+    The image threshold is chosen on the validation defects plus synthetic ones drawn on (and
+    training defects pasted onto) the validation split's defect-free images (`training.decision`);
+    what it promises is returned in the metrics under `decision`.
+    """
     maps = [predictor.predict(image) for image in val.images]
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([m.ravel() for m in val.masks])
-    pixel = best_f1_threshold(scores, labels).threshold
-    image_labels = np.asarray([m.any() for m in val.masks])
-    image = best_f1_threshold(image_scores(maps), image_labels).threshold
-    thresholds = {"pixel": float(min(pixel, 1.0)), "image": float(min(image, 1.0))}
-    metrics = segmentation_summary(maps, val.masks, pixel_threshold=thresholds["pixel"], image_threshold=thresholds["image"])
+    pixel = float(min(best_f1_threshold(scores, labels).threshold, 1.0))
+    normal_images = [image for image, mask in zip(val.images, val.masks) if not mask.any()]
+    synthetic_images, _ = synthetic_defects(normal_images, pieces, seed)
+    decision = choose_image_threshold(
+        [m for m, mask in zip(maps, val.masks) if mask.any()],
+        [predictor.predict(image) for image in synthetic_images],
+        [m for m, mask in zip(maps, val.masks) if not mask.any()],
+        target_recall=target_recall, top_pixels=top_pixels or default_top_pixels(predictor.tile),
+    )
+    thresholds = {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}
+    metrics = segmentation_summary(maps, val.masks, pixel_threshold=pixel, image_threshold=decision.threshold,
+                                   top_pixels=decision.top_pixels)
+    metrics["decision"] = decision.as_dict()
+    log.info("image threshold %.4f for recall %.2f: expected recall %.3f (real defects %.3f), false-alarm rate "
+             "%.3f on %d defect-free validation images", decision.threshold, decision.target_recall,
+             decision.expected_recall, decision.expected_recall_real, decision.expected_false_alarm_rate,
+             decision.normal_images)
     return thresholds, metrics

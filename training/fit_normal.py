@@ -2,7 +2,9 @@
 
 The defect-free images are split (deterministically) into a part whose patch features fill the
 memory bank and a held-out part that calibrates the map and sets the thresholds: scores of patches
-that are themselves in the bank would be near zero and make every threshold far too low.
+that are themselves in the bank would be near zero and make every threshold far too low. No defect
+was ever seen, so the image threshold is chosen for a target recall on synthetic defects drawn on
+the held-out images (`training.decision`), and its false-alarm rate measured on those images.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import numpy as np
 import torch
 
 from training.data.images import SkipCounter, list_images, read_image_rgb
+from training.decision import (
+    DEFAULT_TARGET_RECALL,
+    ImageDecision,
+    check_target_recall,
+    choose_image_threshold,
+    default_top_pixels,
+    synthetic_defects,
+)
 from training.errors import UserError
 from training.hybrid import (
     InspectionModel,
@@ -62,6 +72,8 @@ class FitNormalConfig:
     neighbour_tiles: int = 4  # see training.models.anomaly; 0: one bank for every tile
     holdout_fraction: float = 0.2
     batch_size: int = 16
+    target_recall: float = DEFAULT_TARGET_RECALL  # of synthetic defects on held-out images, at the image threshold
+    image_top_pixels: int | None = None  # k of the image score; None: from the tile (see training.decision)
     device: str = "cpu"
     seed: int = 0
 
@@ -225,11 +237,18 @@ def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, norma
     model.anomaly.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
 
 
-def normal_thresholds(maps: list[np.ndarray]) -> dict[str, float]:
-    """Pixel and image thresholds from defect-free maps alone (no defect was ever seen)."""
+def normal_thresholds(
+    predictor: TorchPredictor, held_out: list[np.ndarray], maps: list[np.ndarray], config: FitNormalConfig
+) -> tuple[dict[str, float], ImageDecision]:
+    """Pixel threshold: a high quantile of the held-out normal maps. Image threshold: for the target
+    recall of synthetic defects drawn on the held-out images (no real defect was ever seen)."""
     pixel = float(np.quantile(np.concatenate([m.ravel() for m in maps]), PIXEL_QUANTILE))
-    image = max(pixel, float(np.max([m.max() for m in maps])))
-    return {"pixel": pixel, "image": image}
+    synthetic_images, _ = synthetic_defects(held_out, [], config.seed)
+    decision = choose_image_threshold(
+        [], [predictor.predict(image) for image in synthetic_images], maps, target_recall=config.target_recall,
+        top_pixels=config.image_top_pixels or default_top_pixels(config.image_size),
+    )
+    return {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}, decision
 
 
 def list_normal_images(root: Path) -> list[Path]:
@@ -248,6 +267,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
     check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
+    check_target_recall(config.target_recall)
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
@@ -266,9 +286,9 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     held_out = [images[i] for i in held_idx]
     calibrate_on_normal(model, predictor, held_out)
     maps = [predictor.predict(image) for image in held_out]
-    thresholds = normal_thresholds(maps)
+    thresholds, decision = normal_thresholds(predictor, held_out, maps, config)
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
-               "held_out_max_probability": float(max(m.max() for m in maps))}
+               "held_out_max_probability": float(max(m.max() for m in maps)), "decision": decision.as_dict()}
     save_run(
         config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=config.image_size, mean=mean, std=std,
         thresholds=thresholds, metrics={"validation": metrics},

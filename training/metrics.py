@@ -8,15 +8,25 @@ below that (PyTorch vs ONNX Runtime, CPU vs GPU) would otherwise reorder thousan
 - `auroc`: area under the ROC curve (ties count one half, as in the Mann-Whitney U statistic).
 - `aupro`: area under the per-region-overlap curve up to a false-positive rate (0.3 by default),
   divided by that rate so a perfect map scores 1 (Bergmann et al., MVTec AD, 2021).
-- `binary_scores` / `best_f1_threshold`: F1 and IoU of the pooled pixels at a threshold.
+- `average_precision`: area under the precision-recall curve (AUPR), as the step sum
+  Σ (R_n − R_{n−1}) P_n over thresholds. Unlike AUROC it is not flattered by the flood of easy
+  normal pixels: a map that ranks defects above *most* normal pixels still scores low if the few
+  normal pixels above them outnumber the defect pixels.
+- `binary_scores` / `best_f1_threshold`: F1 and IoU of the pooled pixels at a threshold; applied to
+  image scores and image labels, the verdicts' precision, recall and false-alarm rate.
+- `threshold_for_recall` / `threshold_for_false_alarm_rate`: the thresholds a line is promised by.
+- `line_breakdown`: the mean and the worst line of per-line summaries (a mean hides the worst line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from inspect_svc.engine.regions import image_score
 
 SCORE_DECIMALS = 6  # float32 probabilities carry ~7 significant digits; below 1e-6 is numerical noise
 
@@ -29,6 +39,12 @@ class BinaryScores:
     true_positives: int
     false_positives: int
     false_negatives: int
+    true_negatives: int = 0
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """Share of the negatives called positive (for verdicts: normal parts rejected)."""
+        return _ratio(self.false_positives, self.false_positives + self.true_negatives)
 
     @property
     def precision(self) -> float:
@@ -53,6 +69,7 @@ class BinaryScores:
             "iou": self.iou,
             "precision": self.precision,
             "recall": self.recall,
+            "false_alarm_rate": self.false_alarm_rate,
         }
 
 
@@ -100,6 +117,23 @@ def aupro(score_maps: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np
     return _partial_area(fpr, pro, max_fpr) / max_fpr
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve, Σ (R_n − R_{n−1}) P_n over thresholds; NaN without positives.
+
+    Tied scores cross a threshold together (one step of the curve), as in `auroc`.
+    """
+    scores, positive = _flatten(scores, labels)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    last_of_tie = _last_of_each_tie(scores[order])
+    true_pos = np.cumsum(positive[order])[last_of_tie]
+    precision = true_pos / (last_of_tie + 1)
+    recall_gain = np.diff(np.r_[0, true_pos]) / n_pos
+    return float(np.sum(recall_gain * precision))
+
+
 def binary_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> BinaryScores:
     """Counts and F1/IoU when pixels with `score >= threshold` are called defective."""
     scores, positive = _flatten(scores, labels)
@@ -109,7 +143,53 @@ def binary_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> B
         true_positives=int(np.count_nonzero(predicted & positive)),
         false_positives=int(np.count_nonzero(predicted & ~positive)),
         false_negatives=int(np.count_nonzero(~predicted & positive)),
+        true_negatives=int(np.count_nonzero(~predicted & ~positive)),
     )
+
+
+def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The highest threshold (`score >= t` is positive) whose recall on `labels` is at least `target`.
+
+    The highest one calls the fewest negatives positive. It is set halfway down to the next lower
+    score, so a score that moves by float noise (PyTorch vs ONNX Runtime) keeps its side.
+
+    Raises:
+        ValueError: `target` outside (0, 1], or no positive.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target recall must be in (0, 1], got {target}")
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(labels).ravel().astype(bool)
+    if not positive.any():
+        raise ValueError("a threshold for a recall needs at least one positive")
+    ranked = np.sort(scores[positive])[::-1]
+    needed = min(int(np.ceil(target * ranked.size - 1e-9)), ranked.size)
+    threshold = float(ranked[max(needed, 1) - 1])
+    lower = scores[scores < threshold]
+    return (threshold + float(lower.max())) / 2.0 if lower.size else threshold
+
+
+def threshold_for_false_alarm_rate(normal_scores: np.ndarray, max_rate: float) -> float:
+    """The lowest threshold at which at most `max_rate` of `normal_scores` reach it (`score >= t`).
+
+    Set halfway between the highest normal score it lets pass and the lowest one it stops (or just
+    above the highest normal score when none may reach it), capped at 1.
+
+    Raises:
+        ValueError: `max_rate` outside [0, 1), or no score.
+    """
+    if not 0.0 <= max_rate < 1.0:
+        raise ValueError(f"the false-alarm rate must be in [0, 1), got {max_rate}")
+    ranked = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
+    if not ranked.size:
+        raise ValueError("a threshold for a false-alarm rate needs at least one normal score")
+    allowed = int(np.floor(max_rate * ranked.size + 1e-9))  # normal images that may reach the threshold
+    if allowed >= ranked.size:
+        return float(ranked[-1])
+    highest_stopped = float(ranked[allowed])
+    passed = ranked[:allowed][ranked[:allowed] > highest_stopped]
+    upper = float(passed.min()) if passed.size else min(1.0, highest_stopped + 2 * 10.0**-SCORE_DECIMALS)
+    return min(1.0, (highest_stopped + upper) / 2.0)
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> BinaryScores:
@@ -131,13 +211,14 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> BinaryScores:
     called = last_of_tie + 1
     f1 = 2 * true_pos / (called + n_pos)
     best = int(np.argmax(f1))
-    tp = int(true_pos[best])
-    return BinaryScores(float(sorted_scores[last_of_tie[best]]), tp, int(called[best]) - tp, n_pos - tp)
+    tp, fp = int(true_pos[best]), int(called[best]) - int(true_pos[best])
+    n_neg = scores.size - n_pos
+    return BinaryScores(float(sorted_scores[last_of_tie[best]]), tp, fp, n_pos - tp, n_neg - fp)
 
 
-def image_scores(score_maps: list[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Image-level score of each map: its maximum."""
-    return np.asarray([float(np.max(m)) for m in score_maps], dtype=np.float64)
+def image_scores(score_maps: Sequence[np.ndarray] | np.ndarray, top_pixels: int = 1) -> np.ndarray:
+    """Image-level score of each map, computed as the service computes it (mean of the hottest pixels)."""
+    return np.asarray([image_score(m, top_pixels) for m in score_maps], dtype=np.float64)
 
 
 def _flatten(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,29 +289,62 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else 0.0
 
 
-def segmentation_summary(
-    score_maps: list[np.ndarray], masks: list[np.ndarray], *, pixel_threshold: float, image_threshold: float
-) -> dict[str, float | dict[str, float]]:
-    """The standard metric set of a list of maps: pixel/image AUROC, AUPRO, F1/IoU at a threshold and at best.
+# Metrics compared across lines (or surfaces): the lower the worse, except the false-alarm rate.
+LINE_METRICS = ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "verdict_recall", "verdict_precision",
+                "false_alarm_rate")
+HIGHER_IS_WORSE = frozenset({"false_alarm_rate"})
 
-    Keys: `pixel_auroc`, `aupro`, `image_auroc`, `f1`, `iou` (at `pixel_threshold`), `at_threshold` and
-    `at_best` (threshold, f1, iou, precision, recall), `image_at_threshold` (image-level F1 at
-    `image_threshold`), and the counts `images` / `defective_images`.
+
+def segmentation_summary(
+    score_maps: list[np.ndarray], masks: list[np.ndarray], *, pixel_threshold: float, image_threshold: float,
+    top_pixels: int = 1,
+) -> dict[str, float | dict[str, float]]:
+    """The standard metric set of a list of maps: pixel/image AUROC, AUPRO, pixel AP, F1/IoU, verdicts.
+
+    Keys: `pixel_auroc`, `aupro`, `pixel_ap`, `image_auroc`, `f1`, `iou` (at `pixel_threshold`),
+    `at_threshold` and `at_best` (threshold, f1, iou, precision, recall), `image_at_threshold` (the
+    verdicts at `image_threshold`, images scored as the service scores them with `top_pixels`), its
+    `verdict_precision`, `verdict_recall` and `false_alarm_rate` (share of defect-free images
+    rejected) repeated at the top, and the counts `images` / `defective_images`.
     """
     scores = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in score_maps])
     labels = np.concatenate([np.asarray(m).ravel() for m in masks]).astype(bool)
     image_labels = np.asarray([bool(np.any(m)) for m in masks])
-    maxima = image_scores(score_maps)
+    per_image = image_scores(score_maps, top_pixels)
     at_threshold = binary_scores(scores, labels, pixel_threshold)
+    verdicts = binary_scores(per_image, image_labels, image_threshold)
     return {
         "pixel_auroc": auroc(scores, labels),
         "aupro": aupro(score_maps, masks),
-        "image_auroc": auroc(maxima, image_labels),
+        "pixel_ap": average_precision(scores, labels),
+        "image_auroc": auroc(per_image, image_labels),
         "f1": at_threshold.f1,
         "iou": at_threshold.iou,
         "at_threshold": at_threshold.as_dict(),
         "at_best": best_f1_threshold(scores, labels).as_dict(),
-        "image_at_threshold": binary_scores(maxima, image_labels, image_threshold).as_dict(),
+        "image_at_threshold": verdicts.as_dict(),
+        "verdict_precision": verdicts.precision if verdicts.true_positives + verdicts.false_positives else float("nan"),
+        "verdict_recall": verdicts.recall if image_labels.any() else float("nan"),
+        "false_alarm_rate": verdicts.false_alarm_rate if not image_labels.all() else float("nan"),
         "images": len(score_maps),
         "defective_images": int(image_labels.sum()),
     }
+
+
+def line_breakdown(per_line: dict[str, dict]) -> dict[str, dict]:
+    """The mean over lines of each of `LINE_METRICS`, and the worst line for each (NaNs left out).
+
+    Returns `{"mean": {metric: value}, "worst": {metric: {"line": name, "value": value}}}`; a metric no
+    line has a number for is absent from both.
+    """
+    mean: dict[str, float] = {}
+    worst: dict[str, dict] = {}
+    for metric in LINE_METRICS:
+        values = {line: float(m[metric]) for line, m in per_line.items() if not np.isnan(float(m.get(metric, np.nan)))}
+        if not values:
+            continue
+        mean[metric] = float(np.mean(list(values.values())))
+        pick = max if metric in HIGHER_IS_WORSE else min
+        line = pick(sorted(values), key=values.__getitem__)
+        worst[metric] = {"line": line, "value": values[line]}
+    return {"mean": mean, "worst": worst}

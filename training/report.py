@@ -47,8 +47,36 @@ def worst_cases(cases: list[Case], threshold: float, count: int) -> tuple[list[C
     return misses, alarms
 
 
-def write_report(out: Path, cases: list[Case], metrics: dict, threshold: float, *, count: int = 8) -> Path:
-    """Write overlay PNGs and `report.html` into `out`; returns the HTML path."""
+LINE_COLUMNS = (("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"), ("pixel_ap", "pixel AP"),
+                ("verdict_recall", "verdict recall"), ("verdict_precision", "verdict precision"),
+                ("false_alarm_rate", "false-alarm rate"))
+
+
+def line_table(per_line: dict[str, dict], breakdown: dict[str, dict]) -> list[str]:
+    """HTML rows of the per-line metrics, the mean over lines, and each metric's worst line in bold."""
+    worst = {metric: entry["line"] for metric, entry in breakdown.get("worst", {}).items()}
+    header = "".join(f"<th>{html.escape(title)}</th>" for _, title in LINE_COLUMNS)
+    rows = ["<h2>Per line</h2><p>The worst line of each metric is in bold.</p><table border=1 cellpadding=4>",
+            f"<tr><th>line</th>{header}</tr>"]
+    for line, metrics in per_line.items():
+        cells = "".join(
+            f"<td>{'<b>' if worst.get(m) == line else ''}{_fmt(metrics.get(m))}{'</b>' if worst.get(m) == line else ''}</td>"
+            for m, _ in LINE_COLUMNS
+        )
+        rows.append(f"<tr><th>{html.escape(line)}</th>{cells}</tr>")
+    mean = breakdown.get("mean", {})
+    rows.append("<tr><th>mean</th>" + "".join(f"<td>{_fmt(mean.get(m))}</td>" for m, _ in LINE_COLUMNS) + "</tr>")
+    return [*rows, "</table>"]
+
+
+def write_report(
+    out: Path, cases: list[Case], metrics: dict, threshold: float, *, count: int = 8,
+    per_line: dict[str, dict] | None = None, lines: dict[str, dict] | None = None,
+) -> Path:
+    """Write overlay PNGs and `report.html` into `out`; returns the HTML path.
+
+    With `per_line` and `lines` (`training.evaluate.metrics_by_group`), a table per line is added.
+    """
     misses, alarms = worst_cases(cases, threshold, count)
     sections = [("Worst misses", "miss", misses), ("Worst false alarms", "alarm", alarms)]
     parts = [
@@ -59,6 +87,7 @@ def write_report(out: Path, cases: list[Case], metrics: dict, threshold: float, 
         "<h2>Metrics</h2><table border=1 cellpadding=4>",
         *(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in metrics.items() if not isinstance(v, dict)),
         "</table>",
+        *(line_table(per_line, lines or {}) if per_line else []),
     ]
     for title, prefix, chosen in sections:
         parts.append(f"<h2>{title}</h2>" if chosen else f"<h2>{title}</h2><p>none</p>")
@@ -72,4 +101,6 @@ def write_report(out: Path, cases: list[Case], metrics: dict, threshold: float, 
 
 
 def _fmt(value: object) -> str:
+    if value is None:
+        return "—"
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))

@@ -43,6 +43,7 @@ from training.data.labeled import (
     pick_per_line,
     split_by_defect_type,
 )
+from training.decision import DECISION_RULE
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, check_head_options, load_images_with_masks
@@ -605,6 +606,7 @@ def _row(
         [masks[i] for i in indices],
         [samples[i].defect_types for i in indices],
         trained.thresholds,
+        lines=[samples[i].line for i in indices],
     )
     return {
         "model": job.model,
@@ -655,6 +657,8 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         "data": str(config.data.resolve()),
         "test_split": digest,
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),
+        # How image thresholds are chosen and images scored: results chosen another way are stale.
+        "decision_rule": DECISION_RULE,
     }
 
 

@@ -7,6 +7,7 @@ Everything here reads the study record that `training.study.run_study` builds (p
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,14 +74,45 @@ def render_markdown(study: dict) -> str:
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]
-    lines += _budget_table("By labeled defect images per line", on_test, config["labels"], lambda m: m)
+    lines += _budget_table("By labeled defect images per line", on_test, config["labels"], _ranking_cell)
     if any("thin_defects" in r["metrics"] for r in on_test):
         thin = f"Thin defects only ({', '.join(sorted(THIN_DEFECT_TYPES))}, with the defect-free test images)"
-        lines += ["", *_budget_table(thin, on_test, config["labels"], lambda m: m.get("thin_defects"))]
+        lines += ["", *_budget_table(thin, on_test, config["labels"], lambda m: _ranking_cell(m.get("thin_defects")))]
+    if any("verdict_recall" in r["metrics"] for r in on_test):  # studies before verdict metrics have none
+        lines += ["", *_budget_table(VERDICT_TITLE, on_test, config["labels"], _verdict_cell)]
+    if any("lines" in r["metrics"] for r in on_test):
+        lines += ["", *_budget_table(WORST_LINE_TITLE, on_test, config["labels"], _worst_line_cell)]
     held = [r for r in rows if r["evaluated_on"] == "held-out-types"]
     if held:
         lines += ["", *_held_out_table(held, config, split)]
     return "\n".join(lines) + "\n"
+
+
+VERDICT_TITLE = ("Pixel AP and verdicts at the stored image threshold "
+                 "(cells: pixel AP · verdict recall / precision / false-alarm rate)")
+WORST_LINE_TITLE = ("The worst line (a mean over lines hides it; cells: the line with the lowest pixel AUROC, "
+                    "the lowest verdict recall and the highest false-alarm rate)")
+
+
+def _ranking_cell(m: dict | None) -> str | None:
+    return None if m is None else f"{m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
+
+
+def _verdict_cell(m: dict) -> str | None:
+    if "verdict_recall" not in m:
+        return None
+    rates = " / ".join(_number(m[k]) for k in ("verdict_recall", "verdict_precision", "false_alarm_rate"))
+    return f"{_number(m['pixel_ap'])} · {rates}"
+
+
+def _worst_line_cell(m: dict) -> str | None:
+    worst = m.get("lines", {}).get("worst", {})
+    picks = [(k, worst.get(k)) for k in ("pixel_auroc", "verdict_recall", "false_alarm_rate")]
+    return ", ".join(f"{w['line']} {w['value']:.3f}" if w else "—" for _, w in picks) if worst else None
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"  # NaN: e.g. no part called defective
 
 
 def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:
@@ -90,7 +122,7 @@ def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:
     )
     body = [
         f"| {row_name(r)} | {r['labels_per_line']} | {r['metrics']['pixel_auroc']:.3f} | "
-        f"{r['metrics']['aupro']:.3f} | {r['metrics']['image_auroc']:.3f} |"
+        f"{r['metrics']['aupro']:.3f} | {r['metrics']['image_auroc']:.3f} | {_verdict_cell(r['metrics']) or '—'} |"
         for r in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"]))
     ]
     return [
@@ -98,25 +130,23 @@ def _held_out_table(rows: list[dict], config: dict, split: dict) -> list[str]:
         "",
         setting,
         "",
-        "| model | labels/line | pixel AUROC | AUPRO | image AUROC |",
-        "|---|---|---|---|---|",
+        "| model | labels/line | pixel AUROC | AUPRO | image AUROC | pixel AP · verdict recall / precision / false alarms |",
+        "|---|---|---|---|---|---|",
         *body,
     ]
 
 
 def _budget_table(
-    title: str, rows: list[dict], budgets: list[int], pick: Callable[[dict], dict | None]
+    title: str, rows: list[dict], budgets: list[int], cell: Callable[[dict], str | None]
 ) -> list[str]:
-    """Rows = models, columns = labels budgets; `pick` selects the metrics group shown from a row's metrics."""
+    """Rows = models, columns = labels budgets; `cell` renders a row's metrics (None: nothing to show)."""
     columns = ([0] if any(r["model"] == "zero-label" for r in rows) else []) + list(budgets)
     cells: dict[str, dict[int, str]] = {}
     # Hybrid rows first, then the baseline, then zero-label; backbones keep their command-line order.
     for row in sorted(rows, key=lambda r: MODEL_ORDER.index(r["model"])):
-        m = pick(row["metrics"])
-        if m is not None:
-            cells.setdefault(row_name(row), {})[row["labels_per_line"]] = (
-                f"{m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
-            )
+        text = cell(row["metrics"])
+        if text is not None:
+            cells.setdefault(row_name(row), {})[row["labels_per_line"]] = text
     header = "| model | " + " | ".join(f"{k} labels/line" for k in columns) + " |"
     rule = "|---|" + "---|" * len(columns)
     body = [

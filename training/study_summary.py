@@ -21,6 +21,8 @@ from training.study_report import MODEL_ORDER, row_name, write_files
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
 HEADLINE_METRICS = ("pixel_auroc", "aupro", "image_auroc")
+# Reported beside them when every seed has them (studies before them did not): what AUROC hides.
+DECISION_METRICS = ("pixel_ap", "verdict_recall", "verdict_precision", "false_alarm_rate")
 EVAL_NAMES = {"test": "all defect types", "held-out-types": "held-out types"}
 
 
@@ -34,15 +36,24 @@ def _row_key(row: dict) -> tuple:
 
 
 def _statistics(values: list[float]) -> dict:
-    """Mean, sample standard deviation (None for one value) and minimum of `values`."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return {"values": values, "mean": mean, "std": std, "min": min(values)}
+    """Mean, sample standard deviation (None for one value), minimum and maximum of `values`.
+
+    A NaN (e.g. a verdict precision when no part was called defective) is kept in `values` and left
+    out of the rest; with nothing else left they are None.
+    """
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:
+        return {"values": values, "mean": None, "std": None, "min": None, "max": None}
+    mean = sum(numbers) / len(numbers)
+    std = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None
+    return {"values": values, "mean": mean, "std": std, "min": min(numbers), "max": max(numbers)}
 
 
 def _group_statistics(metrics_per_seed: list[dict]) -> dict:
-    """Statistics of the headline metrics of one metrics group (overall, thin defects, one defect type)."""
-    return {name: _statistics([float(m[name]) for m in metrics_per_seed]) for name in HEADLINE_METRICS}
+    """Statistics of the headline metrics of one metrics group (overall, thin defects, one defect type),
+    and of the decision metrics when every seed reports them."""
+    names = HEADLINE_METRICS + tuple(n for n in DECISION_METRICS if all(n in m for m in metrics_per_seed))
+    return {name: _statistics([float(m[name]) for m in metrics_per_seed]) for name in names}
 
 
 def summarize_seeds(studies: Mapping[int, dict]) -> dict:
@@ -77,6 +88,8 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
         }
         if all("thin_defects" in m for m in metrics):
             row["thin_defects"] = _group_statistics([m["thin_defects"] for m in metrics])
+        if all("lines" in m for m in metrics):
+            row["worst_line"] = _worst_lines([m["lines"]["worst"] for m in metrics])
         rows.append(row)
     first = studies[seeds[0]]
     config = {k: v for k, v in first["config"].items() if k not in ("seed", "out")}
@@ -86,6 +99,18 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
         for seed, s in studies.items()
     }
     return {"seeds": seeds, "config": config, "splits": splits, "rows": rows}
+
+
+WORST_LINE_METRICS = ("pixel_auroc", "aupro", "verdict_recall", "false_alarm_rate")
+
+
+def _worst_lines(worst_per_seed: list[dict]) -> dict:
+    """Per metric, each seed's worst line and its value (`training.metrics.line_breakdown`)."""
+    return {
+        name: {"lines": [w[name]["line"] for w in worst_per_seed], "values": [w[name]["value"] for w in worst_per_seed]}
+        for name in WORST_LINE_METRICS
+        if all(name in w for w in worst_per_seed)
+    }
 
 
 def _per_type_statistics(metrics_per_seed: list[dict]) -> dict:
@@ -132,8 +157,37 @@ def render_summary_markdown(summary: dict) -> str:
     per_type = _per_type_table([r for r in rows if r["evaluated_on"] == "test"])
     if per_type:  # a summary of held-out-type rows alone has no all-types row to break down
         lines += ["", *per_type]
+    worst = [r for r in rows if r.get("worst_line")]
+    if worst:
+        lines += ["", *_worst_line_table(worst)]
     lines += ["", *_per_seed_table(rows, seeds)]
     return "\n".join(lines) + "\n"
+
+
+def _worst_line_table(rows: list[dict]) -> list[str]:
+    """The worst line of each row over all seeds: a mean over lines hides it."""
+    names = {"pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "verdict_recall": "verdict recall",
+             "false_alarm_rate": "false-alarm rate"}
+
+    def cell(entry: dict | None, metric: str) -> str:
+        if not entry:
+            return "—"
+        pick = max if metric == "false_alarm_rate" else min
+        at = entry["values"].index(pick(entry["values"]))
+        return f"{entry['lines'][at]} {entry['values'][at]:.3f}"
+
+    body = [
+        f"| {_row_label(r)} | {EVAL_NAMES[r['evaluated_on']]} | "
+        + " | ".join(cell(r["worst_line"].get(m), m) for m in names) + " |"
+        for r in rows
+    ]
+    return [
+        "## The worst line (over all seeds; the lowest value, the highest for false alarms)",
+        "",
+        "| model | tested on | " + " | ".join(names.values()) + " |",
+        "|---|---|" + "---|" * len(names),
+        *body,
+    ]
 
 
 def _ordered(rows: list[dict]) -> list[dict]:
@@ -148,23 +202,31 @@ def _row_label(row: dict) -> str:
     return f"{name}, {row['labels_per_line']} labels/line" if row["labels_per_line"] else name
 
 
-def _cell(stats: dict) -> str:
+def _cell(stats: dict | None, worst: str = "min") -> str:
+    """mean ± spread (worst seed); the worst is the maximum for the false-alarm rate."""
+    if stats is None or stats["mean"] is None:
+        return "—"
     spread = f" ± {stats['std']:.3f}" if stats["std"] is not None else ""
-    return f"{stats['mean']:.3f}{spread} ({stats['min']:.3f})"
+    return f"{stats['mean']:.3f}{spread} ({stats[worst]:.3f})"
+
+
+DECISION_COLUMNS = {"pixel_ap": "pixel AP", "verdict_recall": "verdict recall", "false_alarm_rate": "false-alarm rate"}
 
 
 def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None = None) -> list[str]:
+    decisions = [n for n in DECISION_COLUMNS if any(n in r[group] for r in rows)]
     body = [
         f"| {_row_label(r)} | {tested_on or EVAL_NAMES[r['evaluated_on']]} | {len(r['seeds'])} | "
         + " | ".join(_cell(r[group][m]) for m in HEADLINE_METRICS)
+        + "".join(f" | {_cell(r[group].get(m), 'max' if m == 'false_alarm_rate' else 'min')}" for m in decisions)
         + " |"
         for r in rows
     ]
     return [
         f"## {title}",
         "",
-        "| model | tested on | seeds | pixel AUROC | AUPRO | image AUROC |",
-        "|---|---|---|---|---|---|",
+        "| model | tested on | seeds | pixel AUROC | AUPRO | image AUROC |" + "".join(f" {DECISION_COLUMNS[m]} |" for m in decisions),
+        "|---|---|---|---|---|---|" + "---|" * len(decisions),
         *body,
     ]
 

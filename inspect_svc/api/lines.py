@@ -41,8 +41,9 @@ def _public(service: ServiceState, line: str, overrides: LineThresholds) -> Line
     manifest = service.models.engine.manifest if service.models.engine else None
     effective = None
     if manifest is not None:
+        model = manifest.thresholds_for(line)  # the bundle's own calibration of this line, if any
         effective = ThresholdsUsed(
-            pixel=manifest.thresholds.pixel if overrides.pixel is None else overrides.pixel,
-            image=manifest.thresholds.image if overrides.image is None else overrides.image,
+            pixel=model.pixel if overrides.pixel is None else overrides.pixel,
+            image=model.image if overrides.image is None else overrides.image,
         )
     return LineThresholdsPublic(line=line, pixel=overrides.pixel, image=overrides.image, effective=effective)

@@ -43,16 +43,34 @@ class Region:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The image-level decision: defect when the map's maximum reaches the image threshold."""
+    """The image-level decision: defect when the image score (`image_score`) reaches the image threshold."""
 
     verdict: Literal["ok", "defect"]
     score: float
     defect_area: int
 
 
-def summarize(prob_map: np.ndarray, thresholds: Thresholds) -> Verdict:
-    """The verdict, the score (maximum probability) and the defective pixel count of a map."""
-    score = float(prob_map.max()) if prob_map.size else 0.0
+def image_score(prob_map: np.ndarray, top_pixels: int = 1) -> float:
+    """The image-level score of a map: the mean of its `top_pixels` highest probabilities.
+
+    `top_pixels` = 1 is the map's maximum, which a single hot pixel decides; a few dozen make the score
+    the strength of a defect-sized area instead. The count is in pixels, not a share of the frame: a
+    defect keeps its size in pixels whatever the frame's size, so a larger frame does not dilute it.
+    Training's evaluation calls this same function, so both sides score images alike.
+    """
+    values = np.asarray(prob_map, dtype=np.float32).ravel()
+    if not values.size:
+        return 0.0
+    count = min(max(int(top_pixels), 1), values.size)
+    if count == 1:
+        return float(values.max())
+    hottest = np.partition(values, values.size - count)[values.size - count :]
+    return float(hottest.astype(np.float64).mean())
+
+
+def summarize(prob_map: np.ndarray, thresholds: Thresholds, *, top_pixels: int = 1) -> Verdict:
+    """The verdict, the image score (`image_score`) and the defective pixel count of a map."""
+    score = image_score(prob_map, top_pixels)
     defect_area = int(np.count_nonzero(prob_map >= thresholds.pixel))
     return Verdict(
         verdict="defect" if score >= thresholds.image else "ok", score=score, defect_area=defect_area

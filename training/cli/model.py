@@ -1,4 +1,4 @@
-"""`train-pipeline finetune | fit-normal | evaluate | export`: from a backbone to a served model bundle."""
+"""`train-pipeline finetune | fit-normal | evaluate | export | calibrate`: from a backbone to a served model bundle."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per st
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
 BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows a query is compared with.")]
+TargetRecallOpt = Annotated[float, typer.Option(
+    "--target-recall", min=0.0, max=1.0,
+    help="The image threshold catches this share of validation defects (real ones plus synthetic ones drawn "
+    "on defect-free validation images); the false-alarm rate it costs is measured and stored in the bundle.",
+)]
 NeighbourTilesOpt = Annotated[int, typer.Option(
     "--neighbour-tiles", min=0,
     help="Score each tile against the banks of its N most similar normal tiles (0: one bank for all tiles).",
@@ -61,6 +66,7 @@ def finetune(
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
+    target_recall: TargetRecallOpt = 0.95,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
@@ -75,7 +81,7 @@ def finetune(
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
         anomaly_context=anomaly_context, anomaly_pixel_weight=anomaly_pixel_weight, head_context=head_context,
         bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
-        labeled_defects=labeled_defects, device=device, seed=seed,
+        labeled_defects=labeled_defects, target_recall=target_recall, device=device, seed=seed,
     )
     with user_errors():
         metrics = run_finetune(config)
@@ -91,6 +97,7 @@ def fit_normal(
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     batch_size: BatchOpt = 16,
+    target_recall: TargetRecallOpt = 0.95,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
@@ -100,7 +107,8 @@ def fit_normal(
 
     _log_to_stderr()
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
-                             neighbour_tiles=neighbour_tiles, batch_size=batch_size, device=device, seed=seed)
+                             neighbour_tiles=neighbour_tiles, batch_size=batch_size, target_recall=target_recall,
+                             device=device, seed=seed)
     with user_errors():
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
@@ -153,12 +161,35 @@ def export(
         typer.echo(result.variant.summary())
 
 
+def calibrate(
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (from export); its model.json is updated.")],
+    normal: Annotated[Path, typer.Option("--normal", help="The line's defect-free images (a folder, or a labeled folder).")],
+    line: Annotated[str, typer.Option("--line", help="The line's name, as its cameras report it.")],
+    max_false_alarm_rate: Annotated[float, typer.Option(
+        "--max-false-alarm-rate", min=0.0, max=1.0,
+        help="Set the line's image threshold as low as it goes while rejecting at most this share of its normal images.",
+    )] = 0.01,
+) -> None:
+    """Calibrate one line's image threshold on its own defect-free images, inside the bundle.
+
+    The service uses it for that line's frames (an operator's PUT /lines/{line}/threshold still wins);
+    register the bundle again after calibrating.
+    """
+    from training.decision import calibrate_bundle
+
+    with user_errors():
+        result = calibrate_bundle(model, normal, line, max_false_alarm_rate=max_false_alarm_rate)
+    typer.echo(f"line {line}: image threshold {result.image:.4f}, false-alarm rate {result.false_alarm_rate:.4f} "
+               f"on {result.normal_images} defect-free images (target {max_false_alarm_rate}) → {model}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the model verbs to `app`."""
     app.command("finetune")(finetune)
     app.command("fit-normal")(fit_normal)
     app.command("evaluate")(evaluate)
     app.command("export")(export)
+    app.command("calibrate")(calibrate)
 
 
 def _log_to_stderr() -> None:
