@@ -1,0 +1,58 @@
+"""One error shape for the whole API, declared in the OpenAPI schema as it is answered.
+
+Every error body is an `ErrorBody`: `detail` is a sentence; a 422 from request validation adds
+`errors`, one entry per invalid field (without the rejected value, which may be a password).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.routing import Match, Route
+from starlette.types import Scope
+
+from inspect_svc.schemas import ErrorBody
+
+# The answers any route may give before its own code runs: unparseable body, bad credentials,
+# a scope that does not cover the request, invalid parameters, database away.
+COMMON_ERRORS = (400, 401, 403, 422, 503)
+MAX_LISTED_ISSUES = 5
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses` entries for these status codes, all with the `ErrorBody` schema."""
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    """A 422 whose `detail` names the invalid fields, so it reads like every other error."""
+    issues = [
+        {key: value for key, value in issue.items() if key in ("loc", "msg", "type")}
+        for issue in jsonable_encoder(error.errors())
+    ]
+    listed = "; ".join(
+        f"{'.'.join(str(part) for part in issue.get('loc', ()))}: {issue.get('msg', 'invalid')}"
+        for issue in issues[:MAX_LISTED_ISSUES]
+    )
+    more = f" (and {len(issues) - MAX_LISTED_ISSUES} more)" if len(issues) > MAX_LISTED_ISSUES else ""
+    body = ErrorBody(detail=f"invalid request: {listed or 'unreadable input'}{more}", errors=issues)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """The `Allow` value of a path: the methods of every route on it, not only of the first one matched.
+
+    Starlette's 405 lists the methods of the first route whose path matched, so a path served by two
+    routes (`GET` and `POST /cameras`) would advertise only one of them.
+    """
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
