@@ -9,6 +9,10 @@ import hashlib
 import hmac
 import secrets
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inspect_svc.settings import Settings
 
 API_KEY_PREFIX = "isk_"
 # scrypt cost: n=2**14, r=8 uses 16 MiB and ~50 ms per check, enough for interactive logins.
@@ -100,6 +104,13 @@ def signing_key(configured: str | None, admin_token: str | None) -> bytes:
     if admin_token:
         return hmac.new(admin_token.encode(), b"inspect-svc signing key v1", hashlib.sha256).digest()
     return _PROCESS_SIGNING_KEY
+
+
+def server_signing_key(settings: Settings) -> bytes:
+    """The signing key these settings give."""
+    configured = settings.signing_key.get_secret_value() if settings.signing_key else None
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return signing_key(configured, admin_token)
 
 
 def sign(key: bytes, message: str) -> str:

@@ -89,7 +89,8 @@ async def require_plant_reader(reader: ReaderDep) -> Reader:
     """Reads that span cameras or show server internals (model bundles and their paths): not for cameras."""
     if reader.camera is not None:
         raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "a camera key reads only its own camera's results; this needs the admin token"
+            status.HTTP_403_FORBIDDEN,
+            "a camera key reads only its own camera's results; this needs the admin token",
         )
     return reader
 

@@ -13,37 +13,39 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from inspect_svc.schemas import SignedLinks
-from inspect_svc.security import sign, signature_matches, signing_key
+from inspect_svc.security import server_signing_key, sign, signature_matches
 from inspect_svc.settings import Settings
 from inspect_svc.storage.repositories import inspection_links
 
 Picture = Literal["image", "map", "mask", "overlay"]
 
 
-def settings_key(settings: Settings) -> bytes:
-    """The signing key these settings give (see `security.signing_key`)."""
-    configured = settings.signing_key.get_secret_value() if settings.signing_key else None
-    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return signing_key(configured, admin_token)
-
-
 def signed_links(settings: Settings, inspection_id: str, *, now: float | None = None) -> SignedLinks:
     """Every picture of the inspection as a URL valid for `settings.signed_link_ttl_s`."""
     expires = int((time.time() if now is None else now) + settings.signed_link_ttl_s)
-    key = settings_key(settings)
+    key = server_signing_key(settings)
     paths = inspection_links(inspection_id).model_dump()
-    signed = {name: f"{path}?expires={expires}&signature={sign(key, _message(path, expires))}" for name, path in paths.items()}
+    signed = {
+        name: f"{path}?expires={expires}&signature={sign(key, _message(path, expires))}"
+        for name, path in paths.items()
+    }
     return SignedLinks(**signed, expires_at=datetime.fromtimestamp(expires, timezone.utc))
 
 
 def link_is_valid(
-    settings: Settings, inspection_id: str, picture: Picture, *, expires: int, signature: str, now: float | None = None
+    settings: Settings,
+    inspection_id: str,
+    picture: Picture,
+    *,
+    expires: int,
+    signature: str,
+    now: float | None = None,
 ) -> bool:
     """True when `signature` was made by this server for this picture and `expires` has not passed."""
     if expires < (time.time() if now is None else now):
         return False
     path = getattr(inspection_links(inspection_id), picture)
-    return signature_matches(settings_key(settings), _message(path, expires), signature)
+    return signature_matches(server_signing_key(settings), _message(path, expires), signature)
 
 
 def _message(path: str, expires: int) -> str:
