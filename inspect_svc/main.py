@@ -169,8 +169,9 @@ def _add_dashboard_error_pages(app: FastAPI) -> None:
     """Client errors on dashboard pages render as an HTML page; the JSON API keeps JSON bodies."""
 
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        if error.status_code == 405:
-            error.headers = {**(error.headers or {}), "Allow": errors.allowed_methods(app, request.scope)}
+        allowed = errors.allowed_methods(app, request.scope) if error.status_code == 405 else None
+        if allowed is not None:
+            error.headers = {**(error.headers or {}), "Allow": allowed}
         if not _wants_error_page(request, error.status_code):
             return await http_exception_handler(request, error)
         context = {

@@ -5,16 +5,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 Verdict = Literal["ok", "defect"]
 ReviewVerdict = Literal["confirm", "reject", "missed"]
 Role = Literal["viewer", "reviewer", "admin"]
 
 NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"
+
+
+ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: object) -> object:
+    """Text must be ISO 8601; a bare number would otherwise pass as seconds since 1970."""
+    if isinstance(value, str) and not ISO_DATE_START.match(value):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-03-02T08:00:00Z")
+    return value
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -27,7 +38,7 @@ def _as_utc(moment: datetime) -> datetime:
         raise ValueError(f"{moment.isoformat()} is outside the dates UTC can express (years 1 to 9999)") from None
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_as_utc)]
 """A datetime converted to UTC on input; a time zone that pushes it past year 1 or 9999 is a 422."""
 
 
@@ -137,7 +148,10 @@ class InspectionFilter(BaseModel):
 
 class CameraCreate(BaseModel):
     name: str = Field(..., min_length=1, max_length=64, pattern=NAME_PATTERN)
-    line: str | None = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+    line: str | None = Field(
+        None, min_length=1, max_length=64, pattern=NAME_PATTERN,
+        description="the line this camera's frames belong to, fixed at registration; it may tag no other",
+    )
 
 
 class CameraPublic(BaseModel):
@@ -156,8 +170,9 @@ class CameraWithKey(CameraPublic):
 class LineThresholds(BaseModel):
     """A line's threshold overrides; `null` falls back to the active model's threshold."""
 
-    pixel: float | None = Field(None, ge=0.0, le=1.0)
-    image: float | None = Field(None, ge=0.0, le=1.0)
+    # Strict: `true` is not a threshold of 1.0, nor "0.5" one of 0.5.
+    pixel: float | None = Field(None, ge=0.0, le=1.0, strict=True)
+    image: float | None = Field(None, ge=0.0, le=1.0, strict=True)
 
 
 class LineThresholdsPublic(LineThresholds):

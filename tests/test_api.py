@@ -256,3 +256,29 @@ def map_key_of(client, inspection_id: str) -> str:
 
     with session_scope(client.app.state.service.sessions) as session:
         return repositories.get_inspection_record(session, inspection_id=inspection_id).map_key
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("options", "/cameras", "GET, HEAD, POST"),
+        ("delete", "/cameras", "GET, HEAD, POST"),
+        ("options", "/lines/line-a/threshold", "GET, HEAD, PUT"),
+        ("patch", "/inspect", "POST"),
+    ],
+)
+def test_405_lists_every_method_of_the_path(client, method, path, allowed):
+    response = client.request(method, path, headers=ADMIN)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+
+
+def test_validation_errors_have_the_declared_error_shape(client):
+    response = client.put("/lines/line-a/threshold", json={"pixel": True, "image": "0.5"}, headers=ADMIN)
+    assert response.status_code == 422
+    body = response.json()
+    assert isinstance(body["detail"], str) and "body.pixel" in body["detail"] and "body.image" in body["detail"]
+    assert [issue["loc"] for issue in body["errors"]] == [["body", "pixel"], ["body", "image"]]
+    assert all("input" not in issue for issue in body["errors"])  # a rejected value is never echoed
+    declared = client.get("/openapi.json").json()["paths"]["/lines/{line}/threshold"]["put"]["responses"]
+    assert declared["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.routing import Match, Route
+from starlette.routing import compile_path, get_route_path
 from starlette.types import Scope
 
 from inspect_svc.schemas import ErrorBody
@@ -19,6 +19,7 @@ from inspect_svc.schemas import ErrorBody
 # a scope that does not cover the request, invalid parameters, database away.
 COMMON_ERRORS = (400, 401, 403, 422, 503)
 MAX_LISTED_ISSUES = 5
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -41,17 +42,21 @@ async def validation_error(_request: Request, error: RequestValidationError) -> 
     return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
 
 
-def allowed_methods(app: FastAPI, scope: Scope) -> str:
-    """The `Allow` value of a path: the methods of every route on it, not only of the first one matched.
+def allowed_methods(app: FastAPI, scope: Scope) -> str | None:
+    """The `Allow` value of a path: every method the schema declares on it, not only those of one route.
 
     Starlette's 405 lists the methods of the first route whose path matched, so a path served by two
-    routes (`GET` and `POST /cameras`) would advertise only one of them.
+    routes (`GET` and `POST /cameras`) would advertise only one of them. None for a path the schema
+    does not describe (the dashboard's pages), whose own answer then stands.
     """
+    path = get_route_path(scope)
     methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    for template, operations in app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {method.upper() for method in operations if method.upper() in HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")  # answered for every GET route
+    return ", ".join(sorted(methods)) or None
 
 
 def install(app: FastAPI) -> None:
