@@ -3,7 +3,8 @@
 Schemathesis runs its examples, coverage and fuzzing phases over every operation (a bounded number of
 derandomized cases each, so a run is repeatable) and applies all its checks: no 5xx, every status code,
 content type, header and body declared in the schema, invalid input refused, valid input accepted,
-`Allow` agreeing with the schema on 405 and OPTIONS. It runs three times: with the admin token and a
+`Allow` agreeing with the schema on 405 and OPTIONS, and requests without the credentials a route
+declares (camera key, admin token) refused. It runs three times: with the admin token and a
 camera key, with the camera key alone (its scope refuses most reads), and with no credentials.
 """
 

@@ -14,15 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Query, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from inspect_svc.api import links
 from inspect_svc.schemas import CameraPublic
 from inspect_svc.security import tokens_match
 from inspect_svc.service import ServiceState
 
-ApiKeyHeader = Annotated[str | None, Header(description="the camera's API key", max_length=256)]
-AuthorizationHeader = Annotated[str | None, Header(description="Bearer <INSPECT_ADMIN_TOKEN>")]
+# Declared as security schemes (not plain headers), so the OpenAPI schema says which routes need which
+# credential; `auto_error=False` leaves the refusals, and their messages, to the functions below.
+CAMERA_KEY = APIKeyHeader(
+    name="X-API-Key", scheme_name="CameraKey", description="the camera's API key", auto_error=False
+)
+ADMIN_TOKEN = HTTPBearer(scheme_name="AdminToken", description="INSPECT_ADMIN_TOKEN", auto_error=False)
+ApiKeyHeader = Annotated[str | None, Security(CAMERA_KEY)]
+AuthorizationHeader = Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_TOKEN)]
 
 
 def get_service(request: Request) -> ServiceState:
@@ -52,8 +59,8 @@ def require_admin(service: ServiceDep, authorization: AuthorizationHeader = None
     admin_token = service.settings.admin_token
     if admin_token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admin API disabled: set INSPECT_ADMIN_TOKEN to enable it")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not tokens_match(token.strip(), admin_token.get_secret_value()):
+    token = authorization.credentials.strip() if authorization is not None else ""
+    if not tokens_match(token, admin_token.get_secret_value()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "admin token required", headers={"WWW-Authenticate": "Bearer"}
         )
