@@ -60,15 +60,15 @@ def verify_password(password: str, stored: str | None) -> bool:
     `stored=None` (no such user) hashes against a dummy hash and answers False, so an unknown username
     costs the same scrypt work as a known one and the answer time does not tell them apart.
     """
-    known = stored is not None
+    encoded = stored if stored is not None else _dummy_password_hash()
     try:
-        scheme, n, r, p, salt, expected = (stored if known else _dummy_password_hash()).split("$")
+        scheme, n, r, p, salt, expected = encoded.split("$")
         if scheme != "scrypt":
             return False
         digest = _scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p))
     except (ValueError, TypeError):
         return False
-    return known and hmac.compare_digest(digest, base64.b64decode(expected))
+    return stored is not None and hmac.compare_digest(digest, base64.b64decode(expected))
 
 
 @functools.cache

@@ -11,6 +11,7 @@ Scopes (docs/RELIABILITY.md, "Access and scopes", has the whole table):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -105,7 +106,7 @@ async def require_plant_reader(reader: ReaderDep) -> Reader:
 PlantReaderDep = Depends(require_plant_reader)
 
 
-def picture_reader(picture: links.Picture):  # type: ignore[no-untyped-def]
+def picture_reader(picture: links.Picture) -> Callable[..., Awaitable[Reader]]:
     """A dependency for one picture route: a valid signed link for it, or the usual credentials."""
 
     async def dependency(

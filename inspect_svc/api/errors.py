@@ -6,6 +6,8 @@ Every error body is an `ErrorBody`: `detail` is a sentence; a 422 from request v
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +24,7 @@ MAX_LISTED_ISSUES = 5
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these status codes, all with the `ErrorBody` schema."""
     return {code: {"model": ErrorBody} for code in codes}
 
@@ -38,7 +40,7 @@ async def validation_error(_request: Request, error: RequestValidationError) -> 
         for issue in issues[:MAX_LISTED_ISSUES]
     )
     more = f" (and {len(issues) - MAX_LISTED_ISSUES} more)" if len(issues) > MAX_LISTED_ISSUES else ""
-    body = ErrorBody(detail=f"invalid request: {listed or 'unreadable input'}{more}", errors=issues)
+    body = ErrorBody(detail=f"invalid request: {listed or 'unreadable input'}{more}", reason=None, errors=issues)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse
@@ -33,7 +33,7 @@ from inspect_svc.storage.blobstore import BlobNotFound
 router = APIRouter(prefix="/inspections", tags=["inspections"], responses=error_responses(*COMMON_ERRORS))
 
 NOT_FOUND = error_responses(404)
-PNG = {200: {"content": {"image/png": {}}}, **NOT_FOUND}
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **NOT_FOUND}
 ImageReader = Annotated[Reader, Depends(picture_reader("image"))]
 MapReader = Annotated[Reader, Depends(picture_reader("map"))]
 MaskReader = Annotated[Reader, Depends(picture_reader("mask"))]
