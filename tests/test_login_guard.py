@@ -65,7 +65,7 @@ def test_throttle_backoff_doubles_per_failure_beyond_the_allowance():
     throttle = LoginThrottle(max_failures=2, max_lockout_s=3600, clock=clock)
     seen = []
     for _ in range(6):
-        throttle.failed("rita", "10.0.0.1")
+        assert throttle.begin("rita", "10.0.0.1") == 0  # each try waited out the previous lockout
         seen.append(throttle.retry_after("rita", "10.0.0.1"))
         clock.now += seen[-1]
     assert seen == [0, 1, 2, 4, 8, 16]
@@ -75,36 +75,54 @@ def test_throttle_wait_is_capped():
     clock = FakeClock()
     throttle = LoginThrottle(max_failures=1, max_lockout_s=5, clock=clock)
     for _ in range(40):
-        throttle.failed("rita", "10.0.0.1")
+        clock.now += throttle.retry_after("rita", "10.0.0.1")
+        throttle.begin("rita", "10.0.0.1")
     assert throttle.retry_after("rita", "10.0.0.1") == 5
 
 
+def test_parallel_tries_are_counted_before_their_passwords_are_checked():
+    throttle = LoginThrottle(max_failures=5, max_lockout_s=60, clock=FakeClock())
+    # Eight guesses in flight at once (none has finished its hash): only the allowance gets through.
+    waits = [throttle.begin("rita", f"10.0.0.{index}") for index in range(8)]
+    assert waits[:5] == [0] * 5 and all(wait > 0 for wait in waits[5:])
+
+
 def test_throttle_counts_per_account_and_per_address():
-    clock = FakeClock()
-    throttle = LoginThrottle(max_failures=2, max_lockout_s=60, clock=clock)
+    throttle = LoginThrottle(max_failures=2, max_lockout_s=60, clock=FakeClock())
     for _ in range(3):
-        throttle.failed("rita", "10.0.0.1")
+        throttle.begin("rita", "10.0.0.1")
     assert throttle.retry_after("rita", "10.0.0.2") > 0  # the account is locked from anywhere
     assert throttle.retry_after("vera", "10.0.0.1") == 0  # the address still has tries left
     for index in range(8):  # one address spraying many accounts (allowance 2 x 4)
-        throttle.failed(f"user-{index}", "10.0.0.9")
+        throttle.begin(f"user-{index}", "10.0.0.9")
     assert throttle.retry_after("someone-new", "10.0.0.9") > 0
     assert throttle.retry_after("someone-new", "10.0.0.8") == 0
 
 
-def test_success_clears_the_account_and_quiet_time_forgets():
+def test_success_clears_the_account_and_refunds_the_address():
+    throttle = LoginThrottle(max_failures=2, max_lockout_s=60, clock=FakeClock())
+    throttle.begin("Rita", "10.0.0.1")
+    throttle.succeeded("RITA", "10.0.0.1")
+    throttle.begin("rita", "10.0.0.2")
+    assert throttle.retry_after("rita", "10.0.0.3") == 0  # one failure since the success
+    for index in range(7):  # seven failures from a shared address (allowance 8) ...
+        throttle.begin(f"user-{index}", "10.0.0.7")
+    for _ in range(3):  # ... and operators logging in right from it do not use it up
+        throttle.begin("ada", "10.0.0.7")
+        throttle.succeeded("ada", "10.0.0.7")
+    assert throttle.retry_after("someone", "10.0.0.7") == 0
+
+
+def test_quiet_time_forgets_failures():
     clock = FakeClock()
     throttle = LoginThrottle(max_failures=2, max_lockout_s=60, clock=clock)
-    throttle.failed("Rita", "10.0.0.1")
-    throttle.succeeded("RITA")
-    throttle.failed("rita", "10.0.0.2")
-    assert throttle.retry_after("rita", "10.0.0.3") == 0  # one failure since the success
-    throttle.failed("rita", "10.0.0.4")
-    wait = throttle.retry_after("rita", "10.0.0.5")
+    throttle.begin("rita", "10.0.0.1")
+    throttle.begin("rita", "10.0.0.2")
+    wait = throttle.retry_after("rita", "10.0.0.3")
     assert wait > 0
     clock.now += wait + 60 + 1  # the lockout, then a quiet spell as long as the longest lockout
-    throttle.failed("rita", "10.0.0.6")
-    assert throttle.retry_after("rita", "10.0.0.7") == 0
+    throttle.begin("rita", "10.0.0.4")
+    assert throttle.retry_after("rita", "10.0.0.5") == 0
 
 
 def test_brute_force_loop_gets_429_and_the_right_password_waits_too(world, client):

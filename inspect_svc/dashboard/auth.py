@@ -156,7 +156,7 @@ def login_submit(
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the login form expired; reload the page")
     address = request.client.host if request.client else "unknown"
     next_url = _safe_next(next, "")  # the form echoes only a target the redirect would accept
-    wait_s = guard.throttle.retry_after(username, address)
+    wait_s = guard.throttle.begin(username, address)
     if wait_s > 0:
         error = "Too many failed logins: wait a little before trying again."
         return _login_page(
@@ -165,12 +165,11 @@ def login_submit(
         )
     user = repositories.authenticate_user(db, username=username, password=password)
     if user is None:
-        guard.throttle.failed(username, address)
         error = "Unknown user or wrong password."
         return _login_page(
             request, settings, guard, next_url=next_url, error=error, username=username, status_code=401
         )
-    guard.throttle.succeeded(username)
+    guard.throttle.succeeded(username, address)
     ttl = timedelta(hours=settings.dashboard_session_hours)
     token, _ = repositories.create_login_session(db, user_id=user.id, ttl=ttl)
     db.commit()

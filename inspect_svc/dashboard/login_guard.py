@@ -19,7 +19,7 @@ from fastapi import Request
 from inspect_svc.security import server_signing_key, sign, signature_matches
 from inspect_svc.settings import Settings
 
-# Several operators can sit behind one address (a plant's NAT), so an address gets more tries than one account.
+# Several operators can sit behind one address (a plant's NAT): an address gets more tries than an account.
 ADDRESS_ALLOWANCE_FACTOR = 4
 FIRST_LOCKOUT_S = 1.0
 LOGIN_FORM_TTL_S = 3600
@@ -36,8 +36,10 @@ class _Failures:
 
 
 class LoginThrottle:
-    """Counts failed logins per account and per address; from the allowance on each failure doubles the wait.
+    """Counts login tries per account and per address; from the allowance on each failure doubles the wait.
 
+    A try is charged as a failure before its password is checked (`begin`) and refunded when it was
+    right (`succeeded`): guesses sent in parallel are counted as they arrive, not after their hashes.
     While a key is locked its logins are refused without checking the password (429 with `Retry-After`),
     so a locked-out guesser costs no password hash at all.
     """
@@ -53,14 +55,16 @@ class LoginThrottle:
 
     def retry_after(self, account: str, address: str) -> float:
         """Seconds until this account may try again from this address; 0 when it may try now."""
-        now = self.clock()
         with self._lock:
-            entries = [self._live(key, now) for key, _ in self._keys(account, address)]
-        return max([0.0] + [entry.locked_until - now for entry in entries if entry is not None])
+            return self._wait(account, address, self.clock())
 
-    def failed(self, account: str, address: str) -> None:
+    def begin(self, account: str, address: str) -> float:
+        """Charge a try to the account and the address; if either is locked, charge nothing, return the wait."""
         now = self.clock()
         with self._lock:
+            wait = self._wait(account, address, now)
+            if wait > 0:
+                return wait
             for key, allowance in self._keys(account, address):
                 entry = self._live(key, now) or _Failures()
                 self._remember(key, entry)
@@ -70,11 +74,22 @@ class LoginThrottle:
                 if beyond >= 0:
                     lockout = min(self.max_lockout_s, FIRST_LOCKOUT_S * 2 ** min(beyond, 32))
                     entry.locked_until = now + lockout
+        return 0.0
 
-    def succeeded(self, account: str) -> None:
-        """A right password clears the account's count (the address keeps its own)."""
+    def succeeded(self, account: str, address: str) -> None:
+        """A right password clears the account's count and refunds the address the try `begin` charged."""
         with self._lock:
             self._failures.pop(_account_key(account), None)
+            key, allowance = self._keys(account, address)[1]
+            entry = self._failures.get(key)
+            if entry is not None:
+                entry.count = max(0, entry.count - 1)
+                if entry.count < allowance:
+                    entry.locked_until = 0.0
+
+    def _wait(self, account: str, address: str, now: float) -> float:
+        entries = [self._live(key, now) for key, _ in self._keys(account, address)]
+        return max([0.0] + [entry.locked_until - now for entry in entries if entry is not None])
 
     def _keys(self, account: str, address: str) -> list[tuple[str, int]]:
         return [
