@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inspect_svc import __version__, imaging
-from inspect_svc.api import ROUTERS
+from inspect_svc.api import ROUTERS, errors
 from inspect_svc.dashboard.deps import TEMPLATES
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from inspect_svc.engine.inference import EngineNotReady
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     _add_error_handlers(app, metrics)
+    errors.install(app)
     _add_dashboard_error_pages(app)
     # Added last = outermost: the body cap applies before anything reads the body.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -201,6 +202,9 @@ def _add_dashboard_error_pages(app: FastAPI) -> None:
     """Client errors on dashboard pages render as an HTML page; the JSON API keeps JSON bodies."""
 
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        allowed = errors.allowed_methods(app, request.scope) if error.status_code == 405 else None
+        if allowed is not None:
+            error.headers = {**(error.headers or {}), "Allow": allowed}
         if not _wants_error_page(request, error.status_code):
             return await http_exception_handler(request, error)
         context = {

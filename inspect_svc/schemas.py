@@ -5,16 +5,41 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 Verdict = Literal["ok", "defect"]
 ReviewVerdict = Literal["confirm", "reject", "missed"]
 Role = Literal["viewer", "reviewer", "admin"]
 
 NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"
+
+
+ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: object) -> object:
+    """Text must be ISO 8601; a bare number would otherwise pass as seconds since 1970."""
+    if isinstance(value, str) and not ISO_DATE_START.match(value):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-03-02T08:00:00Z")
+    return value
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A naive time is read as UTC; an aware one must still be a date once moved to UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is outside the dates UTC can express (years 1 to 9999)") from None
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_as_utc)]
+"""A datetime converted to UTC on input; a time zone that pushes it past year 1 or 9999 is a 422."""
 
 
 class Timings(BaseModel):
@@ -63,10 +88,18 @@ class InspectionCreate(BaseModel):
 
 
 class InspectionLinks(BaseModel):
+    """Paths of the inspection's pictures; they need the same `X-API-Key` or admin token as the API."""
+
     image: str
     map: str
     mask: str
     overlay: str
+
+
+class SignedLinks(InspectionLinks):
+    """The same pictures as URLs that work without headers (a browser, an `<img>`) until `expires_at`."""
+
+    expires_at: datetime
 
 
 class InspectionPublic(BaseModel):
@@ -88,6 +121,7 @@ class InspectionPublic(BaseModel):
     created_at: datetime
     reviewed: bool = False
     links: InspectionLinks
+    signed_links: SignedLinks | None = Field(None, description="links that need no headers, for a while")
     map_png_base64: str | None = Field(None, description="the probability map, only with ?include=map")
 
 
@@ -107,14 +141,17 @@ class InspectionFilter(BaseModel):
     line: str | None = None
     verdict: Verdict | None = None
     model_version: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
     reviewed: bool | None = None
 
 
 class CameraCreate(BaseModel):
     name: str = Field(..., min_length=1, max_length=64, pattern=NAME_PATTERN)
-    line: str | None = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+    line: str | None = Field(
+        None, min_length=1, max_length=64, pattern=NAME_PATTERN,
+        description="the line this camera's frames belong to, fixed at registration; it may tag no other",
+    )
 
 
 class CameraPublic(BaseModel):
@@ -134,8 +171,9 @@ class CameraWithKey(CameraPublic):
 class LineThresholds(BaseModel):
     """A line's threshold overrides; `null` falls back to the active model's threshold."""
 
-    pixel: float | None = Field(None, ge=0.0, le=1.0)
-    image: float | None = Field(None, ge=0.0, le=1.0)
+    # Strict: `true` is not a threshold of 1.0, nor "0.5" one of 0.5.
+    pixel: float | None = Field(None, ge=0.0, le=1.0, strict=True)
+    image: float | None = Field(None, ge=0.0, le=1.0, strict=True)
 
 
 class LineThresholdsPublic(LineThresholds):
@@ -208,4 +246,8 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error the API answers: a sentence, and for some errors the details behind it."""
+
     detail: str
+    reason: str | None = Field(None, description="a short machine-readable cause (image refusals)")
+    errors: list[dict[str, Any]] | None = Field(None, description="each invalid field (422 only)")

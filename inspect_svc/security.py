@@ -1,11 +1,18 @@
-"""Secrets: camera API keys (high-entropy, stored as sha256) and operator passwords (scrypt)."""
+"""Secrets: camera API keys (high-entropy, stored as sha256), operator passwords (scrypt), and what the
+server signs with its signing key (short-lived image links, single-use login forms)."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inspect_svc.settings import Settings
 
 API_KEY_PREFIX = "isk_"
 # Characters of a key after its "isk_" that may be shown again (lists, logs) to tell keys apart: 36 of
@@ -13,6 +20,13 @@ API_KEY_PREFIX = "isk_"
 API_KEY_SHOWN_CHARS = 6
 # scrypt cost: n=2**14, r=8 uses 16 MiB and ~50 ms per check, enough for interactive logins.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
+# scrypt is CPU- and memory-hard on purpose, so a login flood must not get every core: one hash at a
+# time per process, the others wait their turn (inference runs on its own threads and is not held up).
+PASSWORD_HASH_CONCURRENCY = 1
+_HASH_SLOTS = threading.BoundedSemaphore(PASSWORD_HASH_CONCURRENCY)
+# A process without a configured or derivable key signs with this one: its links and login forms are
+# then valid only in this process and until it restarts.
+_PROCESS_SIGNING_KEY = secrets.token_bytes(32)
 
 
 def new_api_key() -> str:
@@ -42,24 +56,38 @@ def tokens_match(given: str, expected: str) -> bool:
 def hash_password(password: str) -> str:
     """`scrypt$n$r$p$salt$hash`, salt and hash in base64."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_DKLEN)
+    digest = _scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     return "$".join(
         ["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)]
     )
 
 
-def verify_password(password: str, stored: str) -> bool:
-    """True when `password` produces `stored`; a malformed stored hash never matches."""
+def verify_password(password: str, stored: str | None) -> bool:
+    """True when `password` produces `stored`; a malformed stored hash never matches.
+
+    `stored=None` (no such user) hashes against a dummy hash and answers False, so an unknown username
+    costs the same scrypt work as a known one and the answer time does not tell them apart.
+    """
+    encoded = stored if stored is not None else _dummy_password_hash()
     try:
-        scheme, n, r, p, salt, expected = stored.split("$")
+        scheme, n, r, p, salt, expected = encoded.split("$")
         if scheme != "scrypt":
             return False
-        digest = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=SCRYPT_DKLEN
-        )
+        digest = _scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p))
     except (ValueError, TypeError):
         return False
-    return hmac.compare_digest(digest, base64.b64decode(expected))
+    return stored is not None and hmac.compare_digest(digest, base64.b64decode(expected))
+
+
+@functools.cache
+def _dummy_password_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _scrypt(password: bytes, *, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """Every password hash of the process goes through here, at most `PASSWORD_HASH_CONCURRENCY` at once."""
+    with _HASH_SLOTS:
+        return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=SCRYPT_DKLEN)
 
 
 def new_token() -> str:
@@ -70,6 +98,37 @@ def new_token() -> str:
 def token_digest(token: str) -> str:
     """How a session token is stored: stealing the table must not yield usable cookies."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def signing_key(configured: str | None, admin_token: str | None) -> bytes:
+    """The key the server signs links and login forms with.
+
+    The configured key if any; else one derived from the admin token (replicas that share the token
+    then share the key, and the token itself cannot be recovered from a signature); else a key of
+    this process alone.
+    """
+    if configured:
+        return hashlib.sha256(configured.encode()).digest()
+    if admin_token:
+        return hmac.new(admin_token.encode(), b"inspect-svc signing key v1", hashlib.sha256).digest()
+    return _PROCESS_SIGNING_KEY
+
+
+def server_signing_key(settings: Settings) -> bytes:
+    """The signing key these settings give."""
+    configured = settings.signing_key.get_secret_value() if settings.signing_key else None
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return signing_key(configured, admin_token)
+
+
+def sign(key: bytes, message: str) -> str:
+    """HMAC-SHA256 of `message`, URL-safe base64 without padding."""
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def signature_matches(key: bytes, message: str, signature: str) -> bool:
+    return tokens_match(signature, sign(key, message))
 
 
 def _b64(raw: bytes) -> str:

@@ -84,6 +84,18 @@ class Settings(BaseSettings):
         True, description="mark dashboard cookies Secure (HTTPS only); turn off only for plain-HTTP local use"
     )
     dashboard_session_hours: float = Field(12.0, gt=0, description="a dashboard login lasts this long")
+    signing_key: SecretStr | None = Field(
+        None,
+        description="signs image links and login forms; default: derived from ADMIN_TOKEN, else random per "
+        "process (then set it when running several replicas)",
+    )
+    signed_link_ttl_s: float = Field(
+        900.0, gt=0, le=7 * 24 * 3600, description="how long the signed image links of an answer stay valid"
+    )
+    login_max_failures: int = Field(
+        5, gt=0, description="failed logins per account before each further try must wait (per address: 4x)"
+    )
+    login_lockout_max_s: float = Field(900.0, gt=0, description="the longest wait after repeated failed logins")
 
     # Notifications
     webhook_url: str | None = None

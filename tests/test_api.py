@@ -77,11 +77,11 @@ def test_multipart_upload_with_form_fields(client, camera_key):
     response = client.post(
         "/inspect",
         files={"file": ("part.png", png_bytes(seed=5), "image/png")},
-        data={"frame_id": "mp-1", "line": "line-b"},
+        data={"frame_id": "mp-1", "line": "line-a"},
         headers=camera_key,
     )
     assert response.status_code == 200, response.text
-    assert response.json()["frame_id"] == "mp-1" and response.json()["line"] == "line-b"
+    assert response.json()["frame_id"] == "mp-1" and response.json()["line"] == "line-a"
 
 
 def test_api_key_is_required_and_bound_to_its_camera(client, camera_key):
@@ -109,17 +109,42 @@ def test_listing_filters_and_keyset_pages(client, camera_key):
     cursor = None
     while True:
         params = {"line": "line-a", "limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/inspections", params=params, headers=camera_key).json()
+        page = client.get("/inspections", params=params, headers=ADMIN).json()
         seen += [item["frame_id"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert seen == ["a4", "a3", "a2", "a1", "a0"]
-    assert client.get("/inspections", params={"cursor": "garbage"}, headers=camera_key).status_code == 400
-    by_camera = client.get("/inspections", params={"camera_id": "cam-2"}, headers=camera_key).json()
+    assert client.get("/inspections", params={"cursor": "garbage"}, headers=ADMIN).status_code == 400
+    by_camera = client.get("/inspections", params={"camera_id": "cam-2"}, headers=ADMIN).json()
     assert {item["frame_id"] for item in by_camera["items"]} == {"b0", "b1"}
-    unreviewed = client.get("/inspections", params={"reviewed": "false"}, headers=camera_key).json()
+    unreviewed = client.get("/inspections", params={"reviewed": "false"}, headers=ADMIN).json()
     assert len(unreviewed["items"]) == 7
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "0001-01-01T00:00+01:00"},
+        {"until": "0001-01-01T00:00+01:00"},
+        {"until": "9999-12-31T23:59:59-01:00"},
+        {"since": "0001-01-01T00:00+01:00", "until": "9999-12-31T23:59:59-01:00"},
+    ],
+    ids=["since-before-year-1", "until-before-year-1", "until-after-year-9999", "both"],
+)
+def test_times_outside_utc_are_422_with_a_message(client, params):
+    response = client.get("/inspections", params=params, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert "outside the dates UTC can express" in body["detail"]
+    assert {issue["loc"][-1] for issue in body["errors"]} == set(params)
+
+
+def test_times_inside_utc_with_offsets_filter(client, camera_key):
+    created = inspect(client, camera_key, png_bytes(seed=11)).json()["created_at"]
+    early = client.get("/inspections", params={"until": "0001-01-01T02:00+01:00"}, headers=ADMIN).json()
+    late = client.get("/inspections", params={"since": "0001-01-01T02:00+01:00"}, headers=ADMIN).json()
+    assert early["items"] == [] and [item["created_at"] for item in late["items"]] == [created]
 
 
 def test_unknown_inspection_is_404(client, camera_key):
@@ -231,3 +256,29 @@ def map_key_of(client, inspection_id: str) -> str:
 
     with session_scope(client.app.state.service.sessions) as session:
         return repositories.get_inspection_record(session, inspection_id=inspection_id).map_key
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("options", "/cameras", "GET, HEAD, POST"),
+        ("delete", "/cameras", "GET, HEAD, POST"),
+        ("options", "/lines/line-a/threshold", "GET, HEAD, PUT"),
+        ("patch", "/inspect", "POST"),
+    ],
+)
+def test_405_lists_every_method_of_the_path(client, method, path, allowed):
+    response = client.request(method, path, headers=ADMIN)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+
+
+def test_validation_errors_have_the_declared_error_shape(client):
+    response = client.put("/lines/line-a/threshold", json={"pixel": True, "image": "0.5"}, headers=ADMIN)
+    assert response.status_code == 422
+    body = response.json()
+    assert isinstance(body["detail"], str) and "body.pixel" in body["detail"] and "body.image" in body["detail"]
+    assert [issue["loc"] for issue in body["errors"]] == [["body", "pixel"], ["body", "image"]]
+    assert all("input" not in issue for issue in body["errors"])  # a rejected value is never echoed
+    declared = client.get("/openapi.json").json()["paths"]["/lines/{line}/threshold"]["put"]["responses"]
+    assert declared["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}

@@ -9,9 +9,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.datastructures import UploadFile
 
+from inspect_svc.api import links
 from inspect_svc.api.deps import CameraDep, ServiceDep
+from inspect_svc.api.errors import COMMON_ERRORS, error_responses
 from inspect_svc.imaging import SUPPORTED_CONTENT_TYPES
-from inspect_svc.schemas import CameraPublic, ErrorBody, InspectionPublic
+from inspect_svc.schemas import CameraPublic, InspectionPublic
 from inspect_svc.service import Frame
 
 router = APIRouter(tags=["inspect"])
@@ -42,7 +44,7 @@ REQUEST_BODY = {
         },
     },
 }
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 503)}
+ERRORS = error_responses(*COMMON_ERRORS, 413, 415)
 
 
 @router.post(
@@ -77,12 +79,14 @@ async def inspect_frame(
         content_type=content_type,
         camera_id=_camera_id(camera, camera_id),
         frame_id=frame_id,
-        line=line or (camera.line if camera else None),
+        line=_line(camera, line),
     )
     outcome = await service.inspect(frame, include_map=include == "map")
     if outcome.replay:
         response.headers["Idempotent-Replay"] = "true"
-    inspection = outcome.inspection
+    inspection = outcome.inspection.model_copy(
+        update={"signed_links": links.signed_links(service.settings, outcome.inspection.id)}
+    )
     if outcome.map_png is not None:
         inspection = inspection.model_copy(update={"map_png_base64": base64.b64encode(outcome.map_png).decode()})
     return inspection
@@ -120,3 +124,15 @@ def _camera_id(camera: CameraPublic | None, requested: str | None) -> str:
     if requested is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "camera_id is required without an API key")
     return requested
+
+
+def _line(camera: CameraPublic | None, requested: str | None) -> str | None:
+    """A camera's frames belong to the line it was registered for; it may name that line, no other."""
+    if camera is None:
+        return requested
+    if requested is not None and requested != camera.line:
+        registered = f"line {camera.line!r}" if camera.line else "no line"
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"camera {camera.name!r} is registered for {registered}, not {requested!r}"
+        )
+    return camera.line

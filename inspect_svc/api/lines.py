@@ -4,32 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, HTTPException, Path, status
 
 from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
+from inspect_svc.api.errors import COMMON_ERRORS, error_responses
 from inspect_svc.api.inspect import NAME
-from inspect_svc.schemas import ErrorBody, LineThresholds, LineThresholdsPublic, ThresholdsUsed
+from inspect_svc.schemas import LineThresholds, LineThresholdsPublic, ThresholdsUsed
 from inspect_svc.service import ServiceState
 from inspect_svc.storage import repositories as repo
 
-router = APIRouter(prefix="/lines", tags=["lines"])
+router = APIRouter(prefix="/lines", tags=["lines"], responses=error_responses(*COMMON_ERRORS))
 
 LinePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME.pattern)]
 
 
-@router.get("/{line}/threshold", response_model=LineThresholdsPublic, dependencies=[ReaderDep])
-async def get_threshold(service: ServiceDep, line: LinePath) -> LineThresholdsPublic:
-    """The line's overrides and the thresholds its next frame will use with the active model."""
+@router.get("/{line}/threshold", response_model=LineThresholdsPublic)
+async def get_threshold(service: ServiceDep, reader: ReaderDep, line: LinePath) -> LineThresholdsPublic:
+    """The line's overrides and the thresholds its next frame will use; a camera key reads only its own line."""
+    if reader.camera is not None and reader.camera.line != line:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"camera {reader.camera.name!r} is not registered for line {line!r}"
+        )
     overrides = await service.run_db(lambda s: repo.get_line_thresholds(s, line=line))
     return _public(service, line, overrides)
 
 
-@router.put(
-    "/{line}/threshold",
-    response_model=LineThresholdsPublic,
-    dependencies=[AdminDep],
-    responses={code: {"model": ErrorBody} for code in (401, 403)},
-)
+@router.put("/{line}/threshold", response_model=LineThresholdsPublic, dependencies=[AdminDep])
 async def put_threshold(service: ServiceDep, line: LinePath, body: LineThresholds) -> LineThresholdsPublic:
     """Set (or with `null`, clear) the line's pixel and image thresholds."""
     stored = await service.run_db(lambda s: repo.set_line_thresholds(s, line=line, thresholds=body))

@@ -1,22 +1,26 @@
-"""Model versions: list, register a bundle, activate one (hot swap), roll back. Admin only for changes."""
+"""Model versions: list, register a bundle, activate one (hot swap), roll back.
+
+Admin only, reading included: the list shows the bundles' paths on the server, which cameras never see.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 
-from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
+from inspect_svc.api.deps import AdminDep, PlantReaderDep, ServiceDep
+from inspect_svc.api.errors import COMMON_ERRORS, error_responses
 from inspect_svc.bundle import BundleError
 from inspect_svc.engine.session import EngineError
 from inspect_svc.model_manager import ModelNotFound
-from inspect_svc.schemas import ErrorBody, ModelRegister, ModelVersionPublic
+from inspect_svc.schemas import ModelRegister, ModelVersionPublic
 from inspect_svc.storage import repositories as repo
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(*COMMON_ERRORS))
 
-ADMIN_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 422)}
+ADMIN_ERRORS = error_responses(404)
 
 
-@router.get("", response_model=list[ModelVersionPublic], dependencies=[ReaderDep])
+@router.get("", response_model=list[ModelVersionPublic], dependencies=[PlantReaderDep])
 async def list_models(service: ServiceDep, response: Response) -> list[ModelVersionPublic]:
     """Registered versions, newest first; `active` marks the database's choice, `serving` this replica's.
 

@@ -4,7 +4,10 @@
   session can be revoked and a stolen table yields no usable cookie. HttpOnly, SameSite=Lax, and
   Secure unless the settings say the dashboard is served over plain HTTP.
 - Every POST carries the session's CSRF token (form field `csrf_token` or header `X-CSRF-Token`).
-  The login form, which has no session yet, uses a double-submit cookie instead.
+  The login form, which has no session yet, carries a server-signed token that is also set as a
+  cookie (double submit) and is good for one try (`login_guard.LoginForms`).
+- Failed logins are throttled per account and per address with a doubling wait (429 and
+  `Retry-After`); an unknown username costs the same password hash as a known one.
 - Roles are ordered viewer < reviewer < admin. Only the session cookie is looked at: a camera's
   `X-API-Key` means nothing here.
 """
@@ -19,8 +22,9 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from inspect_svc.dashboard.deps import TEMPLATES, AppSettings, DbSession
+from inspect_svc.dashboard.login_guard import LOGIN_FORM_TTL_S, LoginGuard, get_login_guard, retry_after_header
 from inspect_svc.schemas import SessionPublic
-from inspect_svc.security import new_token, tokens_match
+from inspect_svc.security import tokens_match
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories
 
@@ -110,23 +114,28 @@ def _set_cookie(response: Response, settings: Settings, name: str, value: str, m
 def _login_page(
     request: Request,
     settings: Settings,
+    guard: LoginGuard,
     *,
     next_url: str,
     error: str | None,
     username: str = "",
     status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    token = new_token()
+    token = guard.forms.issue()
     context = {"login_csrf": token, "next_url": next_url, "error": error, "username": username, "user": None}
-    response = TEMPLATES.TemplateResponse(request, "login.html", context, status_code=status_code)
-    _set_cookie(response, settings, LOGIN_CSRF_COOKIE, token, max_age=3600)
+    response = TEMPLATES.TemplateResponse(request, "login.html", context, status_code=status_code, headers=headers)
+    _set_cookie(response, settings, LOGIN_CSRF_COOKIE, token, max_age=LOGIN_FORM_TTL_S)
     return response
 
 
+Guard = Annotated[LoginGuard, Depends(get_login_guard)]
+
+
 @router.get("/login", name="dashboard_login", response_class=HTMLResponse)
-def login_form(request: Request, settings: AppSettings, next: str | None = None) -> HTMLResponse:
+def login_form(request: Request, settings: AppSettings, guard: Guard, next: str | None = None) -> HTMLResponse:
     """The login form."""
-    return _login_page(request, settings, next_url=_safe_next(next, ""), error=None)
+    return _login_page(request, settings, guard, next_url=_safe_next(next, ""), error=None)
 
 
 @router.post("/login", name="dashboard_login_submit")
@@ -134,20 +143,33 @@ def login_submit(
     request: Request,
     db: DbSession,
     settings: AppSettings,
+    guard: Guard,
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=256)],
-    csrf_token: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form()] = "",
 ) -> Response:
     """Check the credentials and open a fresh session (a new token on every login: no fixation)."""
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not csrf_token or not expected or not tokens_match(csrf_token, expected):
+    same_browser = bool(csrf_token and expected and tokens_match(csrf_token, expected))
+    if not same_browser or not guard.forms.redeem(csrf_token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the login form expired; reload the page")
+    address = request.client.host if request.client else "unknown"
+    next_url = _safe_next(next, "")  # the form echoes only a target the redirect would accept
+    wait_s = guard.throttle.begin(username, address)
+    if wait_s > 0:
+        error = "Too many failed logins: wait a little before trying again."
+        return _login_page(
+            request, settings, guard, next_url=next_url, error=error, username=username,
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=retry_after_header(wait_s),
+        )
     user = repositories.authenticate_user(db, username=username, password=password)
     if user is None:
         error = "Unknown user or wrong password."
-        next_url = _safe_next(next, "")  # the form echoes only a target the redirect would accept
-        return _login_page(request, settings, next_url=next_url, error=error, username=username, status_code=401)
+        return _login_page(
+            request, settings, guard, next_url=next_url, error=error, username=username, status_code=401
+        )
+    guard.throttle.succeeded(username, address)
     ttl = timedelta(hours=settings.dashboard_session_hours)
     token, _ = repositories.create_login_session(db, user_id=user.id, ttl=ttl)
     db.commit()

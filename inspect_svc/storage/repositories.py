@@ -500,7 +500,9 @@ def create_user(session: Session, *, user: UserCreate) -> UserPublic:
 def authenticate_user(session: Session, *, username: str, password: str) -> UserPublic | None:
     """The active user with these credentials, or None."""
     row = session.scalars(select(UserDB).where(UserDB.username == username)).first()
-    if row is None or not row.active or not verify_password(password, row.password_hash):
+    # The hash runs for unknown users too (against a dummy), so timing does not reveal who exists.
+    matches = verify_password(password, row.password_hash if row is not None else None)
+    if row is None or not row.active or not matches:
         return None
     return _user_public(row)
 
