@@ -184,15 +184,19 @@ class ServiceState:
             earlier = await self._earlier_result(frame.camera_id, frame.frame_id)
             if earlier is not None:
                 return await self._replayed(earlier, include_map)
-        image = await asyncio.to_thread(
-            imaging.decode_image, frame.body, frame.content_type, max_pixels=self.settings.max_pixels
-        )
-        decode_ms = (time.perf_counter() - started) * 1000.0
-        output = await self.models.infer(image, deadline_s=self.settings.request_timeout_s)
-        thresholds = await self.effective_thresholds(frame.line, output.manifest.thresholds)
-        record, map_png = await asyncio.to_thread(
-            self._finish, frame, image, output.prob_map, output.model_version, thresholds
-        )
+        header = await asyncio.to_thread(imaging.read_header, frame.body, frame.content_type)
+        imaging.check_pixel_budget(header, max_pixels=self.settings.max_pixels, tile=self.models.tile)
+        # Held from decode to the written result: a camera's large frames cannot take the memory of others'.
+        with self.models.pixels.hold(frame.camera_id, header.pixel_cost(self.models.tile)):
+            image = await asyncio.to_thread(imaging.decode_pixels, frame.body, header)
+            decode_ms = (time.perf_counter() - started) * 1000.0
+            output = await self.models.infer(
+                image, deadline_s=self.settings.request_timeout_s, camera=frame.camera_id
+            )
+            thresholds = await self.effective_thresholds(frame.line, output.manifest.thresholds)
+            record, map_png = await asyncio.to_thread(
+                self._finish, frame, image, output.prob_map, output.model_version, thresholds
+            )
         record.timings = Timings(
             decode_ms=decode_ms,
             queue_ms=output.timings.get("queue_ms", 0.0),

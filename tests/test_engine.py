@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from inspect_svc.bundle import Thresholds, load_bundle
+from inspect_svc.engine.admission import PixelGate, PixelsInFlight
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, DynamicBatcher, QueueFull
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine
 from inspect_svc.engine.predictor import Predictor, batch_buckets, bucket_for
@@ -264,6 +265,142 @@ def test_deadline_exceeded_and_expired_work_is_dropped():
     assert runner.batch_sizes == [2]  # the expired request never reached the model
 
 
+class RecordingRunner(FakeRunner):
+    """A FakeRunner that also records which tile values each batch carried, in order."""
+
+    def __init__(self, max_batch: int) -> None:
+        super().__init__(max_batch=max_batch)
+        self.batches: list[list[float]] = []
+
+    def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        self.batches.append([float(value) for value in tiles[:, 0, 0, 0]])
+        return super().run_tiles(tiles)
+
+    def batch_of(self, value: float) -> int:
+        return next(index for index, batch in enumerate(self.batches) if value in batch)
+
+
+def _numbered(first: int, count: int) -> np.ndarray:
+    return np.arange(first, first + count, dtype=np.float32)[:, None, None, None] * np.ones((count, 3, 4, 4))
+
+
+def test_a_camera_backlog_does_not_delay_another_cameras_frame():
+    async def scenario():
+        runner = RecordingRunner(max_batch=4)
+        runner.release.clear()  # a slow model: the first batch runs until released
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        backlog = asyncio.create_task(batcher.submit(_numbered(0, 24), _in(5), camera="A"))  # tiles 0..23
+        while not runner.batches:  # A's first batch is on the model, 20 of its tiles wait
+            await asyncio.sleep(0.01)
+        single = asyncio.create_task(batcher.submit(_numbered(-1, 1), _in(5), camera="B"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        await asyncio.gather(backlog, single)
+        await batcher.stop()
+        return runner
+
+    runner = asyncio.run(scenario())
+    # One FIFO would run all of A's 24 tiles first (B in batch 6); round-robin gives B the next batch.
+    assert runner.batch_of(-1.0) == 1 < runner.batch_of(19.0)
+    assert runner.batches[1] == [4.0, 5.0, -1.0, 6.0]  # B's share was 2, it used 1: A got the room back
+    assert sorted(value for batch in runner.batches for value in batch) == [-1.0, *map(float, range(24))]
+
+
+def test_cameras_waiting_together_share_each_batch_equally():
+    async def scenario():
+        runner = RecordingRunner(max_batch=4)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(1, 1000), _in(5), camera="X"))
+        while not runner.batches:
+            await asyncio.sleep(0.01)
+        jobs = [
+            asyncio.create_task(batcher.submit(_numbered(offset, 8), _in(5), camera=name))
+            for name, offset in (("A", 0), ("B", 100))
+        ]
+        await asyncio.sleep(0)
+        runner.release.set()
+        await asyncio.gather(blocker, *jobs)
+        await batcher.stop()
+        return runner
+
+    runner = asyncio.run(scenario())
+    for batch in runner.batches[1:]:
+        assert sum(value < 100 for value in batch) == sum(value >= 100 for value in batch) == 2
+
+
+def test_a_camera_is_refused_beyond_its_own_queue_bound_while_others_still_get_in():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=64, max_camera_tiles=4)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        mine = asyncio.create_task(batcher.submit(_tiles(3, 2), _in(5), camera="A"))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit(_tiles(2, 2), _in(5), camera="A")
+        other = asyncio.create_task(batcher.submit(_tiles(2, 3), _in(5), camera="B"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        done = await asyncio.gather(blocker, mine, other)
+        await batcher.stop()
+        return done
+
+    assert [probs.shape[0] for probs in asyncio.run(scenario())] == [2, 3, 2]
+
+
+def test_a_full_queue_still_admits_a_camera_below_its_fair_share():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=8)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        flood = asyncio.create_task(batcher.submit(_tiles(20, 2), _in(5), camera="A"))  # oversized, admitted
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):  # 5 tiles exceed C's share of the full queue (8 // 2 cameras)
+            await batcher.submit(_tiles(5, 3), _in(5), camera="C")
+        fair = asyncio.create_task(batcher.submit(_tiles(3, 4), _in(5), camera="B"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        done = await asyncio.gather(blocker, flood, fair)
+        await batcher.stop()
+        return done
+
+    assert [probs.shape[0] for probs in asyncio.run(scenario())] == [2, 20, 3]
+
+
+def test_retry_after_counts_only_live_tiles_once_a_request_gave_up():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=10)
+        batcher._counters.seconds_per_batch = 1.0  # a known batch time, so the estimate is exact
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(DeadlineExceeded):  # a big frame expires behind the running batch
+            await batcher.submit(_tiles(100, 2), _in(0.05), camera="A")
+        depth_after_expiry = batcher.stats.queue_depth_tiles
+        live = asyncio.create_task(batcher.submit(_tiles(8, 3), _in(5), camera="D"))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as caught:
+            await batcher.submit(_tiles(8, 4), _in(5), camera="C")
+        runner.release.set()
+        await asyncio.gather(blocker, live)
+        await batcher.stop()
+        return depth_after_expiry, caught.value.retry_after_s
+
+    depth_after_expiry, retry_after = asyncio.run(scenario())
+    assert depth_after_expiry == 0  # not the dead request's 100 tiles
+    assert retry_after == 4  # D's 8 live tiles = 4 batches of 1 s; the dead 100 tiles would say 54
+
+
 def test_model_errors_reach_every_request_in_the_batch_and_the_batcher_recovers():
     async def scenario():
         runner = FakeRunner(max_batch=8)
@@ -414,3 +551,55 @@ def test_stop_during_a_swap_stops_the_incoming_model_too(bundle, tmp_path, monke
     engine = asyncio.run(scenario())
     # Before the fix the swap installed its model after stop() and left its batcher running.
     assert engine._slot is None and not engine.ready
+
+
+# --- admission by pixels ------------------------------------------------------------------------------
+
+
+def test_pixel_gate_bounds_each_camera_and_the_total():
+    gate = PixelGate(per_camera=100, total=250)
+    with gate.hold("A", 100):
+        with pytest.raises(PixelsInFlight, match="'A' already has 100 pixels"):
+            with gate.hold("A", 1):
+                pass
+        with gate.hold("B", 100), gate.hold("C", 50):
+            assert gate.pixels_in_flight == 250
+            with pytest.raises(PixelsInFlight, match="service has 250 pixels"):
+                with gate.hold("D", 1):
+                    pass
+    assert gate.pixels_in_flight == 0
+    with gate.hold("A", 1000):  # alone, one frame of any allowed size gets in
+        assert gate.pixels_in_flight == 1000
+    with pytest.raises(ValueError):
+        PixelGate(per_camera=100, total=50)
+
+
+def test_pixel_gate_refusal_is_an_overload_with_retry_after():
+    assert issubclass(PixelsInFlight, QueueFull)
+    assert PixelsInFlight("busy").retry_after_s >= 1
+
+
+def test_engine_refuses_a_camera_over_its_queue_bound_before_tiling(bundle, monkeypatch):
+    async def scenario():
+        engine = InferenceEngine(
+            bundle, EngineConfig(intra_op_threads=1, max_batch=4, max_wait_ms=1, max_camera_tiles=4)
+        )
+        await engine.start()
+        runner = engine.predictor
+        gate = threading.Event()
+        original = runner.run_tiles
+        monkeypatch.setattr(runner, "run_tiles", lambda tiles: (gate.wait(5), original(tiles))[1])
+        first = asyncio.create_task(engine.infer(_frame(TILE, TILE), deadline_s=5, camera="A"))
+        await asyncio.sleep(0.2)  # first is on the model
+        second = asyncio.create_task(engine.infer(_frame(TILE, 3 * TILE), deadline_s=5, camera="A"))
+        await asyncio.sleep(0.05)  # second's 4 tiles wait: A's queue is at its bound
+        tiled: list[int] = []
+        monkeypatch.setattr(runner, "tile_pixels", lambda image: tiled.append(1))
+        with pytest.raises(QueueFull):
+            await engine.infer(_frame(TILE, 3 * TILE), deadline_s=5, camera="A")
+        gate.set()
+        await asyncio.gather(first, second)
+        await engine.stop()
+        return tiled
+
+    assert asyncio.run(scenario()) == []  # refused without being tiled
