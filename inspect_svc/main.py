@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
     _add_dashboard_error_pages(app)
     # Added last = outermost: the body cap applies before anything reads the body.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_timeout_s
+    )
     return app
 
 

@@ -559,14 +559,12 @@ def test_stop_during_a_swap_stops_the_incoming_model_too(bundle, tmp_path, monke
 def test_pixel_gate_bounds_each_camera_and_the_total():
     gate = PixelGate(per_camera=100, total=250)
     with gate.hold("A", 100):
-        with pytest.raises(PixelsInFlight, match="'A' already has 100 pixels"):
-            with gate.hold("A", 1):
-                pass
+        with pytest.raises(PixelsInFlight, match="'A' already has 100 pixels"), gate.hold("A", 1):
+            pass
         with gate.hold("B", 100), gate.hold("C", 50):
             assert gate.pixels_in_flight == 250
-            with pytest.raises(PixelsInFlight, match="service has 250 pixels"):
-                with gate.hold("D", 1):
-                    pass
+            with pytest.raises(PixelsInFlight, match="service has 250 pixels"), gate.hold("D", 1):
+                pass
     assert gate.pixels_in_flight == 0
     with gate.hold("A", 1000):  # alone, one frame of any allowed size gets in
         assert gate.pixels_in_flight == 1000

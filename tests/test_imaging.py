@@ -247,7 +247,7 @@ def test_pixel_budget_counts_a_thin_strip_at_the_tile_size_it_is_processed_at():
 
 
 def test_pixel_budget_refuses_before_any_decoding(monkeypatch):
-    import inspect_svc.imaging as imaging
+    from inspect_svc import imaging
 
     def no_decoding(*_args):
         raise AssertionError("decoded a frame over the budget")
