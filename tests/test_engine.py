@@ -266,13 +266,20 @@ def test_deadline_exceeded_and_expired_work_is_dropped():
 
 
 class RecordingRunner(FakeRunner):
-    """A FakeRunner that also records which tile values each batch carried, in order."""
+    """A FakeRunner that records which tile values each batch carried, and runs a batch only when
+    given a permit (`allow`), so a test decides how far the model gets."""
 
     def __init__(self, max_batch: int) -> None:
         super().__init__(max_batch=max_batch)
         self.batches: list[list[float]] = []
+        self.permits = threading.Semaphore(0)
+
+    def allow(self, batches: int) -> None:
+        for _ in range(batches):
+            self.permits.release()
 
     def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        self.permits.acquire(timeout=5)
         self.batches.append([float(value) for value in tiles[:, 0, 0, 0]])
         return super().run_tiles(tiles)
 
@@ -284,51 +291,54 @@ def _numbered(first: int, count: int) -> np.ndarray:
     return np.arange(first, first + count, dtype=np.float32)[:, None, None, None] * np.ones((count, 3, 4, 4))
 
 
-def test_a_camera_backlog_does_not_delay_another_cameras_frame():
-    async def scenario():
+def _run_behind_a_busy_model(
+    first: tuple[str, int, int], *later: tuple[str, int, int], head_start: int = 0
+) -> RecordingRunner:
+    """Submit `first` (camera, first tile value, tile count); let the model run `head_start` of its
+    batches; submit `later` while the next one is on the model; then let everything run. Returns the
+    runner, whose `batches` are in the order they ran (max_batch 4)."""
+
+    async def scenario() -> RecordingRunner:
         runner = RecordingRunner(max_batch=4)
-        runner.release.clear()  # a slow model: the first batch runs until released
         batcher = DynamicBatcher(runner, max_wait_ms=1)
         await batcher.start()
-        backlog = asyncio.create_task(batcher.submit(_numbered(0, 24), _in(5), camera="A"))  # tiles 0..23
-        while not runner.batches:  # A's first batch is on the model, 20 of its tiles wait
+        camera, start, count = first
+        jobs = [asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera))]
+        runner.allow(head_start)
+        # Until the head start has run and the next batch is on the model, waiting for its permit.
+        while batcher.stats.tiles_run < 4 * head_start or batcher.stats.queue_depth_tiles > count - 4 * (head_start + 1):
             await asyncio.sleep(0.01)
-        single = asyncio.create_task(batcher.submit(_numbered(-1, 1), _in(5), camera="B"))
+        for camera, start, count in later:
+            jobs.append(asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera)))
         await asyncio.sleep(0)
-        runner.release.set()
-        await asyncio.gather(backlog, single)
+        runner.allow(1000)
+        await asyncio.gather(*jobs)
         await batcher.stop()
         return runner
 
-    runner = asyncio.run(scenario())
-    # One FIFO would run all of A's 24 tiles first (B in batch 6); round-robin gives B the next batch.
+    return asyncio.run(scenario())
+
+
+def test_a_camera_backlog_does_not_delay_another_cameras_frame():
+    runner = _run_behind_a_busy_model(("A", 0, 24), ("B", -1, 1))  # A: tiles 0..23; B: one tile, -1
+    # One FIFO would run all of A's 24 tiles first (B in the 7th batch); B, having used nothing, goes first.
     assert runner.batch_of(-1.0) == 1 < runner.batch_of(19.0)
-    assert runner.batches[1] == [4.0, 5.0, -1.0, 6.0]  # B's share was 2, it used 1: A got the room back
+    assert runner.batches[1] == [-1.0, 4.0, 5.0, 6.0]  # B took what it needed, A got the rest of the room
     assert sorted(value for batch in runner.batches for value in batch) == [-1.0, *map(float, range(24))]
 
 
-def test_cameras_waiting_together_share_each_batch_equally():
-    async def scenario():
-        runner = RecordingRunner(max_batch=4)
-        runner.release.clear()
-        batcher = DynamicBatcher(runner, max_wait_ms=1)
-        await batcher.start()
-        blocker = asyncio.create_task(batcher.submit(_tiles(1, 1000), _in(5), camera="X"))
-        while not runner.batches:
-            await asyncio.sleep(0.01)
-        jobs = [
-            asyncio.create_task(batcher.submit(_numbered(offset, 8), _in(5), camera=name))
-            for name, offset in (("A", 0), ("B", 100))
-        ]
-        await asyncio.sleep(0)
-        runner.release.set()
-        await asyncio.gather(blocker, *jobs)
-        await batcher.stop()
-        return runner
+def test_a_light_camera_is_served_before_a_heavy_one():
+    # A has been running alone for 5 batches (its 6th is on the model) when B's frame of 6 tiles arrives.
+    runner = _run_behind_a_busy_model(("A", 0, 40), ("B", 100, 6), head_start=5)
+    assert runner.batches[5] == [20.0, 21.0, 22.0, 23.0]
+    assert runner.batches[6:8] == [[100.0, 101.0, 102.0, 103.0], [104.0, 105.0, 24.0, 25.0]]
 
-    runner = asyncio.run(scenario())
-    for batch in runner.batches[1:]:
-        assert sum(value < 100 for value in batch) == sum(value >= 100 for value in batch) == 2
+
+def test_cameras_that_all_want_more_than_their_share_alternate():
+    runner = _run_behind_a_busy_model(("A", 0, 40), ("C", 200, 16))
+    owners = ["A" if batch[0] < 100 else "C" for batch in runner.batches]
+    assert owners[:9] == ["A", "C", "A", "C", "A", "C", "A", "C", "A"]  # until C's 16 tiles are done
+    assert all(len(set(batch) & set(range(100))) in (0, 4) for batch in runner.batches[:9])  # whole batches
 
 
 def test_a_camera_is_refused_beyond_its_own_queue_bound_while_others_still_get_in():

@@ -5,10 +5,12 @@ Requests put their tiles on their camera's queue and await a future. One asyncio
 single worker thread, the only caller of the model, so ORT never sees concurrent runs. A large
 frame's tiles may be spread over several batches; its future resolves when the last of them is done.
 
-Fairness: each batch is filled round-robin over the cameras with queued tiles, every camera getting
-an equal share of the batch's room (what one leaves unused goes to the others). A camera with a
-backlog of hundreds of tiles therefore delays another camera's frame by at most its own share of
-each batch, never by its whole backlog.
+Fairness (max-min, by tiles): each camera's recent use of the engine is counted (tiles run, fading
+by `USAGE_DECAY` per batch), and every batch is filled by the cameras with queued tiles in order of
+least recent use. A camera using less than its share of the engine is served first, so a camera with
+a backlog of hundreds of tiles delays another camera's frame by at most the batch already running,
+never by its backlog; cameras that all want more than their share alternate, each getting an equal
+part over time.
 
 Backpressure is explicit: a camera whose own queue is full, or one above its fair share of a full
 queue, gets `QueueFull` at once (the API answers 503 with Retry-After) rather than letting waits grow
@@ -81,6 +83,9 @@ class BatcherStats:
 
 # Requests that name no camera share this queue.
 ANONYMOUS = ""
+# Per batch, a camera's counted use keeps this fraction: use older than ~10 batches hardly counts.
+USAGE_DECAY = 0.9
+_FORGOTTEN_USAGE = 0.01  # below this (and nothing queued) a camera is dropped from the books
 
 
 @dataclass(eq=False)
@@ -150,8 +155,9 @@ class DynamicBatcher:
         self.max_queue_tiles = max_queue_tiles
         self.max_camera_tiles = max_camera_tiles or max_queue_tiles
         self.on_batch = on_batch
-        # One queue per camera with queued work; the dict's order is the round-robin order.
+        # One queue per camera with queued work, in order of arrival (which breaks ties of use).
         self._queues: dict[str, deque[_Job]] = {}
+        self._usage: dict[str, float] = {}  # tiles run per camera, fading with USAGE_DECAY per batch
         self._camera_tiles: dict[str, int] = {}
         self._queued_tiles = 0
         self._wakeup = asyncio.Event()
@@ -291,19 +297,26 @@ class DynamicBatcher:
         return True
 
     def _take_batch(self) -> list[_Segment]:
-        """Fill a batch in rounds: each round gives every waiting camera an equal share of the room left."""
+        """Fill a batch from the cameras with queued tiles, least recent use first, then charge their use."""
         segments: list[_Segment] = []
         room = self.max_batch
-        while room > 0 and self._queues:
-            share = max(1, room // len(self._queues))
-            for camera in list(self._queues):
-                if room == 0:
-                    break
-                room -= self._take_from(camera, min(share, room), segments)
-                queue = self._queues.pop(camera, None)
-                if queue:  # served: to the back of the line
-                    self._queues[camera] = queue
+        for camera in sorted(self._queues, key=lambda name: self._usage.get(name, 0.0)):  # stable: ties by arrival
+            if room == 0:
+                break
+            room -= self._take_from(camera, room, segments)
+        self._charge(segments)
         return segments
+
+    def _charge(self, segments: list[_Segment]) -> None:
+        for camera in list(self._usage):
+            faded = self._usage[camera] * USAGE_DECAY
+            if faded < _FORGOTTEN_USAGE and camera not in self._queues:
+                del self._usage[camera]
+            else:
+                self._usage[camera] = faded
+        for segment in segments:
+            camera = segment.job.camera
+            self._usage[camera] = self._usage.get(camera, 0.0) + segment.stop - segment.start
 
     def _take_from(self, camera: str, share: int, segments: list[_Segment]) -> int:
         """Up to `share` tiles from the head of `camera`'s queue, dropping given-up or expired jobs."""
@@ -323,6 +336,8 @@ class DynamicBatcher:
             taken += take
             if job.remaining == 0:
                 queue.popleft()
+        if not queue:
+            self._queues.pop(camera, None)
         return taken
 
     def _count_out(self, job: _Job, tiles: int) -> None:
