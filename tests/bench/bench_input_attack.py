@@ -6,7 +6,8 @@ victim (the demo camera) posts `--image` back to back, first alone for `--baseli
 `--seconds` while `--attackers` clients of the attacking camera post, in turn, the frames that used
 to hold the engine or the memory: a ~1 KB JPEG whose header claims 9000x5000, an 8x40000 PNG and a
 7000x7000 PNG (both black, a few hundred bytes to 50 kB on the wire). The victim honours
-Retry-After like a camera should (capped at 2 s); the attackers do not: they post again at once.
+Retry-After like a camera should (capped at 2 s); the attackers do not: after a refusal they post
+again 10 ms later.
 
 Peak memory is the server process's VmHWM (Linux), read after each phase. `--server-path` runs the
 server from another source tree (for a before/after comparison). Reports numbers, asserts nothing:
@@ -39,7 +40,7 @@ from load_test import started_server
 
 ADMIN_TOKEN = "bench-admin-token"
 MAX_RETRY_WAIT_S = 2.0
-ATTACKER_PAUSE_S = 0.01  # hostile: ignores Retry-After, only yields the event loop to the victim
+ATTACKER_PAUSE_S = 0.01  # hostile: ignores Retry-After; after a refusal it only yields to the victim
 
 
 @dataclass
@@ -120,7 +121,7 @@ async def attacker(
         response = await _post(client, *payloads[name], key, statuses)
         for status, count in statuses.items():
             phase.attack_statuses[f"{name}: {status}"] += count
-        if response is not None and response.status_code == 503:
+        if response is None or response.status_code != 200:
             await asyncio.sleep(ATTACKER_PAUSE_S)
 
 
@@ -232,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["INSPECT_ADMIN_TOKEN"] = ADMIN_TOKEN
     os.environ.setdefault("INSPECT_INTRA_OP_THREADS", "1")
+    args.bundle, args.image = args.bundle.resolve(), args.image.resolve()
     if args.server_path is not None:
+        # `python -m` puts the working directory first on the path: the server imports from there.
         os.environ["PYTHONPATH"] = str(args.server_path.resolve())
+        os.chdir(args.server_path)
     payloads = attack_payloads()
     with started_server(args.bundle, args.max_batch) as (url, victim_key):
         pid = server_pid(int(url.rsplit(":", 1)[1]))
