@@ -388,10 +388,8 @@ def _tiff_header_size(data: bytes) -> tuple[int, int]:
 
 
 def _tiff_tags(data: bytes) -> dict[int, tuple[int, ...]]:
-    """The numeric tags of the first image directory of a classic (not Big) TIFF."""
+    """The numeric tags of the first image directory of a classic TIFF (`sniff_format` let no BigTIFF in)."""
     order = "<" if data[:2] == b"II" else ">"
-    if struct.unpack_from(order + "H", data, 2)[0] != 42:
-        raise ValueError("not a classic TIFF (BigTIFF is not supported)")
     directory = struct.unpack_from(order + "I", data, 4)[0]
     (entries,) = struct.unpack_from(order + "H", data, directory)
     tags: dict[int, tuple[int, ...]] = {}

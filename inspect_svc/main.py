@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inspect_svc import __version__, imaging
 from inspect_svc.api import ROUTERS
 from inspect_svc.dashboard.deps import TEMPLATES
+from inspect_svc.engine.admission import PixelsInFlight
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from inspect_svc.engine.inference import EngineNotReady
 from inspect_svc.imaging import ImageRejected
@@ -198,6 +199,7 @@ def _wants_error_page(request: Request, status_code: int) -> bool:
 def _overload_reason(error: Exception) -> str:
     return {
         QueueFull: "queue_full",
+        PixelsInFlight: "pixels_in_flight",
         DeadlineExceeded: "deadline",
         EngineNotReady: "not_ready",
         BatcherStopped: "not_ready",

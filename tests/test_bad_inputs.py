@@ -189,3 +189,4 @@ def test_a_camera_with_pixels_in_flight_gets_503_while_another_camera_gets_in(st
     assert "pixels in flight" in refused.json()["detail"]
     assert admitted.status_code == 200
     assert gate.pixels_in_flight == 0
+    assert 'inspect_rejections_total{reason="pixels_in_flight"} 1.0' in client.get("/metrics").text

@@ -78,7 +78,6 @@ class BatcherStats:
     last_batch_size: int
     batches_run: int
     tiles_run: int
-    cameras_waiting: int = 0
 
 
 # Requests that name no camera share this queue.
@@ -175,7 +174,6 @@ class DynamicBatcher:
             last_batch_size=self._counters.last_batch_size,
             batches_run=self._counters.batches_run,
             tiles_run=self._counters.tiles_run,
-            cameras_waiting=len(self._queues),
         )
 
     @property
