@@ -185,9 +185,10 @@ class ServiceState:
             if earlier is not None:
                 return await self._replayed(earlier, include_map)
         header = await asyncio.to_thread(imaging.read_header, frame.body, frame.content_type)
-        imaging.check_pixel_budget(header, max_pixels=self.settings.max_pixels, tile=self.models.tile)
+        tile = self.models.tile
+        imaging.check_pixel_budget(header, max_pixels=self.settings.max_pixels, tile=tile)
         # Held from decode to the written result: a camera's large frames cannot take the memory of others'.
-        with self.models.pixels.hold(frame.camera_id, header.pixel_cost(self.models.tile)):
+        with self.models.pixels.hold(frame.camera_id, header.pixel_cost(tile)):
             image = await asyncio.to_thread(imaging.decode_pixels, frame.body, header)
             decode_ms = (time.perf_counter() - started) * 1000.0
             output = await self.models.infer(

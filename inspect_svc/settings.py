@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(256, gt=0, description="tiles waiting for the engine before /inspect answers 503")
     max_queue_per_camera: int | None = Field(
-        None, gt=0, description="tiles one camera may have waiting (default MAX_QUEUE); the engine serves cameras in turn"
+        None, gt=0, description="tiles one camera may have waiting (default MAX_QUEUE); batches serve the least-served camera first"
     )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline inside the engine")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger request bodies get 413")
