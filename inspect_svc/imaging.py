@@ -1,9 +1,20 @@
 """Hardened image decoding: every bad body becomes a clear rejection, never a crash or a hang.
 
-A camera (or anyone holding its key) can send empty bodies, the wrong type, truncated files or a
-small file whose header claims a gigapixel image. Checks run from cheap to expensive: magic bytes
-against the declared type, end markers (libjpeg only *warns* on a truncated JPEG and returns a
-partly grey image), header dimensions against the pixel cap, then the full decode.
+A camera (or anyone holding its key) can send empty bodies, the wrong type, truncated or corrupt
+files, or a small file whose header claims a huge image. Checks run from cheap to expensive: magic
+bytes against the declared type, end markers, the header (dimensions against the caller's pixel
+budget, TIFF sample formats against what we convert), then the full decode, which must succeed
+without the decoder reporting damage:
+
+- JPEG is decoded by libjpeg-turbo through simplejpeg in strict mode: libjpeg's *warnings*
+  ("Corrupt JPEG data: premature end of data segment", a header that claims more pixels than the
+  data holds) are errors. OpenCV and Pillow only print them and fill the missing part in, so a
+  damaged frame would be scored as if it were a part.
+- PNG, BMP and TIFF are decoded by OpenCV, whose libpng and libtiff readers fail on missing data.
+
+Accepted pixels (`to_rgb8`): 8-bit as is; 16-bit unsigned scaled over its full range
+(65535 -> 255); floats (32- or 64-bit TIFF) taken as 0..1, clipped, NaN as 0; grey, RGB, RGBA or
+palette. Signed-integer, 16-bit float and CMYK/Lab TIFFs are refused with a message saying so.
 
 OpenCV reads its own decode caps (`OPENCV_IO_MAX_IMAGE_*`) from the environment once, when the
 library loads, so this module sets them before cv2 is imported and is the one place the service
@@ -15,7 +26,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 import sys
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -119,38 +132,84 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding its pixels."""
+
+    image_format: str  # 'jpeg', 'png', 'bmp' or 'tiff'
+    width: int
+    height: int
+
+    def pixel_cost(self, tile: int = 0) -> int:
+        """Pixels the model will process: each side counts at least one `tile` (frames are padded to it)."""
+        return max(self.width, tile) * max(self.height, tile)
+
+
 def decode_image(
-    data: bytes, content_type: str | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, content_type: str | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, tile: int = 0
 ) -> np.ndarray:
     """Decode a request body into a uint8 RGB [H, W, 3] array.
 
     Args:
         data: the raw file bytes.
         content_type: the declared media type; None or application/octet-stream lets the bytes decide.
-        max_pixels: largest width x height accepted, checked on the header before decoding.
+        max_pixels: the pixel budget, checked on the header before decoding (`check_pixel_budget`).
+        tile: the model's tile side, so a thin strip is counted at the size it is processed at.
 
     Raises:
         ImageRejected: with reason empty, unsupported_type, type_mismatch, truncated, corrupt,
             too_large_pixels or too_small.
+    """
+    header = read_header(data, content_type)
+    check_pixel_budget(header, max_pixels=max_pixels, tile=tile)
+    return decode_pixels(data, header)
+
+
+def read_header(data: bytes, content_type: str | None) -> ImageHeader:
+    """Format and size of a body from its magic bytes and header alone (cheap: no pixel is decoded).
+
+    Raises:
+        ImageRejected: empty, unsupported_type, type_mismatch, truncated, corrupt or too_small.
     """
     if not data:
         raise ImageRejected("empty", 400, "the request body is empty")
     image_format = _check_type(data, content_type)
     _check_complete(data, image_format)
     width, height = _header_size(data, image_format)
-    if width * height > max_pixels:
-        raise ImageRejected(
-            "too_large_pixels",
-            413,
-            f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted",
-        )
     if min(width, height) < MIN_SIDE:
         raise ImageRejected(
             "too_small", 422, f"the image is {width}x{height}; each side must be at least {MIN_SIDE}"
         )
-    decoded = _decode_pixels(data, image_format)
-    if decoded.shape[:2] != (height, width):
-        raise ImageRejected("corrupt", 422, f"the {image_format.upper()} data does not match its header")
+    return ImageHeader(image_format, width, height)
+
+
+def check_pixel_budget(header: ImageHeader, *, max_pixels: int, tile: int = 0) -> None:
+    """Refuse (413) a frame whose processed size exceeds the per-request pixel budget."""
+    cost = header.pixel_cost(tile)
+    if cost <= max_pixels:
+        return
+    size = f"{header.width}x{header.height}"
+    padded = "" if cost == header.width * header.height else f", processed as {cost} pixels in {tile}-pixel tiles"
+    raise ImageRejected(
+        "too_large_pixels", 413, f"the image is {size} pixels{padded}; at most {max_pixels} pixels are accepted"
+    )
+
+
+def decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
+    """The pixels of a body whose header `read_header` accepted, as uint8 RGB [H, W, 3].
+
+    Raises:
+        ImageRejected: corrupt (the decoder failed or reported damage), too_large_pixels or
+            unsupported_type.
+    """
+    if header.image_format == "jpeg":
+        decoded = _decode_jpeg(data)
+    else:
+        decoded = _decode_with_opencv(data, header.image_format)
+    if decoded.shape[:2] != (header.height, header.width):
+        raise ImageRejected("corrupt", 422, f"the {header.image_format.upper()} data does not match its header")
+    if header.image_format == "jpeg":
+        return decoded
     try:
         return to_rgb8(decoded)
     except ValueError as error:
@@ -252,7 +311,26 @@ def _check_complete(data: bytes, image_format: str) -> None:
 
 
 def _header_size(data: bytes, image_format: str) -> tuple[int, int]:
-    """(width, height) from the header alone: Pillow's open() parses it without decoding pixels."""
+    """(width, height) from the header alone, without decoding pixels."""
+    if image_format == "jpeg":
+        return _jpeg_header_size(data)
+    if image_format == "tiff":
+        return _tiff_header_size(data)
+    return _pillow_header_size(data, image_format)
+
+
+def _jpeg_header_size(data: bytes) -> tuple[int, int]:
+    import simplejpeg
+
+    try:
+        height, width, _colorspace, _subsampling = simplejpeg.decode_jpeg_header(data)
+    except ValueError as error:
+        raise ImageRejected("corrupt", 422, f"the JPEG header is unreadable: {_one_line(error)}") from None
+    return width, height
+
+
+def _pillow_header_size(data: bytes, image_format: str) -> tuple[int, int]:
+    """PNG and BMP: Pillow's open() parses the header without decoding pixels."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -266,11 +344,76 @@ def _header_size(data: bytes, image_format: str) -> tuple[int, int]:
         raise ImageRejected("corrupt", 422, f"the {image_format.upper()} header is unreadable") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageRejected(
-            "corrupt", 422, f"the {image_format.upper()} header is unreadable: {error}"
+            "corrupt", 422, f"the {image_format.upper()} header is unreadable: {_one_line(error)}"
         ) from None
 
 
-def _decode_pixels(data: bytes, image_format: str) -> np.ndarray:
+# Baseline TIFF tags read from the first image directory.
+_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_SAMPLE_FORMAT = (
+    256, 257, 258, 262, 277, 339,
+)
+_TIFF_FIELD_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
+_TIFF_SUPPORTED_SAMPLES = {(1, 1), (1, 8), (1, 16), (3, 32), (3, 64)}  # (SampleFormat, bits)
+_TIFF_SAMPLE_KIND = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "undefined"}
+_TIFF_UNSUPPORTED_PHOTOMETRIC = {5: "CMYK", 8: "CIE L*a*b*", 9: "ICC L*a*b*", 10: "ITU L*a*b*"}
+TIFF_SUPPORT = (
+    "supported TIFF samples: unsigned 1-, 8- or 16-bit integers (16-bit scaled 65535 -> 255) and "
+    "32- or 64-bit floats (0..1 -> 0..255, clipped); grey, RGB, RGBA or palette"
+)
+
+
+def _tiff_header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the first TIFF image, refusing sample formats `to_rgb8` cannot convert.
+
+    Read by hand: Pillow cannot open float RGB TIFFs at all, which OpenCV decodes fine.
+    """
+    try:
+        tags = _tiff_tags(data)
+        width, height = tags[_TIFF_WIDTH][0], tags[_TIFF_HEIGHT][0]
+    except (struct.error, IndexError, KeyError, ValueError) as error:
+        raise ImageRejected("corrupt", 422, f"the TIFF header is unreadable: {_one_line(error)}") from None
+    bits = tags.get(_TIFF_BITS, (1,))
+    sample_format = tags.get(_TIFF_SAMPLE_FORMAT, (1,))[0]
+    if len(set(bits)) != 1 or (sample_format, bits[0]) not in _TIFF_SUPPORTED_SAMPLES:
+        kind = _TIFF_SAMPLE_KIND.get(sample_format, f"sample format {sample_format}")
+        raise ImageRejected(
+            "unsupported_type", 415, f"the TIFF has {'/'.join(map(str, bits))}-bit {kind} samples; {TIFF_SUPPORT}"
+        )
+    photometric = tags.get(_TIFF_PHOTOMETRIC, (1,))[0]
+    if photometric in _TIFF_UNSUPPORTED_PHOTOMETRIC:
+        raise ImageRejected(
+            "unsupported_type", 415, f"the TIFF is {_TIFF_UNSUPPORTED_PHOTOMETRIC[photometric]}; {TIFF_SUPPORT}"
+        )
+    return width, height
+
+
+def _tiff_tags(data: bytes) -> dict[int, tuple[int, ...]]:
+    """The numeric tags of the first image directory of a classic TIFF (`sniff_format` let no BigTIFF in)."""
+    order = "<" if data[:2] == b"II" else ">"
+    directory = struct.unpack_from(order + "I", data, 4)[0]
+    (entries,) = struct.unpack_from(order + "H", data, directory)
+    tags: dict[int, tuple[int, ...]] = {}
+    for index in range(entries):
+        tag, field_type, count, inline = struct.unpack_from(order + "HHI4s", data, directory + 2 + 12 * index)
+        if field_type not in _TIFF_FIELD_TYPES or not 0 < count <= 16:
+            continue  # strings, rationals and long arrays: nothing the size check needs
+        code, size = _TIFF_FIELD_TYPES[field_type]
+        values = inline if count * size <= 4 else data[struct.unpack(order + "I", inline)[0] :]
+        tags[tag] = struct.unpack_from(f"{order}{count}{code}", values)
+    return tags
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB pixels of a JPEG; any libjpeg warning (corrupt or missing data) is a rejection."""
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as error:
+        raise ImageRejected("corrupt", 422, f"the JPEG data is damaged: {_one_line(error)}") from None
+
+
+def _decode_with_opencv(data: bytes, image_format: str) -> np.ndarray:
     cv2 = opencv()
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
@@ -280,6 +423,10 @@ def _decode_pixels(data: bytes, image_format: str) -> np.ndarray:
     if decoded is None or decoded.size == 0:
         raise ImageRejected("corrupt", 422, f"the {image_format.upper()} data cannot be decoded")
     return decoded
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

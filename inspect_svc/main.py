@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inspect_svc import __version__, imaging
 from inspect_svc.api import ROUTERS, errors
 from inspect_svc.dashboard.deps import TEMPLATES
+from inspect_svc.engine.admission import PixelsInFlight
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from inspect_svc.engine.inference import EngineNotReady
 from inspect_svc.imaging import ImageRejected
@@ -64,7 +65,9 @@ def create_app(settings: Settings) -> FastAPI:
     _add_dashboard_error_pages(app)
     # Added last = outermost: the body cap applies before anything reads the body.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_timeout_s
+    )
     return app
 
 
@@ -233,6 +236,7 @@ def _wants_error_page(request: Request, status_code: int) -> bool:
 def _overload_reason(error: Exception) -> str:
     return {
         QueueFull: "queue_full",
+        PixelsInFlight: "pixels_in_flight",
         DeadlineExceeded: "deadline",
         EngineNotReady: "not_ready",
         BatcherStopped: "not_ready",

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc.bundle import Bundle, BundleError, load_bundle
 from inspect_svc.bundle_store import BundleNotStored, fetch_bundle, publish_bundle
-from inspect_svc.engine.batcher import BatchHook
+from inspect_svc.engine.admission import PixelGate
+from inspect_svc.engine.batcher import ANONYMOUS, BatchHook
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine, InferenceOutput
 from inspect_svc.schemas import ModelVersionPublic
 from inspect_svc.settings import Settings
@@ -38,6 +39,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queue_tiles=settings.max_queue,
+        max_camera_tiles=settings.max_queue_per_camera,
     )
 
 
@@ -78,6 +80,7 @@ class ModelManager:
         self.engine: InferenceEngine | None = None
         # A bundle served from --model while the database was away: recorded once it is back.
         self.unrecorded: Bundle | None = None
+        self.pixels = PixelGate(per_camera=settings.max_pixels, total=settings.pixels_in_flight_limit)
         self._lock = asyncio.Lock()
 
     @property
@@ -92,10 +95,15 @@ class ModelManager:
         stats = self.engine.stats if self.engine else None
         return float(stats.queue_depth_tiles) if stats else 0.0
 
-    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float) -> InferenceOutput:
+    @property
+    def tile(self) -> int:
+        """The serving model's tile side: frames are padded to it (0 when none is active)."""
+        return self.engine.tile if self.engine else 0
+
+    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS) -> InferenceOutput:
         if self.engine is None:
             raise EngineNotReady("no model is active: start with --model or POST /models then activate one")
-        return await self.engine.infer(image_rgb, deadline_s=deadline_s)
+        return await self.engine.infer(image_rgb, deadline_s=deadline_s, camera=camera)
 
     async def serve(self, bundle: Bundle) -> None:
         """Make `bundle` the serving model: start the engine on it, or hot-swap to it."""

@@ -233,18 +233,23 @@ class ServiceState:
                 # Best effort: a frame first answered elsewhere (another replica) is known here from now on.
                 await asyncio.to_thread(self._keep_locally, lambda: self.acknowledged.remember(earlier))
                 return await self._replayed(earlier, include_map)
-        image = await asyncio.to_thread(
-            imaging.decode_image, frame.body, frame.content_type, max_pixels=self.settings.max_pixels
-        )
-        decode_ms = (time.perf_counter() - started) * 1000.0
-        output = await self.models.infer(image, deadline_s=self.settings.request_timeout_s)
-        manifest = output.manifest
-        thresholds = await self.effective_thresholds(frame.line, manifest.thresholds_for(frame.line))
-        record, map_png = await self._write_locally(
-            lambda: self._finish(
-                frame, image, output.prob_map, output.model_version, thresholds, manifest.image_score.top_pixels
+        header = await asyncio.to_thread(imaging.read_header, frame.body, frame.content_type)
+        tile = self.models.tile
+        imaging.check_pixel_budget(header, max_pixels=self.settings.max_pixels, tile=tile)
+        # Held from decode to the written result: a camera's large frames cannot take the memory of others'.
+        with self.models.pixels.hold(frame.camera_id, header.pixel_cost(tile)):
+            image = await asyncio.to_thread(imaging.decode_pixels, frame.body, header)
+            decode_ms = (time.perf_counter() - started) * 1000.0
+            output = await self.models.infer(
+                image, deadline_s=self.settings.request_timeout_s, camera=frame.camera_id
             )
-        )
+            manifest = output.manifest
+            thresholds = await self.effective_thresholds(frame.line, manifest.thresholds_for(frame.line))
+            record, map_png = await self._write_locally(
+                lambda: self._finish(
+                    frame, image, output.prob_map, output.model_version, thresholds, manifest.image_score.top_pixels
+                )
+            )
         record.timings = Timings(
             decode_ms=decode_ms,
             queue_ms=output.timings.get("queue_ms", 0.0),

@@ -73,9 +73,24 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, gt=0)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(256, gt=0, description="tiles waiting for the engine before /inspect answers 503")
+    max_queue_per_camera: int | None = Field(
+        None, gt=0, description="tiles one camera may have waiting (default MAX_QUEUE); batches serve the least-served camera first"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline inside the engine")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger request bodies get 413")
-    max_pixels: int = Field(50_000_000, gt=0, description="larger decoded images are refused")
+    max_pixels: int = Field(
+        50_000_000,
+        gt=0,
+        description="pixel budget per request (width x height, each side counted at least one model tile); "
+        "a larger frame gets 413 from its header, before decoding; also what one camera may have in flight",
+    )
+    max_pixels_in_flight: int | None = Field(
+        None, gt=0, description="pixels decoded or in the engine at once over all cameras (bounds memory); "
+        "default 2 x MAX_PIXELS; beyond it /inspect answers 503"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive completely within this many seconds, else 408"
+    )
 
     # Access
     require_api_key: bool = Field(True, description="/inspect needs a camera's X-API-Key")
@@ -140,6 +155,18 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith("mqtt://"):
             raise ValueError(f"mqtt_url must look like mqtt://host[:port], got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _pixel_budgets(self) -> Settings:
+        if self.max_pixels_in_flight is not None and self.max_pixels_in_flight < self.max_pixels:
+            raise ValueError(
+                f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least max_pixels ({self.max_pixels})"
+            )
+        return self
+
+    @property
+    def pixels_in_flight_limit(self) -> int:
+        return self.max_pixels_in_flight or 2 * self.max_pixels
 
     @model_validator(mode="after")
     def _default_migration_policy(self) -> Settings:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -29,6 +31,28 @@ PNG = png_bytes()
 # A 2000x2000 black PNG: a few KB on the wire, 4 MP once decoded (above MAX_PIXELS).
 BOMB = encode(np.zeros((2000, 2000), np.uint8), "PNG", optimize=True)
 CORRUPT_PNG = PNG[:40] + bytes(range(256)) * 4 + PNG[-12:]
+DEMO_PART = np.asarray(Image.open(Path(__file__).parents[1] / "demo" / "part.png").convert("RGB"))
+INTACT_DEMO_JPEG = encode(DEMO_PART, "JPEG", quality=90)
+# A camera glitch: the first half of a frame, closed with the end-of-image marker. libjpeg only warns.
+HALF_DEMO_JPEG = INTACT_DEMO_JPEG[: len(INTACT_DEMO_JPEG) // 2] + b"\xff\xd9"
+
+
+def lying_jpeg(width: int, height: int) -> bytes:
+    """About 1 KB of JPEG whose frame header claims width x height (the decoder would fill the rest in)."""
+    data = bytearray(encode(np.tile(RGB, (2, 2, 1))[:64, :64], "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def opencv_tiff(array: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".tiff", np.ascontiguousarray(array[:, :, ::-1]))
+    assert ok
+    return encoded.tobytes()
+
+
+# 8 x 40,000: 320,000 pixels, but 32 x 40,000 once padded to the test model's 32-pixel tiles.
+THIN_STRIP = encode(np.zeros((8, 40_000), np.uint8), "PNG", optimize=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +76,10 @@ RAW_CASES = [
     ("corrupt PNG data", CORRUPT_PNG, "image/png", 422),
     ("decompression bomb", BOMB, "image/png", 413),
     ("too small", encode(RGB[:4, :4], "PNG"), "image/png", 422),
+    ("JPEG header claiming 900x500", lying_jpeg(900, 500), "image/jpeg", 422),
+    ("half a JPEG frame + end marker", HALF_DEMO_JPEG, "image/jpeg", 422),
+    ("thin strip over the tiled pixel budget", THIN_STRIP, "image/png", 413),
+    ("16-bit signed TIFF", opencv_tiff(RGB.astype(np.int16)), "image/tiff", 415),
     ("body over the limit", b"\x89PNG\r\n\x1a\n" + bytes(MAX_BODY + 10), "image/png", 413),
     ("JPEG", JPEG, "image/jpeg", 200),
     ("JPEG untyped", JPEG, "application/octet-stream", 200),
@@ -61,6 +89,9 @@ RAW_CASES = [
     ("16-bit PNG", encode((RGB[:, :, 0].astype(np.uint16) * 257), "PNG"), "image/png", 200),
     ("BMP", encode(RGB, "BMP"), "image/bmp", 200),
     ("TIFF", encode(RGB, "TIFF"), "image/tiff", 200),
+    ("float32 RGB TIFF", opencv_tiff(RGB.astype(np.float32) / 255), "image/tiff", 200),
+    ("float64 RGB TIFF", opencv_tiff(RGB.astype(np.float64) / 255), "image/tiff", 200),
+    ("16-bit RGB TIFF", opencv_tiff(RGB.astype(np.uint16) * 257), "image/tiff", 200),
 ]
 
 
@@ -125,3 +156,37 @@ def test_rejections_are_counted_by_reason(strict_client):
     client, key = strict_client
     client.post("/inspect", content=b"", headers={**key, "Content-Type": "image/png"})
     assert 'inspect_rejections_total{reason="empty"}' in client.get("/metrics").text
+
+
+def test_a_damaged_frame_is_refused_with_the_decoders_reason_never_scored(strict_client):
+    client, key = strict_client
+    intact = client.post("/inspect", content=INTACT_DEMO_JPEG, headers={**key, "Content-Type": "image/jpeg"})
+    assert intact.status_code == 200
+    response = client.post("/inspect", content=HALF_DEMO_JPEG, headers={**key, "Content-Type": "image/jpeg"})
+    assert response.status_code == 422
+    assert response.json()["reason"] == "corrupt"
+    assert "Corrupt JPEG data" in response.json()["detail"]
+
+
+def test_float_tiff_refusals_name_what_is_supported(strict_client):
+    client, key = strict_client
+    body = opencv_tiff(RGB.astype(np.int16))
+    response = client.post("/inspect", content=body, headers={**key, "Content-Type": "image/tiff"})
+    assert response.status_code == 415
+    assert "16-bit signed integer" in response.json()["detail"]
+    assert "32- or 64-bit floats" in response.json()["detail"]
+
+
+def test_a_camera_with_pixels_in_flight_gets_503_while_another_camera_gets_in(strict_client):
+    client, key = strict_client
+    other = add_camera(client, "cam-pixels-2")
+    gate = client.app.state.service.models.pixels
+    headers = {"Content-Type": "image/png"}
+    with gate.hold("cam-1", MAX_PIXELS):  # cam-1 is busy with a frame of the whole budget
+        refused = client.post("/inspect", content=PNG, headers={**key, **headers})
+        admitted = client.post("/inspect", content=PNG, headers={**other, **headers})
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert "pixels in flight" in refused.json()["detail"]
+    assert admitted.status_code == 200
+    assert gate.pixels_in_flight == 0
+    assert 'inspect_rejections_total{reason="pixels_in_flight"} 1.0' in client.get("/metrics").text

@@ -12,9 +12,6 @@ import json
 import math
 import os
 import re
-import socket
-import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from sqlalchemy import select
 
 from inspect_svc.storage.db import session_scope
 from inspect_svc.storage.models import ModelVersionDB, ReviewDB
+from tests.utils.live_server import live_server
 from tests.utils.reviews import PASSWORD, add_inspection, add_user, dashboard_app, make_world
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,12 +49,6 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Path:
     chosen = os.environ.get("INSPECT_TEST_ARTIFACTS")
@@ -77,20 +68,8 @@ def world(tmp_path):
 
 @pytest.fixture
 def server_url(world) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(dashboard_app(world), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(dashboard_app(world)) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from inspect_svc.bundle import Thresholds, load_bundle
+from inspect_svc.engine.admission import PixelGate, PixelsInFlight
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, DynamicBatcher, QueueFull
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine
 from inspect_svc.engine.predictor import Predictor, batch_buckets, bucket_for
@@ -264,6 +265,152 @@ def test_deadline_exceeded_and_expired_work_is_dropped():
     assert runner.batch_sizes == [2]  # the expired request never reached the model
 
 
+class RecordingRunner(FakeRunner):
+    """A FakeRunner that records which tile values each batch carried, and runs a batch only when
+    given a permit (`allow`), so a test decides how far the model gets."""
+
+    def __init__(self, max_batch: int) -> None:
+        super().__init__(max_batch=max_batch)
+        self.batches: list[list[float]] = []
+        self.permits = threading.Semaphore(0)
+
+    def allow(self, batches: int) -> None:
+        for _ in range(batches):
+            self.permits.release()
+
+    def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        self.permits.acquire(timeout=5)
+        self.batches.append([float(value) for value in tiles[:, 0, 0, 0]])
+        return super().run_tiles(tiles)
+
+    def batch_of(self, value: float) -> int:
+        return next(index for index, batch in enumerate(self.batches) if value in batch)
+
+
+def _numbered(first: int, count: int) -> np.ndarray:
+    return np.arange(first, first + count, dtype=np.float32)[:, None, None, None] * np.ones((count, 3, 4, 4))
+
+
+def _run_behind_a_busy_model(
+    first: tuple[str, int, int], *later: tuple[str, int, int], head_start: int = 0
+) -> RecordingRunner:
+    """Submit `first` (camera, first tile value, tile count); let the model run `head_start` of its
+    batches; submit `later` while the next one is on the model; then let everything run. Returns the
+    runner, whose `batches` are in the order they ran (max_batch 4)."""
+
+    async def scenario() -> RecordingRunner:
+        runner = RecordingRunner(max_batch=4)
+        batcher = DynamicBatcher(runner, max_wait_ms=1)
+        await batcher.start()
+        camera, start, count = first
+        jobs = [asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera))]
+        runner.allow(head_start)
+        # Until the head start has run and the next batch is on the model, waiting for its permit.
+        while batcher.stats.tiles_run < 4 * head_start or batcher.stats.queue_depth_tiles > count - 4 * (head_start + 1):
+            await asyncio.sleep(0.01)
+        for camera, start, count in later:
+            jobs.append(asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera)))
+        await asyncio.sleep(0)
+        runner.allow(1000)
+        await asyncio.gather(*jobs)
+        await batcher.stop()
+        return runner
+
+    return asyncio.run(scenario())
+
+
+def test_a_camera_backlog_does_not_delay_another_cameras_frame():
+    runner = _run_behind_a_busy_model(("A", 0, 24), ("B", -1, 1))  # A: tiles 0..23; B: one tile, -1
+    # One FIFO would run all of A's 24 tiles first (B in the 7th batch); B, having used nothing, goes first.
+    assert runner.batch_of(-1.0) == 1 < runner.batch_of(19.0)
+    assert runner.batches[1] == [-1.0, 4.0, 5.0, 6.0]  # B took what it needed, A got the rest of the room
+    assert sorted(value for batch in runner.batches for value in batch) == [-1.0, *map(float, range(24))]
+
+
+def test_a_light_camera_is_served_before_a_heavy_one():
+    # A has been running alone for 5 batches (its 6th is on the model) when B's frame of 6 tiles arrives.
+    runner = _run_behind_a_busy_model(("A", 0, 40), ("B", 100, 6), head_start=5)
+    assert runner.batches[5] == [20.0, 21.0, 22.0, 23.0]
+    assert runner.batches[6:8] == [[100.0, 101.0, 102.0, 103.0], [104.0, 105.0, 24.0, 25.0]]
+
+
+def test_cameras_that_all_want_more_than_their_share_alternate():
+    runner = _run_behind_a_busy_model(("A", 0, 40), ("C", 200, 16))
+    owners = ["A" if batch[0] < 100 else "C" for batch in runner.batches]
+    assert owners[:9] == ["A", "C", "A", "C", "A", "C", "A", "C", "A"]  # until C's 16 tiles are done
+    assert all(len(set(batch) & set(range(100))) in (0, 4) for batch in runner.batches[:9])  # whole batches
+
+
+def test_a_camera_is_refused_beyond_its_own_queue_bound_while_others_still_get_in():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=64, max_camera_tiles=4)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        mine = asyncio.create_task(batcher.submit(_tiles(3, 2), _in(5), camera="A"))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit(_tiles(2, 2), _in(5), camera="A")
+        other = asyncio.create_task(batcher.submit(_tiles(2, 3), _in(5), camera="B"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        done = await asyncio.gather(blocker, mine, other)
+        await batcher.stop()
+        return done
+
+    assert [probs.shape[0] for probs in asyncio.run(scenario())] == [2, 3, 2]
+
+
+def test_a_full_queue_still_admits_a_camera_below_its_fair_share():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=8)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        flood = asyncio.create_task(batcher.submit(_tiles(20, 2), _in(5), camera="A"))  # oversized, admitted
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):  # 5 tiles exceed C's share of the full queue (8 // 2 cameras)
+            await batcher.submit(_tiles(5, 3), _in(5), camera="C")
+        fair = asyncio.create_task(batcher.submit(_tiles(3, 4), _in(5), camera="B"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        done = await asyncio.gather(blocker, flood, fair)
+        await batcher.stop()
+        return done
+
+    assert [probs.shape[0] for probs in asyncio.run(scenario())] == [2, 20, 3]
+
+
+def test_retry_after_counts_only_live_tiles_once_a_request_gave_up():
+    async def scenario():
+        runner = FakeRunner(max_batch=2)
+        runner.release.clear()
+        batcher = DynamicBatcher(runner, max_wait_ms=1, max_queue_tiles=10)
+        batcher._counters.seconds_per_batch = 1.0  # a known batch time, so the estimate is exact
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(_tiles(2, 1), _in(5), camera="X"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(DeadlineExceeded):  # a big frame expires behind the running batch
+            await batcher.submit(_tiles(100, 2), _in(0.05), camera="A")
+        depth_after_expiry = batcher.stats.queue_depth_tiles
+        live = asyncio.create_task(batcher.submit(_tiles(8, 3), _in(5), camera="D"))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as caught:
+            await batcher.submit(_tiles(8, 4), _in(5), camera="C")
+        runner.release.set()
+        await asyncio.gather(blocker, live)
+        await batcher.stop()
+        return depth_after_expiry, caught.value.retry_after_s
+
+    depth_after_expiry, retry_after = asyncio.run(scenario())
+    assert depth_after_expiry == 0  # not the dead request's 100 tiles
+    assert retry_after == 4  # D's 8 live tiles = 4 batches of 1 s; the dead 100 tiles would say 54
+
+
 def test_model_errors_reach_every_request_in_the_batch_and_the_batcher_recovers():
     async def scenario():
         runner = FakeRunner(max_batch=8)
@@ -414,3 +561,53 @@ def test_stop_during_a_swap_stops_the_incoming_model_too(bundle, tmp_path, monke
     engine = asyncio.run(scenario())
     # Before the fix the swap installed its model after stop() and left its batcher running.
     assert engine._slot is None and not engine.ready
+
+
+# --- admission by pixels ------------------------------------------------------------------------------
+
+
+def test_pixel_gate_bounds_each_camera_and_the_total():
+    gate = PixelGate(per_camera=100, total=250)
+    with gate.hold("A", 100):
+        with pytest.raises(PixelsInFlight, match="'A' already has 100 pixels"), gate.hold("A", 1):
+            pass
+        with gate.hold("B", 100), gate.hold("C", 50):
+            assert gate.pixels_in_flight == 250
+            with pytest.raises(PixelsInFlight, match="service has 250 pixels"), gate.hold("D", 1):
+                pass
+    assert gate.pixels_in_flight == 0
+    with gate.hold("A", 1000):  # alone, one frame of any allowed size gets in
+        assert gate.pixels_in_flight == 1000
+    with pytest.raises(ValueError):
+        PixelGate(per_camera=100, total=50)
+
+
+def test_pixel_gate_refusal_is_an_overload_with_retry_after():
+    assert issubclass(PixelsInFlight, QueueFull)
+    assert PixelsInFlight("busy").retry_after_s >= 1
+
+
+def test_engine_refuses_a_camera_over_its_queue_bound_before_tiling(bundle, monkeypatch):
+    async def scenario():
+        engine = InferenceEngine(
+            bundle, EngineConfig(intra_op_threads=1, max_batch=4, max_wait_ms=1, max_camera_tiles=4)
+        )
+        await engine.start()
+        runner = engine.predictor
+        gate = threading.Event()
+        original = runner.run_tiles
+        monkeypatch.setattr(runner, "run_tiles", lambda tiles: (gate.wait(5), original(tiles))[1])
+        first = asyncio.create_task(engine.infer(_frame(TILE, TILE), deadline_s=5, camera="A"))
+        await asyncio.sleep(0.2)  # first is on the model
+        second = asyncio.create_task(engine.infer(_frame(TILE, 3 * TILE), deadline_s=5, camera="A"))
+        await asyncio.sleep(0.05)  # second's 4 tiles wait: A's queue is at its bound
+        tiled: list[int] = []
+        monkeypatch.setattr(runner, "tile_pixels", lambda image: tiled.append(1))
+        with pytest.raises(QueueFull):
+            await engine.infer(_frame(TILE, 3 * TILE), deadline_s=5, camera="A")
+        gate.set()
+        await asyncio.gather(first, second)
+        await engine.stop()
+        return tiled
+
+    assert asyncio.run(scenario()) == []  # refused without being tiled

@@ -1,12 +1,21 @@
-"""Dynamic batching: tiles from concurrent requests share one `session.run`.
+"""Dynamic batching: tiles from concurrent requests share one `session.run`, cameras share the engine fairly.
 
-Requests put their tiles on a bounded queue and await a future. One asyncio task forms batches (up
-to `max_batch` tiles, waiting at most `max_wait_ms` for a batch to fill) and hands them to a single
-worker thread, the only caller of the model, so ORT never sees concurrent runs. A large frame's tiles
-may be spread over several batches; its future resolves when the last of them is done.
+Requests put their tiles on their camera's queue and await a future. One asyncio task forms batches
+(up to `max_batch` tiles, waiting at most `max_wait_ms` for a batch to fill) and hands them to a
+single worker thread, the only caller of the model, so ORT never sees concurrent runs. A large
+frame's tiles may be spread over several batches; its future resolves when the last of them is done.
 
-Backpressure is explicit: a full queue raises `QueueFull` at once (the API answers 503 with
-Retry-After) rather than letting waits grow without bound, and every request carries a deadline.
+Fairness (max-min, by tiles): each camera's recent use of the engine is counted (tiles run, fading
+by `USAGE_DECAY` per batch), and every batch is filled by the cameras with queued tiles in order of
+least recent use. A camera using less than its share of the engine is served first, so a camera with
+a backlog of hundreds of tiles delays another camera's frame by at most the batch already running,
+never by its backlog; cameras that all want more than their share alternate, each getting an equal
+part over time.
+
+Backpressure is explicit: a camera whose own queue is full, or one above its fair share of a full
+queue, gets `QueueFull` at once (the API answers 503 with Retry-After) rather than letting waits grow
+without bound, and every request carries a deadline. A request that gives up (deadline, disconnect)
+takes its tiles out of the queue at once, so Retry-After estimates count only live work.
 """
 
 from __future__ import annotations
@@ -71,14 +80,22 @@ class BatcherStats:
     tiles_run: int
 
 
+# Requests that name no camera share this queue.
+ANONYMOUS = ""
+# Per batch, a camera's counted use keeps this fraction: use older than ~10 batches hardly counts.
+USAGE_DECAY = 0.9
+_FORGOTTEN_USAGE = 0.01  # below this (and nothing queued) a camera is dropped from the books
+
+
 @dataclass(eq=False)
 class _Job:
     tiles: np.ndarray
+    camera: str
     future: asyncio.Future[TileResult]
     deadline: float
     enqueued_at: float
     probs: np.ndarray
-    taken: int = 0  # tiles handed to batches so far
+    taken: int = 0  # tiles handed to batches (or withdrawn) so far
     finished: int = 0  # tiles whose probabilities are in `probs`
     first_batch_at: float | None = None
     inference_s: float = 0.0
@@ -107,14 +124,17 @@ class _Counters:
 
 
 class DynamicBatcher:
-    """Groups tiles of concurrent requests into batches for one model.
+    """Groups tiles of concurrent requests into batches for one model, sharing each batch among cameras.
 
     Args:
         runner: runs a batch of tiles ([n, 3, T, T] -> [n, T, T]); usually a `Predictor`.
         max_batch: most tiles per run; defaults to the runner's own.
         max_wait_ms: longest time the oldest queued tile waits for a batch to fill.
-        max_queue_tiles: tiles allowed in the queue; one request larger than this is still
-            accepted when the queue is empty, so a big frame is slow rather than refused forever.
+        max_queue_tiles: tiles allowed in the queue over all cameras; beyond it, a camera is refused
+            once it holds its fair share (this bound divided among the cameras waiting).
+        max_camera_tiles: tiles one camera may have queued; defaults to `max_queue_tiles`. One request
+            larger than this is still accepted when its camera has nothing queued, so a big frame is
+            slow rather than refused forever.
         on_batch: called with (tiles in the batch, seconds it ran) after every batch, for metrics.
     """
 
@@ -125,14 +145,19 @@ class DynamicBatcher:
         max_batch: int | None = None,
         max_wait_ms: float = 2.0,
         max_queue_tiles: int = 512,
+        max_camera_tiles: int | None = None,
         on_batch: BatchHook | None = None,
     ) -> None:
         self.runner = runner
         self.max_batch = max_batch or runner.max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_tiles = max_queue_tiles
+        self.max_camera_tiles = max_camera_tiles or max_queue_tiles
         self.on_batch = on_batch
-        self._queue: deque[_Job] = deque()
+        # One queue per camera with queued work, in order of arrival (which breaks ties of use).
+        self._queues: dict[str, deque[_Job]] = {}
+        self._usage: dict[str, float] = {}  # tiles run per camera, fading with USAGE_DECAY per batch
+        self._camera_tiles: dict[str, int] = {}
         self._queued_tiles = 0
         self._wakeup = asyncio.Event()
         self._counters = _Counters()
@@ -145,7 +170,7 @@ class DynamicBatcher:
     def stats(self) -> BatcherStats:
         return BatcherStats(
             queue_depth_tiles=self._queued_tiles,
-            queued_requests=len(self._queue),
+            queued_requests=sum(len(queue) for queue in self._queues.values()),
             last_batch_size=self._counters.last_batch_size,
             batches_run=self._counters.batches_run,
             tiles_run=self._counters.tiles_run,
@@ -183,7 +208,20 @@ class DynamicBatcher:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    async def submit(self, tiles: np.ndarray, deadline: float) -> np.ndarray:
+    def check_room(self, count: int, camera: str = ANONYMOUS) -> None:
+        """Raise `QueueFull` if `count` tiles from `camera` would be refused now (call before tiling a
+        frame, so a refused frame costs no tiling memory); `submit` checks again."""
+        if not self._accepting:
+            raise BatcherStopped("the inference engine is not accepting requests")
+        own = self._camera_tiles.get(camera, 0)
+        if own and own + count > self.max_camera_tiles:
+            # Its own backlog drains at its share of every batch while others are waiting too.
+            raise QueueFull(self._retry_after(own * max(len(self._queues), 1)))
+        queue_full = self._queued_tiles and self._queued_tiles + count > self.max_queue_tiles
+        if queue_full and own + count > self._fair_share(camera):
+            raise QueueFull(self._retry_after(self._queued_tiles))
+
+    async def submit(self, tiles: np.ndarray, deadline: float, camera: str = ANONYMOUS) -> np.ndarray:
         """Probabilities [n, T, T] for tiles [n, 3, T, T]; `deadline` is a `time.monotonic()` instant.
 
         Raises:
@@ -191,15 +229,12 @@ class DynamicBatcher:
             DeadlineExceeded: the deadline passed first.
             BatcherStopped: the batcher is not accepting work.
         """
-        return (await self.submit_timed(tiles, deadline)).probs
+        return (await self.submit_timed(tiles, deadline, camera)).probs
 
-    async def submit_timed(self, tiles: np.ndarray, deadline: float) -> TileResult:
+    async def submit_timed(self, tiles: np.ndarray, deadline: float, camera: str = ANONYMOUS) -> TileResult:
         """`submit`, also reporting the request's queue and inference time."""
-        if not self._accepting:
-            raise BatcherStopped("the inference engine is not accepting requests")
         count = len(tiles)
-        if self._queued_tiles and self._queued_tiles + count > self.max_queue_tiles:
-            raise QueueFull(self._retry_after())
+        self.check_room(count, camera)
         now = time.monotonic()
         if deadline <= now:
             raise DeadlineExceeded("the deadline passed before the request was queued")
@@ -209,21 +244,27 @@ class DynamicBatcher:
             )
         job = _Job(
             tiles=tiles,
+            camera=camera,
             future=asyncio.get_running_loop().create_future(),
             deadline=deadline,
             enqueued_at=now,
             probs=np.empty((count, *tiles.shape[2:]), dtype=np.float32),
         )
-        self._queue.append(job)
+        self._queues.setdefault(camera, deque()).append(job)
+        self._camera_tiles[camera] = self._camera_tiles.get(camera, 0) + count
         self._queued_tiles += count
         self._wakeup.set()
         try:
-            # On timeout or cancellation wait_for cancels the job's future; the batcher then drops it.
+            # On timeout or cancellation wait_for cancels the job's future.
             return await asyncio.wait_for(job.future, timeout=deadline - now)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(
                 f"no result within the deadline ({(deadline - now) * 1000:.0f} ms)"
             ) from None
+        finally:
+            # Given up (deadline, client gone): its tiles leave the queue now, not when the batcher
+            # reaches them, so nobody's Retry-After counts them meanwhile.
+            self._withdraw(job)
 
     async def _serve(self) -> None:
         while await self._batch_due():
@@ -236,12 +277,12 @@ class DynamicBatcher:
 
         Returns False when draining and nothing is left.
         """
-        while not self._queue:
+        while not self._queues:
             if self._draining:
                 return False
             self._wakeup.clear()
             await self._wakeup.wait()
-        fill_by = self._queue[0].enqueued_at + self.max_wait_s
+        fill_by = min(queue[0].enqueued_at for queue in self._queues.values()) + self.max_wait_s
         while self._queued_tiles < self.max_batch and not self._draining:
             remaining = fill_by - time.monotonic()
             if remaining <= 0:
@@ -254,29 +295,72 @@ class DynamicBatcher:
         return True
 
     def _take_batch(self) -> list[_Segment]:
-        """Pop up to max_batch tiles from the head of the queue, dropping cancelled or expired jobs."""
-        now = time.monotonic()
+        """Fill a batch from the cameras with queued tiles, least recent use first, then charge their use."""
         segments: list[_Segment] = []
         room = self.max_batch
-        while self._queue and room > 0:
-            job = self._queue[0]
-            if job.future.done() or job.deadline <= now:
-                self._drop_head(job)
-                continue
-            take = min(room, job.remaining)
-            segments.append(_Segment(job, job.taken, job.taken + take))
-            job.taken += take
-            self._queued_tiles -= take
-            room -= take
-            if job.remaining == 0:
-                self._queue.popleft()
+        for camera in sorted(self._queues, key=lambda name: self._usage.get(name, 0.0)):  # stable: ties by arrival
+            if room == 0:
+                break
+            room -= self._take_from(camera, room, segments)
+        self._charge(segments)
         return segments
 
-    def _drop_head(self, job: _Job) -> None:
-        self._queue.popleft()
-        self._queued_tiles -= job.remaining
-        if not job.future.done():
-            job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+    def _charge(self, segments: list[_Segment]) -> None:
+        for camera in list(self._usage):
+            faded = self._usage[camera] * USAGE_DECAY
+            if faded < _FORGOTTEN_USAGE and camera not in self._queues:
+                del self._usage[camera]
+            else:
+                self._usage[camera] = faded
+        for segment in segments:
+            camera = segment.job.camera
+            self._usage[camera] = self._usage.get(camera, 0.0) + segment.stop - segment.start
+
+    def _take_from(self, camera: str, share: int, segments: list[_Segment]) -> int:
+        """Up to `share` tiles from the head of `camera`'s queue, dropping given-up or expired jobs."""
+        now = time.monotonic()
+        queue = self._queues[camera]
+        taken = 0
+        while queue and taken < share:
+            job = queue[0]
+            if job.future.done() or job.deadline <= now:
+                if not job.future.done():
+                    job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                self._withdraw(job)
+                continue
+            take = min(share - taken, job.remaining)
+            segments.append(_Segment(job, job.taken, job.taken + take))
+            self._count_out(job, take)
+            taken += take
+            if job.remaining == 0:
+                queue.popleft()
+        if not queue:
+            self._queues.pop(camera, None)
+        return taken
+
+    def _count_out(self, job: _Job, tiles: int) -> None:
+        job.taken += tiles
+        self._queued_tiles -= tiles
+        left = self._camera_tiles[job.camera] - tiles
+        if left:
+            self._camera_tiles[job.camera] = left
+        else:
+            del self._camera_tiles[job.camera]
+
+    def _withdraw(self, job: _Job) -> None:
+        """Take a job's untaken tiles out of the queue (idempotent: a job with none left is not queued)."""
+        if job.remaining == 0:
+            return
+        queue = self._queues.get(job.camera)
+        if queue is not None:
+            queue.remove(job)
+            if not queue:
+                del self._queues[job.camera]
+        self._count_out(job, job.remaining)
+
+    def _fair_share(self, camera: str) -> int:
+        waiting = len(self._queues) + (0 if camera in self._queues else 1)
+        return self.max_queue_tiles // waiting
 
     async def _execute(self, segments: list[_Segment]) -> None:
         started = time.monotonic()
@@ -322,16 +406,17 @@ class DynamicBatcher:
                 logger.exception("on_batch hook failed")
 
     def _fail_everything(self, error: Exception) -> None:
-        jobs = [segment.job for segment in self._counters.in_flight] + list(self._queue)
-        for job in jobs:
+        queued = [job for queue in self._queues.values() for job in queue]
+        for job in [segment.job for segment in self._counters.in_flight] + queued:
             if not job.future.done():
                 job.future.set_exception(error)
-        self._queue.clear()
-        self._queued_tiles = 0
+        for job in queued:
+            self._withdraw(job)
         self._counters.in_flight = []
 
-    def _retry_after(self) -> float:
-        batches_ahead = math.ceil(self._queued_tiles / self.max_batch)
+    def _retry_after(self, tiles_ahead: int) -> float:
+        """Seconds until `tiles_ahead` live tiles have run, at the recent time per batch (at least 1)."""
+        batches_ahead = math.ceil(tiles_ahead / self.max_batch)
         return max(1.0, math.ceil(batches_ahead * self._counters.seconds_per_batch))
 
 

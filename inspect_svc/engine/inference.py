@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspect_svc.bundle import Bundle, BundleManifest
-from inspect_svc.engine.batcher import BatcherStats, BatchHook, DynamicBatcher
+from inspect_svc.engine.batcher import ANONYMOUS, BatcherStats, BatchHook, DynamicBatcher
 from inspect_svc.engine.predictor import DEFAULT_MAX_BATCH, Predictor
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class EngineConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_ms: float = 2.0
     max_queue_tiles: int = 512
+    max_camera_tiles: int | None = None  # one camera's queue bound; None: max_queue_tiles
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ class InferenceEngine:
         return self._slot.batcher.stats if self._slot else None
 
     @property
+    def tile(self) -> int:
+        """The serving model's tile side (0 when none is loaded)."""
+        return self._slot.predictor.tile if self._slot else 0
+
+    @property
     def predictor(self) -> Predictor | None:
         return self._slot.predictor if self._slot else None
 
@@ -160,12 +166,13 @@ class InferenceEngine:
             await old_slot.batcher.stop(drain=True)
             return old_slot.predictor.version
 
-    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float) -> InferenceOutput:
+    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS) -> InferenceOutput:
         """Defect probability map of a uint8 RGB [H, W, 3] frame.
 
         Args:
             image_rgb: the decoded frame.
             deadline_s: seconds from now after which the request gives up.
+            camera: whose frame it is: the batcher shares the model fairly among cameras.
 
         Raises:
             EngineNotReady: no model is serving.
@@ -178,20 +185,25 @@ class InferenceEngine:
             raise EngineNotReady("the inference engine is not ready")
         slot.enter()
         try:
-            return await self._infer_on(slot, image_rgb, deadline)
+            return await self._infer_on(slot, image_rgb, deadline, camera)
         finally:
             slot.leave()
 
-    async def _infer_on(self, slot: _ModelSlot, image_rgb: np.ndarray, deadline: float) -> InferenceOutput:
+    async def _infer_on(
+        self, slot: _ModelSlot, image_rgb: np.ndarray, deadline: float, camera: str
+    ) -> InferenceOutput:
         predictor = slot.predictor
-        inline = image_rgb.shape[0] * image_rgb.shape[1] <= INLINE_PIXELS
+        height, width = image_rgb.shape[:2]
+        # Refused before tiling, so a camera over its share costs no tile memory.
+        slot.batcher.check_room(predictor.tile_count(height, width), camera)
+        inline = height * width <= INLINE_PIXELS
         started = time.perf_counter()
         if inline:
             tiles, plan = predictor.tile_pixels(image_rgb)
         else:
             tiles, plan = await asyncio.to_thread(predictor.tile_pixels, image_rgb)
         preprocessed = time.perf_counter()
-        result = await slot.batcher.submit_timed(tiles, deadline)
+        result = await slot.batcher.submit_timed(tiles, deadline, camera)
         inferred = time.perf_counter()
         if inline:
             prob_map = predictor.postprocess(result.probs, plan)
@@ -213,6 +225,7 @@ class InferenceEngine:
             predictor,
             max_wait_ms=self.config.max_wait_ms,
             max_queue_tiles=self.config.max_queue_tiles,
+            max_camera_tiles=self.config.max_camera_tiles,
             on_batch=self.on_batch,
         )
         await batcher.start()

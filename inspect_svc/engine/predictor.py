@@ -13,7 +13,7 @@ import numpy as np
 
 from inspect_svc.bundle import Bundle, BundleManifest
 from inspect_svc.engine.session import EngineError, create_session
-from inspect_svc.engine.tiling import TilePlan, extract_tiles, make_plan, stitch_plan
+from inspect_svc.engine.tiling import TilePlan, extract_tiles, make_plan, stitch_plan, tile_starts
 
 DEFAULT_MAX_BATCH = 16
 
@@ -84,6 +84,11 @@ class Predictor:
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    def tile_count(self, height: int, width: int) -> int:
+        """How many tiles a `height` x `width` frame is cut into (nothing is allocated)."""
+        overlap = self.manifest.tiling.overlap
+        return len(tile_starts(height, self.tile, overlap)) * len(tile_starts(width, self.tile, overlap))
 
     def tile_pixels(self, image_rgb: np.ndarray) -> tuple[np.ndarray, TilePlan]:
         """Cut a uint8 RGB [H, W, 3] frame into raw uint8 tiles [n, 3, T, T], not yet normalised.

@@ -1,5 +1,6 @@
-"""`inspect-svc serve` in a subprocess, for the tests that need a real server: signals, restarts,
-file-size limits. Its output is read through a pipe, so a limit set on the process never stops its logs."""
+"""Real servers for the tests that need sockets: `inspect-svc serve` in a subprocess (signals, restarts,
+file-size limits; its output is read through a pipe, so a limit set on the process never stops its logs),
+and a uvicorn serving an ASGI app in a background thread."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 REPOSITORY = Path(__file__).parents[2]
 
@@ -83,3 +87,20 @@ class LiveServer:
         assert process.stdout is not None
         for line in process.stdout:
             self.lines.append(line.rstrip("\n"))
+@contextmanager
+def live_server(app: object, **config: object) -> Iterator[tuple[str, int]]:
+    """Serve `app` until the block ends; yields (host, port). Extra keywords go to `uvicorn.Config`."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
