@@ -35,8 +35,8 @@ from inspect_svc.notify import Notifier, build_publishers
 from inspect_svc.service import ServiceState, ServiceUnavailable, StorageUnwritable, store_spooled
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
-from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.blobstore import BlobStoreUnavailable, open_blob_store
+from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory
 from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.spool import ResultSpool, SpoolReplayer

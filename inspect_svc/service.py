@@ -43,8 +43,8 @@ from inspect_svc.schemas import (
 from inspect_svc.security import hash_api_key
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
-from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage
+from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
 from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.models import utc_now

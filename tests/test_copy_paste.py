@@ -82,7 +82,7 @@ def test_sampler_pastes_into_every_crop_at_share_one() -> None:
 def test_sampler_without_copy_paste_is_unchanged() -> None:
     plain = CropSampler(_labeled(), 32, (0.5,) * 3, (0.25,) * 3, seed=0)
     off = CropSampler(_labeled(), 32, (0.5,) * 3, (0.25,) * 3, seed=0, copy_paste=0.0)
-    for (a, ma), (b, mb) in zip((plain.batch(8), plain.batch(8)), (off.batch(8), off.batch(8))):
+    for (a, ma), (b, mb) in zip((plain.batch(8), plain.batch(8)), (off.batch(8), off.batch(8)), strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(ma.numpy(), mb.numpy())
 

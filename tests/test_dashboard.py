@@ -393,6 +393,14 @@ def test_queue_rows_carry_thumbnails_and_frame_ids(world, client):
     assert client.get("/dashboard/inspections/nope/thumb.jpg").status_code == 404
 
 
+def test_thumbnail_of_a_frame_whose_file_is_gone_is_a_404(world, client):
+    item = add_inspection(world, score=0.9)
+    world.blobs.path(item.image_key).unlink()
+    log_in(client, "vera")
+    reply = client.get(f"/dashboard/inspections/{item.id}/thumb.jpg")
+    assert reply.status_code == 404 and "missing" in reply.json()["detail"]
+
+
 def test_thumbnail_of_a_large_jpeg_is_decoded_reduced_and_keeps_its_aspect_ratio():
     left_dark = np.full((1500, 3000, 3), 200, np.uint8)
     left_dark[:, :1500] = 40
@@ -426,7 +434,7 @@ def test_stats_page_charts_defect_rate_and_measures_precision(world, client):
     flagged = [add_inspection(world, score=0.9, minutes=minute, line="line-a") for minute in (0, 5, 70)]
     add_inspection(world, score=0.1, minutes=10, line="line-b")
     csrf = log_in(client, "rita")
-    for item, verdict in zip(flagged, ("confirm", "confirm", "reject")):
+    for item, verdict in zip(flagged, ("confirm", "confirm", "reject"), strict=True):
         client.post(f"/dashboard/inspections/{item.id}/review", data={"verdict": verdict, "csrf_token": csrf})
     page = client.get("/dashboard/stats")
     assert page.status_code == 200

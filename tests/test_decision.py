@@ -77,11 +77,11 @@ def test_synthetic_defects_on_validation_normals() -> None:
     pieces = cut_defect_pieces([defect_image], [defect_mask])
     images, masks = synthetic_defects(normals, pieces, seed=0)
     assert len(images) >= 12 and all(m.any() for m in masks)
-    assert all(i.shape == n.shape for i, n in zip(images, [normals[0]] * (len(images) // 2) + [normals[1]] * (len(images) // 2)))
+    assert all(i.shape == n.shape for i, n in zip(images, [normals[0]] * (len(images) // 2) + [normals[1]] * (len(images) // 2), strict=True))
     # Outside its mask a synthetic defect leaves the clean image as it was.
     assert np.array_equal(images[0][~masks[0]], normals[0][~masks[0]])
     again, _ = synthetic_defects(normals, pieces, seed=0)
-    assert all(np.array_equal(a, b) for a, b in zip(images, again))
+    assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
 
 
 def test_default_top_pixels_follow_the_tile() -> None:

@@ -186,7 +186,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_results():
         return runner, sizes, counts, results, batcher.stats
 
     runner, sizes, counts, results, stats = asyncio.run(scenario())
-    for index, (count, probs) in enumerate(zip(counts, results)):
+    for index, (count, probs) in enumerate(zip(counts, results, strict=True)):
         assert probs.shape == (count, 4, 4)
         assert np.all(probs == index * 2.0)
     assert sum(runner.batch_sizes) == sum(counts) == stats.tiles_run
@@ -481,7 +481,7 @@ def test_engine_infers_reports_timings_and_refuses_when_stopped(bundle):
         return (small, large), outputs
 
     images, outputs = asyncio.run(scenario())
-    for image, output in zip(images, outputs):
+    for image, output in zip(images, outputs, strict=True):
         np.testing.assert_allclose(output.prob_map, reference_probability(image), atol=1e-5)
         assert output.model_version == "test-1" and output.manifest.tiling.tile == TILE
         assert {"preprocess_ms", "queue_ms", "inference_ms", "postprocess_ms"} <= output.timings.keys()

@@ -106,7 +106,7 @@ def test_an_auroc_drop_beyond_tolerance_is_refused() -> None:
     report = VariantReport(precision="int8", method="static", max_abs_diff=0.01, mean_abs_diff=0.001,
                            fp32_ms_per_batch=2.0, variant_ms_per_batch=1.0, batch=8, threads=2,
                            pixel_auroc_fp32=0.98, pixel_auroc_variant=0.98 - 2 * MAX_AUROC_DROP)
-    with pytest.raises(UserError, match="pixel AUROC drops by 0.0200"):
+    with pytest.raises(UserError, match=r"pixel AUROC drops by 0\.0200"):
         check_tolerance(report)
     check_tolerance(VariantReport(**{**report.__dict__, "pixel_auroc_variant": 0.98 - MAX_AUROC_DROP / 2}))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,10 +18,10 @@ from tests.conftest import add_camera, make_settings, png_bytes
 class FlakyReceiver(BaseHTTPRequestHandler):
     """Answers 503 to the first POST and 204 afterwards; records the bodies it accepted."""
 
-    accepted: list[dict] = []
+    accepted: ClassVar[list[dict]] = []
     attempts = 0
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).attempts += 1
         if type(self).attempts == 1:

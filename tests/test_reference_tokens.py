@@ -76,7 +76,7 @@ def test_split_attention_equals_the_masked_formulation(model_kwargs: dict) -> No
     for name in ("cls", "refs", "patches"):
         torch.testing.assert_close(getattr(split, name), getattr(masked, name), atol=2e-5, rtol=1e-5)
     assert len(split_grads) == len(masked_grads) > 0
-    for a, b in zip(split_grads, masked_grads):
+    for a, b in zip(split_grads, masked_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

@@ -72,7 +72,7 @@ def test_unreachable_store_and_wrong_secret_are_unavailable_not_crashes(tmp_path
     if not s3_server.started_here:
         pytest.skip("the S3 server was already running: its credentials are not known to be enforced")
     wrong = s3_store(tmp_path, s3_overrides, s3_secret_key="not-the-secret")
-    with pytest.raises(BlobStoreUnavailable, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+    with pytest.raises(BlobStoreUnavailable, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
         wrong.put(b"frame")
 
 

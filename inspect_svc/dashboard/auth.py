@@ -22,7 +22,12 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from inspect_svc.dashboard.deps import TEMPLATES, AppSettings, DbSession
-from inspect_svc.dashboard.login_guard import LOGIN_FORM_TTL_S, LoginGuard, get_login_guard, retry_after_header
+from inspect_svc.dashboard.login_guard import (
+    LOGIN_FORM_TTL_S,
+    LoginGuard,
+    get_login_guard,
+    retry_after_header,
+)
 from inspect_svc.schemas import SessionPublic
 from inspect_svc.security import tokens_match
 from inspect_svc.settings import Settings

@@ -24,6 +24,7 @@ from inspect_svc.review_export import export_to_zip
 from inspect_svc.schemas import ReviewCreate, ReviewVerdict
 from inspect_svc.storage import repositories
 from inspect_svc.storage.blob_responses import blob_response
+from inspect_svc.storage.blobstore import BlobNotFound
 
 router = APIRouter(prefix="/dashboard")
 

@@ -130,7 +130,7 @@ def stitch(
     weighted_sum = np.zeros((padded_h, padded_w), dtype=np.float32)
     weight_total = np.zeros((padded_h, padded_w), dtype=np.float32)
     window = blend_weights(tile, overlap)
-    for tile_map, box in zip(tile_probs, boxes):
+    for tile_map, box in zip(tile_probs, boxes, strict=True):
         rows = slice(box.top, box.top + tile)
         cols = slice(box.left, box.left + tile)
         weighted_sum[rows, cols] += window * tile_map

@@ -31,17 +31,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import (  # noqa: E402
+from tests.bench.run_split import (
     fused_and_branches,
     load_hybrid_run,
     predictor_of,
     rebuild_split,
     run_split_parser,
 )
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.evaluate import metrics_by_group  # noqa: E402
-from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
-from training.models import anomaly as anomaly_module  # noqa: E402
+from training.data.labeled import load_labeled_set
+from training.evaluate import metrics_by_group
+from training.finetune import add_anomaly_branch, load_images_with_masks
+from training.models import anomaly as anomaly_module
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +78,7 @@ def main() -> None:
     args = parse_args()
     run = load_hybrid_run(args.run, "rebuilds a hybrid's anomaly branch")
     config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
-    normal_train = [image for image, mask in zip(train.images, train.masks) if not mask.any()]
+    normal_train = [image for image, mask in zip(train.images, train.masks, strict=True) if not mask.any()]
     types = {t for t in args.only_types.split(",") if t}
     test = load_images_with_masks([s for s in load_labeled_set(args.test).samples
                                    if not s.defective or not types or types & set(s.defect_types)])

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from training.hybrid import InspectionModel, load_run  # noqa: E402
-from training.models.anomaly import AnomalyHead, TileRetrievalScorer  # noqa: E402
-from training.models.segmentation import SegmentationHead  # noqa: E402
+from training.hybrid import InspectionModel, load_run
+from training.models.anomaly import AnomalyHead, TileRetrievalScorer
+from training.models.segmentation import SegmentationHead
 
 
 def parse_args() -> argparse.Namespace:

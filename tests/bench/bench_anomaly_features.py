@@ -26,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from inspect_svc.engine.tiling import extract_tiles, plan_tiles  # noqa: E402
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.finetune import load_images_with_masks  # noqa: E402
-from training.fit_normal import holdout_split  # noqa: E402
-from training.hybrid import TorchPredictor, default_overlap, load_run, normalise_image  # noqa: E402
-from training.metrics import aupro, auroc, image_scores  # noqa: E402
-from training.models.anomaly import AnomalyHead, greedy_coreset  # noqa: E402
-from training.models.segmentation import SegmentationHead, vit_feature_maps  # noqa: E402
+from inspect_svc.engine.tiling import extract_tiles, plan_tiles
+from training.data.labeled import load_labeled_set
+from training.finetune import load_images_with_masks
+from training.fit_normal import holdout_split
+from training.hybrid import TorchPredictor, default_overlap, load_run, normalise_image
+from training.metrics import aupro, auroc, image_scores
+from training.models.anomaly import AnomalyHead, greedy_coreset
+from training.models.segmentation import SegmentationHead, vit_feature_maps
 
 STAGES = ("enc_full", "enc_half", "enc_quarter", "fuse_quarter", "dec_half", "dec_full")
 MAX_ROWS = 60_000
@@ -141,7 +141,7 @@ def main() -> None:
                 branch = stage_branch(run_forward, features, stage, stride, normal, predictor, args)
                 maps = [predictor.predict_outputs(img, partial(_probability, run_forward, features, stage, branch))[0]
                         for img in test.images]
-                fused = [1 - (1 - h) * (1 - a) for h, a in zip(head_maps, maps)]
+                fused = [1 - (1 - h) * (1 - a) for h, a in zip(head_maps, maps, strict=True)]
                 name = f"{label} {stage}" + (f" stride {stride}" if stride > 1 else "")
                 results[name] = score(maps, test.masks)
                 results[f"{name} + head"] = score(fused, test.masks)

@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from training.data.demo import generate_demo_data  # noqa: E402
-from training.data.textures import UFOAI_TEXTURE_ARCHIVE  # noqa: E402
-from training.models.backbone import create_vit, save_backbone  # noqa: E402
-from training.pretrain import run_pretrain  # noqa: E402
-from training.pretrain_config import PretrainConfig  # noqa: E402
-from training.probe import dense_probe  # noqa: E402
+from training.data.demo import generate_demo_data
+from training.data.textures import UFOAI_TEXTURE_ARCHIVE
+from training.models.backbone import create_vit, save_backbone
+from training.pretrain import run_pretrain
+from training.pretrain_config import PretrainConfig
+from training.probe import dense_probe
 
 OBJECTIVES = ("densedino", "densedino-crr", "dino")
 

@@ -48,7 +48,7 @@ def run_plain(predictor: Predictor, batch: np.ndarray) -> None:
 
 def make_bound_runner(predictor: Predictor, batch: np.ndarray):
     """A zero-argument callable running `batch` with input and output bound on the CUDA device."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     session = predictor.session
     device_input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)

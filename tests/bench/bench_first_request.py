@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from inspect_svc.main import create_app  # noqa: E402
-from inspect_svc.settings import Settings  # noqa: E402
+from inspect_svc.main import create_app
+from inspect_svc.settings import Settings
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split  # noqa: E402
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.finetune import add_anomaly_branch, load_images_with_masks  # noqa: E402
-from training.hybrid import RunModel, TorchPredictor  # noqa: E402
-from training.metrics import auroc  # noqa: E402
+from tests.bench.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split
+from training.data.labeled import load_labeled_set
+from training.finetune import add_anomaly_branch, load_images_with_masks
+from training.hybrid import RunModel, TorchPredictor
+from training.metrics import auroc
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +61,7 @@ def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchP
     setting = replace(config, anomaly_features=anomaly.source, anomaly_stride=anomaly.stride,
                       anomaly_context=anomaly.context, neighbour_tiles=anomaly.config["neighbour_tiles"],
                       bank_size=args.bank_size)
-    normal = [(s.line, image) for s, image, mask in zip(train.samples, train.images, train.masks)
+    normal = [(s.line, image) for s, image, mask in zip(train.samples, train.images, train.masks, strict=True)
               if not mask.any()]
     predictors = {}
     for line in sorted({line for line, _ in normal}):
@@ -94,7 +94,7 @@ def main() -> None:
     print("Cells: mean probability inside / outside the defect / the frame's own pixel AUROC.\n")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for sample, image, mask in zip(test.samples, test.images, test.masks):
+    for sample, image, mask in zip(test.samples, test.images, test.masks, strict=True):
         defect = mask.astype(bool)
         fused, head, anomaly = predictor.predict_outputs(image, partial(fused_and_branches, run.model))
         row = (f"| {sample.stem} | {', '.join(sample.defect_types)} | {defect.mean():.2f} "

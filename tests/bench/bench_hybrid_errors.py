@@ -21,23 +21,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import load_hybrid_run, predictor_of  # noqa: E402
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.evaluate import metrics_by_group  # noqa: E402
-from training.finetune import LabeledImages, load_images_with_masks  # noqa: E402
-from training.hybrid import TorchPredictor, fuse_branches  # noqa: E402
+from tests.bench.run_split import load_hybrid_run, predictor_of
+from training.data.labeled import load_labeled_set
+from training.evaluate import metrics_by_group
+from training.finetune import LabeledImages, load_images_with_masks
+from training.hybrid import TorchPredictor, fuse_branches
 
 Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
 
 
 def loss_shares(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per image, its share of 1 − pixel AUROC as misses and as false alarms (each side sums to 1 − AUROC)."""
-    normal = np.sort(np.concatenate([m[~k] for m, k in zip(maps, masks)]))
-    defect = np.sort(np.concatenate([m[k] for m, k in zip(maps, masks)]))
+    normal = np.sort(np.concatenate([m[~k] for m, k in zip(maps, masks, strict=True)]))
+    defect = np.sort(np.concatenate([m[k] for m, k in zip(maps, masks, strict=True)]))
     misses = np.array([(1 - np.searchsorted(normal, m[k], side="right") / normal.size).sum() / defect.size
-                       for m, k in zip(maps, masks)])
+                       for m, k in zip(maps, masks, strict=True)])
     alarms = np.array([(np.searchsorted(defect, m[~k], side="left") / defect.size).sum() / normal.size
-                       for m, k in zip(maps, masks)])
+                       for m, k in zip(maps, masks, strict=True)])
     return misses, alarms
 
 

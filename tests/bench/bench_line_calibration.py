@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.run_split import predictor_of, rebuild_split, run_split_parser  # noqa: E402
-from training.data.labeled import load_labeled_set  # noqa: E402
-from training.finetune import load_images_with_masks  # noqa: E402
-from training.hybrid import load_run  # noqa: E402
-from training.metrics import aupro, auroc, image_scores  # noqa: E402
+from tests.bench.run_split import predictor_of, rebuild_split, run_split_parser
+from training.data.labeled import load_labeled_set
+from training.finetune import load_images_with_masks
+from training.hybrid import load_run
+from training.metrics import aupro, auroc, image_scores
 
 EPS = 1e-6
 LOGIT_AT_LOW = float(np.log(0.05 / 0.95))
@@ -54,7 +54,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def normal_pixels(maps: list[np.ndarray], masks: list[np.ndarray], margin: int) -> np.ndarray:
     kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
-    parts = [m[cv2.dilate(k.astype(np.uint8), kernel) == 0] for m, k in zip(maps, masks)]
+    parts = [m[cv2.dilate(k.astype(np.uint8), kernel) == 0] for m, k in zip(maps, masks, strict=True)]
     return np.concatenate(parts) if parts else np.empty(0, np.float32)
 
 
@@ -86,7 +86,7 @@ def per_line(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str]) 
 
 
 def remapped(maps: list[np.ndarray], lines: list[str], remaps: dict[str, tuple[float, float]]) -> list[np.ndarray]:
-    return [apply_remap(m, remaps[line]) for m, line in zip(maps, lines)]
+    return [apply_remap(m, remaps[line]) for m, line in zip(maps, lines, strict=True)]
 
 
 def line_remaps(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str], margin: int,

@@ -17,16 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, no install needed
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from training.distributed import DistributedContext, resolve_device  # noqa: E402
-from training.models.self_distillation import compile_blocks  # noqa: E402
-from training.pretrain import Trainer, _batches  # noqa: E402
-from training.pretrain_config import PretrainConfig  # noqa: E402
-from training.pretrain_step import train_step  # noqa: E402
+from training.distributed import DistributedContext, resolve_device
+from training.models.self_distillation import compile_blocks
+from training.pretrain import Trainer, _batches
+from training.pretrain_config import PretrainConfig
+from training.pretrain_step import train_step
 
 
 def parse_args() -> argparse.Namespace:

@@ -155,7 +155,7 @@ def alternate_latency(file_replica: Replica, s3_replica: Replica, keys: tuple[st
     run = uuid.uuid4().hex[:8]
     with httpx.Client(timeout=180.0) as client:
         for index in range(requests + 3):
-            for side, (replica, key) in enumerate(zip((file_replica, s3_replica), keys)):
+            for side, (replica, key) in enumerate(zip((file_replica, s3_replica), keys, strict=True)):
                 sent = time.perf_counter()
                 response = client.post(
                     f"{replica.url}/inspect", content=body, params={"frame_id": f"{run}-{side}-{index}"},

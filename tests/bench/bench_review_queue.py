@@ -137,7 +137,7 @@ def review_rows(data: Generated, seed: int) -> list[tuple[object, ...]]:
     verdicts = np.random.default_rng(seed + 1).choice(["confirm", "reject"], len(reviewed), p=[0.7, 0.3])
     return [
         (data.ids[i], str(verdict), data.created[i] + timedelta(hours=1))
-        for i, verdict in zip(reviewed, verdicts)
+        for i, verdict in zip(reviewed, verdicts, strict=True)
     ]
 
 
@@ -185,7 +185,7 @@ def _bind_processors(engine: Engine, table: str, columns: list[str]) -> list[Cal
 
 
 def _processed(row: tuple[object, ...], processors: list[Callable | None]) -> tuple[object, ...]:
-    return tuple(process(value) if process else value for value, process in zip(row, processors))
+    return tuple(process(value) if process else value for value, process in zip(row, processors, strict=True))
 
 
 def _chunks(rows: Iterable[tuple[object, ...]], size: int) -> Iterator[list[tuple[object, ...]]]:
@@ -207,7 +207,7 @@ def fill(engine: Engine, rows: int, seed: int) -> None:
         table: secondary_indexes(engine, table) for table in ("inspections", "reviews", "defect_regions")
     }
     with engine.begin() as connection:
-        for table, table_indexes in indexes.items():
+        for table_indexes in indexes.values():
             for name, _, unique in table_indexes:
                 if not unique:
                     connection.execute(text(f"DROP INDEX {name}"))
