@@ -14,8 +14,6 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from inspect_svc.bundle import BundleError
 from inspect_svc.schemas import CameraCreate, UserCreate
@@ -24,7 +22,14 @@ from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.blobstore import BlobStoreUnavailable
-from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory, session_scope
+from inspect_svc.storage.db import (
+    UNAVAILABLE_ERRORS,
+    IntegrityError,
+    Session,
+    make_engine,
+    make_session_factory,
+    session_scope,
+)
 
 DEMO_PART = "demo/part.png"  # the shipped defective part, relative to the repository root
 
@@ -262,7 +267,7 @@ def model_add(
     """Verify a bundle, publish it to the blob store (so every replica can fetch it) and register its version."""
     from inspect_svc.bundle_store import publish_bundle
     from inspect_svc.model_manager import open_bundle
-    from inspect_svc.storage.blobstore import open_blob_store
+    from inspect_svc.storage.blob_factory import open_blob_store
 
     settings = load_settings(db)
     loaded = open_bundle(bundle, settings)

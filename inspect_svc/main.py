@@ -20,7 +20,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inspect_svc import __version__, imaging
+from inspect_svc import __version__, dashboard, imaging
 from inspect_svc.api import ROUTERS, errors
 from inspect_svc.dashboard.deps import TEMPLATES
 from inspect_svc.engine.admission import PixelsInFlight
@@ -35,7 +35,8 @@ from inspect_svc.notify import Notifier, build_publishers
 from inspect_svc.service import ServiceState, ServiceUnavailable, StorageUnwritable, store_spooled
 from inspect_svc.settings import Settings
 from inspect_svc.storage import migrations
-from inspect_svc.storage.blobstore import BlobStoreUnavailable, open_blob_store
+from inspect_svc.storage.blob_factory import open_blob_store
+from inspect_svc.storage.blobstore import BlobStoreUnavailable
 from inspect_svc.storage.camera_keys import KnownCameraKeys
 from inspect_svc.storage.db import UNAVAILABLE_ERRORS, make_engine, make_session_factory
 from inspect_svc.storage.frame_index import AcknowledgedFrames
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in ROUTERS:
+    for router in (*ROUTERS, dashboard.router):
         app.include_router(router)
     _add_error_handlers(app, metrics)
     errors.install(app)

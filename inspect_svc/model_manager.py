@@ -14,7 +14,6 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc.bundle import Bundle, BundleError, load_bundle
 from inspect_svc.bundle_store import BundleNotStored, fetch_bundle, publish_bundle
@@ -25,7 +24,7 @@ from inspect_svc.schemas import ModelVersionPublic
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.blobstore import BlobStorage
-from inspect_svc.storage.db import session_scope
+from inspect_svc.storage.db import SessionFactory, session_scope
 
 
 class ModelNotFound(LookupError):
@@ -68,7 +67,7 @@ class ModelManager:
     def __init__(
         self,
         settings: Settings,
-        sessions: sessionmaker[Session],
+        sessions: SessionFactory,
         *,
         on_batch: BatchHook | None,
         blobs: BlobStorage | None = None,

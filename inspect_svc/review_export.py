@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,14 +24,15 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
-from inspect_svc.storage.db import make_engine, make_session_factory
-from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
+from inspect_svc.storage.db import Session
+from inspect_svc.storage.reviewed_set import (
+    ReviewedInspection,
+    ReviewsUnreadable,
+    latest_reviewed,
+    reviews_session,
+)
 
 MANIFEST_NAME = "manifest.json"
 # The labeled layout's optional per-image facts (read by training's labeled-set reader): the line of
@@ -123,28 +123,6 @@ class ZipSink:
         self.archive.writestr(relative_path, data, compress_type=compression)
 
 
-@dataclass(frozen=True)
-class _Reviewed:
-    inspection: InspectionDB
-    review: ReviewDB
-    reviewer: str | None
-
-
-def _latest_reviews(session: Session) -> Iterator[_Reviewed]:
-    """Each reviewed inspection with its latest review, oldest inspection first."""
-    latest = select(func.max(ReviewDB.id).label("review_id")).group_by(ReviewDB.inspection_id).subquery()
-    statement = (
-        select(InspectionDB, ReviewDB, UserDB.username)
-        .join(ReviewDB, ReviewDB.inspection_id == InspectionDB.id)
-        .join(latest, latest.c.review_id == ReviewDB.id)
-        .outerjoin(UserDB, UserDB.id == ReviewDB.reviewer_id)
-        .order_by(InspectionDB.created_at, InspectionDB.id)
-        .execution_options(yield_per=200)
-    )
-    for inspection, review, username in session.execute(statement):
-        yield _Reviewed(inspection, review, username)
-
-
 def thresholded_png(png: bytes, threshold: float) -> np.ndarray:
     """Pixels of an 8-bit grey PNG whose value / 255 reaches `threshold`.
 
@@ -162,19 +140,18 @@ def _mask_png(defect: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _label_for(entry: _Reviewed, blobs: BlobStorage) -> tuple[bytes | None, str] | str:
+def _label_for(entry: ReviewedInspection, blobs: BlobStorage) -> tuple[bytes | None, str] | str:
     """(mask PNG or None, mask source), or the reason the inspection cannot be exported."""
-    review, inspection = entry.review, entry.inspection
-    if review.mask_key is not None and review.verdict != "reject":
-        corrected = thresholded_png(blobs.read(review.mask_key), 0.5)
+    if entry.mask_key is not None and entry.verdict != "reject":
+        corrected = thresholded_png(blobs.read(entry.mask_key), 0.5)
         if not corrected.any():
             return "the corrected mask is empty although the verdict says there is a defect"
         return _mask_png(corrected), "corrected"
-    if review.verdict == "reject":
+    if entry.verdict == "reject":
         return None, "none"
-    if review.verdict == "missed":
+    if entry.verdict == "missed":
         return "missed defect without a corrected mask: nobody drew where the defect is"
-    predicted = thresholded_png(blobs.read(inspection.map_key), inspection.pixel_threshold)
+    predicted = thresholded_png(blobs.read(entry.map_key), entry.pixel_threshold)
     if not predicted.any():
         return "confirmed defect, but no pixel reaches the recorded threshold: correct the mask to export it"
     return _mask_png(predicted), "predicted"
@@ -183,36 +160,35 @@ def _label_for(entry: _Reviewed, blobs: BlobStorage) -> tuple[bytes | None, str]
 def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSink) -> Manifest:
     """Write every reviewed inspection to `sink` in the labeled layout, then the manifest."""
     manifest = Manifest(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    for entry in _latest_reviews(session):
-        inspection, review = entry.inspection, entry.review
+    for entry in latest_reviewed(session):
         try:
             label = _label_for(entry, blobs)
-            image_bytes = blobs.read(inspection.image_key)
+            image_bytes = blobs.read(entry.image_key)
         except (BlobNotFound, OSError) as error:
             label = f"a stored file is missing or unreadable: {error}"
         if isinstance(label, str):
-            manifest.skipped.append(SkippedItem(inspection.id, review.verdict, label))
+            manifest.skipped.append(SkippedItem(entry.inspection_id, entry.verdict, label))
             continue
         mask_bytes, source = label
-        image_path = f"images/{inspection.id}{IMAGE_EXTENSIONS.get(inspection.image_media_type, '.png')}"
-        mask_path = f"masks/{inspection.id}.png" if mask_bytes is not None else None
+        image_path = f"images/{entry.inspection_id}{IMAGE_EXTENSIONS.get(entry.image_media_type, '.png')}"
+        mask_path = f"masks/{entry.inspection_id}.png" if mask_bytes is not None else None
         sink.write(image_path, image_bytes)
         if mask_path is not None and mask_bytes is not None:
             sink.write(mask_path, mask_bytes)
         manifest.items.append(
             ExportedItem(
-                inspection_id=inspection.id,
+                inspection_id=entry.inspection_id,
                 image=image_path,
                 mask=mask_path,
                 mask_source=source,
-                verdict=review.verdict,
+                verdict=entry.verdict,
                 reviewer=entry.reviewer,
-                reviewed_at=review.created_at.isoformat(timespec="seconds"),
-                review_id=review.id,
-                model_version=inspection.model_version,
-                camera_id=inspection.camera_id,
-                line=inspection.line,
-                pixel_threshold=inspection.pixel_threshold,
+                reviewed_at=entry.reviewed_at.isoformat(timespec="seconds"),
+                review_id=entry.review_id,
+                model_version=entry.model_version,
+                camera_id=entry.camera_id,
+                line=entry.line,
+                pixel_threshold=entry.pixel_threshold,
             )
         )
     labels = {"samples": {item.inspection_id: {"line": item.line} for item in manifest.items if item.line}}
@@ -229,21 +205,11 @@ def export_to_directory(database_url: str, blob_root: Path, out: Path) -> Manife
     """
     if not blob_root.is_dir():
         raise ExportError(f"blob store {blob_root} does not exist; pass the service's data directory")
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).is_file()):
-        raise ExportError(f"SQLite database {url.database} does not exist")
-    engine = make_engine(database_url)
     try:
-        with make_session_factory(engine)() as session:
-            try:
-                session.execute(select(ReviewDB.id).limit(1))
-            except SQLAlchemyError as error:
-                raise ExportError(
-                    f"cannot read reviews from {url.render_as_string()}: {error.orig or error}"
-                ) from None
+        with reviews_session(database_url) as session:
             return write_reviewed_dataset(session, BlobStore(blob_root), DirectorySink(out))
-    finally:
-        engine.dispose()
+    except ReviewsUnreadable as error:
+        raise ExportError(str(error)) from None
 
 
 def export_to_zip(session: Session, blobs: BlobStorage, target: io.BufferedIOBase | Path) -> Manifest:

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc import imaging
-from inspect_svc.bundle import Thresholds
+from inspect_svc.bundle import Thresholds, utc_now
 from inspect_svc.engine import regions as region_ops
 from inspect_svc.metrics import ServiceMetrics
 from inspect_svc.model_follower import ActiveModelFollower
@@ -45,9 +43,8 @@ from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories as repo
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage
 from inspect_svc.storage.camera_keys import KnownCameraKeys
-from inspect_svc.storage.db import UNAVAILABLE_ERRORS, session_scope
+from inspect_svc.storage.db import UNAVAILABLE_ERRORS, Engine, Session, SessionFactory, ping, session_scope
 from inspect_svc.storage.frame_index import AcknowledgedFrames
-from inspect_svc.storage.models import utc_now
 from inspect_svc.storage.spool import ResultSpool, SpoolFull, SpoolReplayer
 from inspect_svc.storage.write_health import LOCAL_WRITE_ERRORS, WriteHealth
 
@@ -108,7 +105,7 @@ class ServiceState:
 
     settings: Settings
     db: Engine
-    sessions: sessionmaker[Session]
+    sessions: SessionFactory
     blobs: BlobStorage
     spool: ResultSpool
     replayer: SpoolReplayer
@@ -137,13 +134,9 @@ class ServiceState:
         return await asyncio.to_thread(in_session)
 
     async def database_reachable(self) -> bool:
-        def ping() -> bool:
-            with self.db.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
         try:
-            return await asyncio.wait_for(asyncio.to_thread(ping), timeout=2.0)
+            await asyncio.wait_for(asyncio.to_thread(ping, self.db), timeout=2.0)
+            return True
         except (*UNAVAILABLE_ERRORS, asyncio.TimeoutError):
             return False
 
@@ -417,7 +410,7 @@ class ServiceState:
 
 
 
-def store_spooled(sessions: sessionmaker[Session], record: InspectionCreate) -> bool:
+def store_spooled(sessions: SessionFactory, record: InspectionCreate) -> bool:
     """The replayer's writer (worker thread): insert a spooled record; a frame already stored is left as is."""
     with session_scope(sessions) as session:
         if repo.insert_inspection(session, inspection=record):

@@ -14,15 +14,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from inspect_svc.dashboard import queries
 from inspect_svc.dashboard.auth import SESSION_COOKIE
-from inspect_svc.dashboard.queries import Cursor, QueueFilters
 from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.schemas import CameraCreate
 from inspect_svc.security import hash_api_key, new_api_key
 from inspect_svc.storage import repositories
+from inspect_svc.storage import review_queue as queries
 from inspect_svc.storage.db import session_scope
 from inspect_svc.storage.models import ReviewDB
+from inspect_svc.storage.review_queue import Cursor, QueueFilters
 from tests.utils.reviews import (
     BASE_TIME,
     CSRF_FIELD,

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from inspect_svc.bundle import BundleError
 from inspect_svc.bundle_store import fetch_bundle, publish_bundle
 from inspect_svc.main import create_app
-from inspect_svc.storage.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable, open_blob_store
+from inspect_svc.storage.blob_factory import open_blob_store
+from inspect_svc.storage.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable
 from inspect_svc.storage.db import make_engine
 from inspect_svc.storage.s3blobs import S3BlobStore
 from tests.conftest import ADMIN, add_camera, make_settings, png_bytes

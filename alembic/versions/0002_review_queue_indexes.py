@@ -1,6 +1,6 @@
 """Review-queue indexes: one composite index per (filter, sort) pair the queue offers.
 
-The queue (`inspect_svc.dashboard.queries`) sorts by (score, id) or (created_at, id), descending, and
+The queue (`inspect_svc.storage.review_queue`) sorts by (score, id) or (created_at, id), descending, and
 pages by keyset; an operator may narrow it by verdict, line, camera or model version. An index on
 (filter column, sort column, id) hands the planner each page as a short range scan, whatever the
 page's depth. Date ranges ride on the created_at indexes. The single-column indexes of 0001 are

@@ -1,11 +1,13 @@
-"""The HTTP API. `ROUTERS` is everything `create_app` mounts; a new router is added here, and only here."""
+"""The JSON API. `ROUTERS` are its routers; a new one is added here, and only here.
+
+`create_app` mounts them, then the dashboard's router: the API does not know the dashboard.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from inspect_svc.api import cameras, health, inspect, inspections, lines, models
-from inspect_svc.dashboard import router as dashboard_router
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -14,5 +16,4 @@ ROUTERS: list[APIRouter] = [
     models.router,
     lines.router,
     cameras.router,
-    dashboard_router,
 ]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from sqlalchemy.exc import IntegrityError
 
 from inspect_svc.api.deps import AdminDep, ServiceDep
 from inspect_svc.api.errors import COMMON_ERRORS, error_responses
 from inspect_svc.schemas import CameraCreate, CameraPublic, CameraWithKey
 from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.storage import repositories as repo
+from inspect_svc.storage.db import IntegrityError
 
 router = APIRouter(
     prefix="/cameras",

@@ -7,17 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
 from inspect_svc.bundle import BundleError
-from inspect_svc.dashboard import queries
 from inspect_svc.dashboard.auth import Admin, Viewer, page_context
 from inspect_svc.dashboard.deps import TEMPLATES, DbSession
-from inspect_svc.dashboard.stats import precision_by_model
 from inspect_svc.model_manager import ModelNotFound
 from inspect_svc.schemas import CameraCreate, SessionPublic, UserCreate
 from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.storage import repositories
+from inspect_svc.storage.db import Session
+from inspect_svc.storage.review_stats import precision_by_model
 
 router = APIRouter(prefix="/dashboard")
 
@@ -110,7 +109,7 @@ def _admin_page(
     request: Request, login: SessionPublic, db: Session, *, status_code: int = 200, **values: object
 ) -> HTMLResponse:
     context = page_context(
-        login, "admin", users=queries.list_users(db), cameras=repositories.list_cameras(db), **values
+        login, "admin", users=repositories.list_users(db), cameras=repositories.list_cameras(db), **values
     )
     return TEMPLATES.TemplateResponse(request, "admin.html", context, status_code=status_code)
 
@@ -141,7 +140,7 @@ def add_user(
         user = UserCreate(username=username, password=password, role=role)  # type: ignore[arg-type]
     except ValidationError as error:
         return _admin_page(request, login, db, status_code=400, flash=_first_error(error), flash_kind="error")
-    if queries.username_taken(db, user.username):
+    if repositories.username_taken(db, user.username):
         message = f"user {user.username!r} already exists"
         return _admin_page(request, login, db, status_code=409, flash=message, flash_kind="error")
     repositories.create_user(db, user=user)

@@ -12,11 +12,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
 from inspect_svc.settings import Settings
 from inspect_svc.storage.blobstore import BlobStorage
-from inspect_svc.storage.db import session_scope
+from inspect_svc.storage.db import Session, session_scope
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"

@@ -14,17 +14,17 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 
-from inspect_svc.dashboard import queries
 from inspect_svc.dashboard.auth import Reviewer, Viewer, page_context
 from inspect_svc.dashboard.deps import STATIC_DIR, TEMPLATES, Blobs, DbSession
 from inspect_svc.dashboard.masks import MAX_MASK_BYTES, MaskRejected, canonical_mask_png
-from inspect_svc.dashboard.queries import Cursor, InspectionView, QueryError, QueueFilters
 from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.review_export import export_to_zip
 from inspect_svc.schemas import ReviewCreate, ReviewVerdict
 from inspect_svc.storage import repositories
+from inspect_svc.storage import review_queue as queue
 from inspect_svc.storage.blob_responses import blob_response
 from inspect_svc.storage.blobstore import BlobNotFound
+from inspect_svc.storage.review_queue import Cursor, InspectionView, QueryError, QueueFilters
 
 router = APIRouter(prefix="/dashboard")
 
@@ -97,7 +97,7 @@ def _filters_or_400(request: Request) -> QueueFilters:
 
 
 def _inspection_or_404(db: DbSession, inspection_id: str) -> InspectionView:
-    item = queries.get_inspection(db, inspection_id)
+    item = queue.get_inspection(db, inspection_id)
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no inspection {inspection_id}")
     return item
@@ -124,12 +124,12 @@ def review_queue(
     login: Viewer,
     db: DbSession,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE_SIZE)] = queries.DEFAULT_PAGE_SIZE,
+    limit: Annotated[int, Query(ge=1, le=queue.MAX_PAGE_SIZE)] = queue.DEFAULT_PAGE_SIZE,
 ) -> HTMLResponse:
     """The review queue: highest score (or newest) first, keyset-paged."""
     filters = _filters_or_400(request)
     try:
-        page = queries.queue_page(db, filters, cursor=Cursor.decode(cursor) if cursor else None, limit=limit)
+        page = queue.queue_page(db, filters, cursor=Cursor.decode(cursor) if cursor else None, limit=limit)
     except QueryError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from error
     context = page_context(
@@ -140,7 +140,7 @@ def review_queue(
         cursor=cursor,
         limit=limit,
         filter_query=filter_query(filters),
-        choices=queries.filter_choices(db),
+        choices=queue.filter_choices(db),
         form_since=filters.since.strftime(ISO_MINUTES) if filters.since else "",
         form_until=filters.until.strftime(ISO_MINUTES) if filters.until else "",
         iso_pattern=ISO_INPUT_PATTERN,
@@ -153,8 +153,8 @@ def inspection_page(request: Request, inspection_id: str, login: Viewer, db: DbS
     """One inspection: image, heatmap, regions, review history and the review actions."""
     filters = _filters_or_400(request)
     item = _inspection_or_404(db, inspection_id)
-    next_id = queries.neighbour_id(db, filters, item, forward=True)
-    previous_id = queries.neighbour_id(db, filters, item, forward=False)
+    next_id = queue.neighbour_id(db, filters, item, forward=True)
+    previous_id = queue.neighbour_id(db, filters, item, forward=False)
     latest = item.latest_review
     context = page_context(
         login,
@@ -202,7 +202,7 @@ def submit_review(
         ),
     )
     db.commit()
-    next_id = queries.neighbour_id(db, filters, item, forward=True)
+    next_id = queue.neighbour_id(db, filters, item, forward=True)
     next_url = _inspection_url(request, next_id, filters) if next_id else _queue_url(request, filters)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"review_id": review.id, "mask_key": mask_key, "next_url": next_url})

@@ -8,21 +8,15 @@ renamed into place, so a crash never leaves a half-written blob under a real key
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from inspect_svc.bundle import sha256_file
-
-if TYPE_CHECKING:
-    from inspect_svc.settings import Settings
-
-log = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}(\.[a-z0-9]{1,5})?$")
 STREAM_CHUNK_BYTES = 1 << 16
@@ -48,21 +42,6 @@ class BlobStorage(Protocol):
     def stream(self, key: str) -> Iterator[bytes]: ...
 
     def download(self, key: str, target: Path) -> None: ...
-
-
-def open_blob_store(settings: Settings) -> BlobStorage:
-    """The blob store the settings choose: files under DATA_DIR/blobs, or an S3 bucket shared by replicas."""
-    if settings.blob_store == "s3":
-        # Imported here: boto3 is loaded only by services that use it.
-        from inspect_svc.storage.s3blobs import S3BlobStore
-
-        store = S3BlobStore.from_settings(settings)
-        try:
-            store.ensure_bucket()
-        except BlobStoreUnavailable as error:  # frames get 503 until it is reachable; start anyway
-            log.warning("object store not ready at start-up: %s", error)
-        return store
-    return BlobStore(settings.blob_dir)
 
 
 def content_key(digest: str, suffix: str = "") -> str:

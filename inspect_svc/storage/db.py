@@ -1,4 +1,8 @@
-"""Database engine and session factory for SQLite (embedded default) and PostgreSQL (production)."""
+"""Database engine and session factory for SQLite (embedded default) and PostgreSQL (production).
+
+The storage package is the only code that speaks SQLAlchemy. Code outside it names just the types
+re-exported here (a session, its factory, the engine) and the error a uniqueness conflict raises.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # How long a SQLite writer waits for a competing writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "Engine",
+    "IntegrityError",
+    "Session",
+    "SessionFactory",
+    "make_engine",
+    "make_session_factory",
+    "ping",
+    "session_scope",
+]
+
+SessionFactory = sessionmaker[Session]
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bad query.
 UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
@@ -49,13 +67,19 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+def ping(engine: Engine) -> None:
+    """One round trip to the database; raises one of `UNAVAILABLE_ERRORS` when it cannot be reached."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def make_session_factory(engine: Engine) -> SessionFactory:
     """Sessions that keep loaded attributes after commit, so repositories can convert rows afterwards."""
     return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+def session_scope(factory: SessionFactory) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error."""
     session = factory()
     try:

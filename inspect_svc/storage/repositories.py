@@ -14,7 +14,7 @@ from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from inspect_svc.bundle import Bundle
+from inspect_svc.bundle import Bundle, utc_now
 from inspect_svc.schemas import (
     CameraCreate,
     CameraPublic,
@@ -44,7 +44,6 @@ from inspect_svc.storage.models import (
     ReviewDB,
     SessionDB,
     UserDB,
-    utc_now,
 )
 
 
@@ -505,6 +504,16 @@ def authenticate_user(session: Session, *, username: str, password: str) -> User
     if row is None or not row.active or not matches:
         return None
     return _user_public(row)
+
+
+def list_users(session: Session) -> list[UserPublic]:
+    """Every operator account, by name."""
+    rows = session.scalars(select(UserDB).order_by(UserDB.username))
+    return [_user_public(row) for row in rows]
+
+
+def username_taken(session: Session, username: str) -> bool:
+    return session.scalar(select(exists().where(UserDB.username == username))) or False
 
 
 def get_user(session: Session, *, user_id: int) -> UserPublic | None:

@@ -33,11 +33,11 @@ import numpy as np
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session
 
-from inspect_svc.dashboard import queries
-from inspect_svc.dashboard.queries import Cursor, QueueFilters
 from inspect_svc.storage import migrations
+from inspect_svc.storage import review_queue as queries
 from inspect_svc.storage.db import make_engine
 from inspect_svc.storage.models import Base, InspectionDB
+from inspect_svc.storage.review_queue import Cursor, QueueFilters
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 SPAN = timedelta(days=30)

@@ -1,6 +1,7 @@
-"""Read queries behind the dashboard: the review queue (keyset paging), one inspection, its reviews.
+"""The review queue's reads: the queue (keyset paging), one inspection with its regions and reviews.
 
-Rows never leave this module: callers get frozen dataclasses, so templates cannot lazy-load anything.
+Rows never leave this module: callers (the dashboard) get frozen dataclasses, so templates cannot
+lazy-load anything.
 
 Paging is by keyset, never OFFSET: a page is "the next `limit` rows whose sort key is below the
 cursor's", which an index on the sort key answers in the same time on page 1 and on page 20,000.
@@ -281,25 +282,6 @@ def filter_choices(session: Session) -> dict[str, list[str]]:
     }
 
 
-@dataclass(frozen=True)
-class UserView:
-    id: int
-    username: str
-    role: str
-    active: bool
-    created_at: datetime
-
-
-def list_users(session: Session) -> list[UserView]:
-    """Every operator account, by name."""
-    rows = session.scalars(select(UserDB).order_by(UserDB.username))
-    return [UserView(row.id, row.username, row.role, row.active, row.created_at) for row in rows]
-
-
-def username_taken(session: Session, username: str) -> bool:
-    return session.scalar(select(exists().where(UserDB.username == username))) or False
-
-
 def _inspection_view(row: InspectionDB) -> InspectionView:
     return InspectionView(
         id=row.id,
@@ -346,6 +328,7 @@ def _region_view(region: DefectRegionDB) -> RegionView:
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
     "REVIEW_VERDICTS",
     "Cursor",
     "InspectionView",
@@ -354,12 +337,12 @@ __all__ = [
     "QueuePage",
     "RegionView",
     "ReviewView",
-    "UserView",
+    "cursor_for",
     "filter_choices",
+    "filter_conditions",
     "get_inspection",
     "latest_reviews",
-    "list_users",
     "neighbour_id",
     "queue_page",
-    "username_taken",
+    "sort_columns",
 ]
