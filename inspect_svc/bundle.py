@@ -20,11 +20,11 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION: Final = 1
 MANIFEST_NAME = "model.json"
 ONNX_NAME = "model.onnx"
 
@@ -106,7 +106,7 @@ class BundleManifest(BaseModel):
     image_score: ImageScore = Field(default_factory=ImageScore)
     line_calibration: dict[str, LineCalibration] = Field(default_factory=dict)
     tiling: Tiling
-    metrics: dict[str, float | int | str | dict] = Field(default_factory=dict)
+    metrics: dict[str, float | int | str | dict[str, Any]] = Field(default_factory=dict)
     data_fingerprint: str = ""
     onnx_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
 

@@ -241,14 +241,13 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     eight_bit = _to_uint8(image)
     if eight_bit.ndim == 3 and eight_bit.shape[2] == 1:
         eight_bit = eight_bit[:, :, 0]
-    if eight_bit.ndim == 2:
-        return cv2.cvtColor(eight_bit, cv2.COLOR_GRAY2RGB)
-    channels = eight_bit.shape[2] if eight_bit.ndim == 3 else 0
-    if channels == 3:
-        return cv2.cvtColor(eight_bit, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(eight_bit, cv2.COLOR_BGRA2RGB)
-    raise ValueError(f"images with shape {image.shape} are not supported (grey, RGB or RGBA only)")
+    grey = eight_bit.ndim == 2
+    channels = eight_bit.shape[2] if eight_bit.ndim == 3 else (1 if grey else 0)
+    conversion = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(channels)
+    if conversion is None:
+        raise ValueError(f"images with shape {image.shape} are not supported (grey, RGB or RGBA only)")
+    rgb: np.ndarray = cv2.cvtColor(eight_bit, conversion)
+    return rgb
 
 
 def encode_png(array: np.ndarray, *, compression: int = 1) -> bytes:
@@ -268,7 +267,8 @@ def encode_png(array: np.ndarray, *, compression: int = 1) -> bytes:
     ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")
-    return encoded.tobytes()
+    png: bytes = encoded.tobytes()
+    return png
 
 
 def probability_png(prob_map: np.ndarray) -> bytes:
@@ -335,7 +335,8 @@ def _pillow_header_size(data: bytes, image_format: str) -> tuple[int, int]:
 
     try:
         with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[image_format]]) as header:
-            return header.size
+            width, height = header.size
+            return width, height
     except Image.DecompressionBombError:
         raise ImageRejected(
             "too_large_pixels", 413, "the image header declares an absurd pixel count"
@@ -408,16 +409,17 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
     import simplejpeg
 
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        rgb: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError as error:
         raise ImageRejected("corrupt", 422, f"the JPEG data is damaged: {_one_line(error)}") from None
+    return rgb
 
 
 def _decode_with_opencv(data: bytes, image_format: str) -> np.ndarray:
     cv2 = opencv()
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        decoded: np.ndarray | None = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # raised when OpenCV's own caps are exceeded
         raise ImageRejected("too_large_pixels", 413, "the image exceeds the decoder's pixel limits") from None
     if decoded is None or decoded.size == 0:
@@ -434,7 +436,9 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
         return image
     if image.dtype == np.uint16:
         # Full-range scaling with rounding: 65535 -> 255, 257 -> 1.
-        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        scaled: np.ndarray = (image.astype(np.uint32) + 128) // 257
+        return scaled.astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
-        return np.rint(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0).astype(np.uint8)
+        unit: np.ndarray = np.clip(np.nan_to_num(image), 0.0, 1.0)
+        return np.rint(unit * 255.0).astype(np.uint8)
     raise ValueError(f"{image.dtype} pixels are not supported (8-bit, 16-bit or float only)")

@@ -148,13 +148,13 @@ async def _start_model(models: ModelManager, settings: Settings) -> None:
             models.unrecorded = bundle
         return
     try:
-        bundle = await asyncio.to_thread(models.active_bundle_from_db)
+        active = await asyncio.to_thread(models.active_bundle_from_db)
     except (*UNAVAILABLE_ERRORS, BlobStoreUnavailable):
-        bundle = None  # the follower loads the active version once they are reachable
-    if bundle is None:
+        active = None  # the follower loads the active version once they are reachable
+    if active is None:
         log.warning("no model bundle given and none active in the database: /readyz stays unavailable")
         return
-    await models.serve(bundle)
+    await models.serve(active)
 
 
 async def _close_service(service: ServiceState) -> None:

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from inspect_svc.metrics import ServiceMetrics
 
@@ -91,7 +94,7 @@ class MqttPublisher:
         parts = urlsplit(url)
         if not parts.hostname:
             raise ValueError(f"mqtt_url {url!r} names no host")
-        self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
         if parts.username:
             self._client.username_pw_set(parts.username, parts.password)
         self._connected = threading.Event()
@@ -100,11 +103,25 @@ class MqttPublisher:
         self._client.connect_async(parts.hostname, parts.port or 1883)
         self._client.loop_start()
 
-    def _on_connect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         if not reason_code.is_failure:
             self._connected.set()
 
-    def _on_disconnect(self, *_args) -> None:  # type: ignore[no-untyped-def]
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.DisconnectFlags,
+        _reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         self._connected.clear()
 
     async def publish(self, notice: ResultNotice) -> None:

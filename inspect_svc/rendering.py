@@ -15,7 +15,7 @@ THUMBNAIL_SIDE = 128  # twice the queue's 64 px cell, sharp on high-density scre
 def read_probability_png(map_png: bytes) -> np.ndarray:
     """The stored 8-bit map back as float probabilities [H, W] in [0, 1]."""
     cv2 = imaging.opencv()
-    grey = cv2.imdecode(np.frombuffer(map_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    grey: np.ndarray | None = cv2.imdecode(np.frombuffer(map_png, np.uint8), cv2.IMREAD_GRAYSCALE)
     if grey is None:
         raise ValueError("stored probability map is not a readable PNG")
     return grey.astype(np.float32) / 255.0
@@ -58,7 +58,8 @@ def thumbnail_jpeg(image_bytes: bytes, media_type: str, *, max_side: int = THUMB
     encoded_ok, encoded = cv2.imencode(".jpg", small_bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not encoded_ok:
         raise ValueError("the thumbnail could not be encoded")
-    return encoded.tobytes()
+    jpeg: bytes = encoded.tobytes()
+    return jpeg
 
 
 def _reduced_jpeg(image_bytes: bytes, max_side: int) -> np.ndarray | None:

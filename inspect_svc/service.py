@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,7 @@ from inspect_svc.storage.write_health import LOCAL_WRITE_ERRORS, WriteHealth
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+V = TypeVar("V")
 
 # Line overrides and camera keys are re-read this often; within it, other workers' changes are not seen.
 CACHE_TTL_S = 5.0
@@ -94,8 +95,8 @@ class Outcome:
 
 
 @dataclass
-class _Cached:
-    value: object
+class _Cached(Generic[V]):
+    value: V
     loaded_at: float
 
 
@@ -117,8 +118,8 @@ class ServiceState:
     write_health: WriteHealth
     follower: ActiveModelFollower
     accepting: bool = True
-    _line_cache: dict[str, _Cached] = field(default_factory=dict)
-    _camera_cache: dict[str, _Cached] = field(default_factory=dict)
+    _line_cache: dict[str, _Cached[LineThresholds]] = field(default_factory=dict)
+    _camera_cache: dict[str, _Cached[CameraPublic]] = field(default_factory=dict)
     _keys_copied_at: float = float("-inf")
     _database_down: bool = False
 
@@ -145,7 +146,7 @@ class ServiceState:
         key_hash = hash_api_key(api_key)
         cached = self._camera_cache.get(key_hash)
         if cached and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
-            return cached.value  # type: ignore[return-value]
+            return cached.value
         try:
             camera = await asyncio.to_thread(self._camera_from_database, key_hash)
         except UNAVAILABLE_ERRORS:
@@ -173,12 +174,12 @@ class ServiceState:
             self._keep_locally(lambda: self.known_keys.remember(key_hash, camera))
         return camera
 
-    def _camera_while_database_down(self, key_hash: str, cached: _Cached | None) -> CameraPublic | None:
+    def _camera_while_database_down(self, key_hash: str, cached: _Cached[CameraPublic] | None) -> CameraPublic | None:
         known = self.known_keys.lookup(key_hash)
         if known is not None:
             return known if known.active else None
         if cached is not None:
-            return cached.value  # type: ignore[return-value]
+            return cached.value
         raise ServiceUnavailable("the database is unreachable and this key is not known yet")
 
     async def line_overrides(self, line: str | None) -> LineThresholds:
@@ -186,11 +187,11 @@ class ServiceState:
             return LineThresholds()
         cached = self._line_cache.get(line)
         if cached and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
-            return cached.value  # type: ignore[return-value]
+            return cached.value
         try:
             overrides = await self.run_db(lambda s: repo.get_line_thresholds(s, line=line))
         except UNAVAILABLE_ERRORS:
-            return cached.value if cached else LineThresholds()  # type: ignore[return-value]
+            return cached.value if cached else LineThresholds()
         self._line_cache[line] = _Cached(overrides, time.monotonic())
         return overrides
 

@@ -34,7 +34,8 @@ AuthorizationHeader = Annotated[HTTPAuthorizationCredentials | None, Security(AD
 
 
 def get_service(request: Request) -> ServiceState:
-    return request.app.state.service
+    service: ServiceState = request.app.state.service  # set by the lifespan
+    return service
 
 
 ServiceDep = Annotated[ServiceState, Depends(get_service)]

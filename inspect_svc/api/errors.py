@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.routing import compile_path, get_route_path
+from starlette._utils import get_route_path  # the path inside the mount, as starlette's router sees it
+from starlette.routing import compile_path
 from starlette.types import Scope
 
 from inspect_svc.schemas import ErrorBody

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote
@@ -73,7 +74,7 @@ async def check_csrf(request: Request, login: Annotated[SessionPublic, Depends(c
         raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token; reload the page")
 
 
-def require_role(role: str):  # type: ignore[no-untyped-def]
+def require_role(role: str) -> Callable[[SessionPublic, None], SessionPublic]:
     """A dependency that admits operators of `role` or higher, and checks CSRF on POSTs."""
     needed = ROLE_RANK[role]
 

@@ -28,11 +28,13 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 def get_blobs(request: Request) -> BlobStorage:
-    return request.app.state.service.blobs
+    blobs: BlobStorage = request.app.state.service.blobs
+    return blobs
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.service.settings
+    settings: Settings = request.app.state.service.settings
+    return settings
 
 
 DbSession = Annotated[Session, Depends(get_db)]

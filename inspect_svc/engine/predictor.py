@@ -171,7 +171,8 @@ class Predictor:
         if size != count:
             batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), dtype=np.float32)])
         (output,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
-        return output[:count, 0]
+        probabilities: np.ndarray = output[:count, 0]
+        return probabilities
 
     def _check_graph_signature(self) -> None:
         """Refuse a graph whose input/output names or tile size disagree with its manifest."""

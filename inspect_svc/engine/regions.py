@@ -7,6 +7,7 @@ functions take them as arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -114,7 +115,7 @@ def _describe(label: int, labels: np.ndarray, stat: np.ndarray, prob_map: np.nda
     )
 
 
-def _outline(component: np.ndarray, x: int, y: int, cv2) -> list[list[int]]:
+def _outline(component: np.ndarray, x: int, y: int, cv2: ModuleType) -> list[list[int]]:
     """The component's outer contour, simplified to within ~1 % of its perimeter (at least 1 px)."""
     contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     contour = max(contours, key=cv2.contourArea)

@@ -11,6 +11,7 @@ The same code serves the inspection service and training's evaluation. Numpy onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def pad_to_tile(image_chw: np.ndarray, tile: int) -> np.ndarray:
     if pad_h == 0 and pad_w == 0:
         return image_chw
     # Reflection needs at least two pixels along an axis; a 1-pixel axis can only repeat its edge.
-    mode = "reflect" if min(height, width) > 1 else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(height, width) > 1 else "edge"
     return np.pad(image_chw, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
 
 

@@ -10,7 +10,7 @@ import binascii
 import json
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -113,7 +113,7 @@ def list_inspections(
     Raises:
         InvalidCursor: `cursor` was not produced by this function.
     """
-    query = _filtered(_inspections_query(), filters)
+    query = _inspections_query().where(*_filter_conditions(filters))
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         query = query.where(
@@ -130,7 +130,7 @@ def list_inspections(
 
 
 def count_inspections(session: Session, *, filters: InspectionFilter) -> int:
-    query = _filtered(select(func.count()).select_from(InspectionDB), filters)
+    query = select(func.count()).select_from(InspectionDB).where(*_filter_conditions(filters))
     return int(session.execute(query).scalar_one())
 
 
@@ -172,13 +172,13 @@ def public_from_record(inspection: InspectionCreate, *, reviewed: bool = False) 
     )
 
 
-def _inspections_query() -> Select:
+def _inspections_query() -> Select[InspectionDB, bool]:
     reviewed = exists().where(ReviewDB.inspection_id == InspectionDB.id).label("reviewed")
     return select(InspectionDB, reviewed)
 
 
-def _filtered(query: Select, filters: InspectionFilter) -> Select:
-    conditions = []
+def _filter_conditions(filters: InspectionFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
     if filters.camera_id is not None:
         conditions.append(InspectionDB.camera_id == filters.camera_id)
     if filters.line is not None:
@@ -194,7 +194,7 @@ def _filtered(query: Select, filters: InspectionFilter) -> Select:
     if filters.reviewed is not None:
         has_review = exists().where(ReviewDB.inspection_id == InspectionDB.id)
         conditions.append(has_review if filters.reviewed else ~has_review)
-    return query.where(*conditions)
+    return conditions
 
 
 def _as_utc(moment: datetime) -> datetime:

@@ -54,12 +54,11 @@ class S3BlobStore:
     def from_settings(cls, settings: Settings) -> S3BlobStore:
         if settings.s3_bucket is None:
             raise ValueError("blob_store=s3 needs s3_bucket")
-        credentials = {}
+        # Both or neither: without them boto3 finds credentials itself (environment, instance role).
+        key_id = secret = None
         if settings.s3_access_key is not None and settings.s3_secret_key is not None:
-            credentials = {
-                "aws_access_key_id": settings.s3_access_key.get_secret_value(),
-                "aws_secret_access_key": settings.s3_secret_key.get_secret_value(),
-            }
+            key_id = settings.s3_access_key.get_secret_value()
+            secret = settings.s3_secret_key.get_secret_value()
         client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint,
@@ -73,7 +72,8 @@ class S3BlobStore:
                 # One pooled connection per request the service may have in flight at once.
                 max_pool_connections=64,
             ),
-            **credentials,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
         )
         return cls(client, settings.s3_bucket, prefix=settings.s3_prefix)
 
