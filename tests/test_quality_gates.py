@@ -6,6 +6,7 @@ tests and a developer running the tool by hand check the same thing.
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def test_import_contracts_are_kept() -> None:
     result = run_tool("lint-imports")
     assert_clean(result)
     assert "BROKEN" not in result.stdout
+
+
+def test_every_service_module_outside_storage_is_bound_by_the_sql_contract() -> None:
+    """A new top-level module of the service must join `rows-stay-in-storage`, or it could read rows."""
+    config = configparser.ConfigParser()
+    config.read(REPO / ".importlinter")
+    listed = set(config["importlinter:contract:rows-stay-in-storage"]["source_modules"].split())
+    package = REPO / "inspect_svc"
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    modules |= {path.parent.name for path in package.glob("*/__init__.py")}
+    expected = {f"inspect_svc.{name}" for name in modules - {"storage"}}
+    assert listed == expected
 
 
 @pytest.mark.slow
