@@ -62,6 +62,8 @@ class FitNormalConfig:
     neighbour_tiles: int = 4  # see training.models.anomaly; 0: one bank for every tile
     holdout_fraction: float = 0.2
     batch_size: int = 16
+    # > 0: also train a head on the normal images with synthetic anomalies (training.synthetic_discriminator)
+    discriminator_steps: int = 0
     device: str = "cpu"
     seed: int = 0
 
@@ -248,6 +250,8 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
     check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
+    if config.discriminator_steps < 0:
+        raise UserError(f"--discriminator-steps must be 0 (off) or more, got {config.discriminator_steps}")
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
@@ -256,7 +260,15 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
     mean, std = PIXEL_MEAN, PIXEL_STD
-    model = InspectionModel(backbone, anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
+    segmentation = None
+    if config.discriminator_steps > 0:
+        from training.synthetic_discriminator import train_synthetic_head
+
+        segmentation = train_synthetic_head(backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean,
+                                            std=std, steps=config.discriminator_steps, batch_size=config.batch_size,
+                                            device=device, seed=config.seed)
+    model = InspectionModel(backbone, segmentation=segmentation,
+                            anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
     fill_memory_bank(
         model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles,
@@ -265,6 +277,10 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
                                mean=mean, std=std, batch_size=config.batch_size, device=device)
     held_out = [images[i] for i in held_idx]
     calibrate_on_normal(model, predictor, held_out)
+    if segmentation is not None:
+        from training.synthetic_discriminator import fit_fusion_on_synthetic
+
+        fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
     maps = [predictor.predict(image) for image in held_out]
     thresholds = normal_thresholds(maps)
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
