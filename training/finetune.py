@@ -31,6 +31,7 @@ from training.decision import (
     default_top_pixels,
     synthetic_defects,
 )
+from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
@@ -91,6 +92,8 @@ class FinetuneConfig:
     head_context: int | None = None  # the head's TextureContext window at 1/4 resolution (0: none; None: the default)
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
+    # share of training crops that get a synthetic anomaly (training.data.synthetic_anomalies) drawn in
+    synthetic_anomalies: float = 0.0
     labeled_defects: int | None = None
     val_fraction: float = 0.2
     target_recall: float = DEFAULT_TARGET_RECALL  # the image threshold catches this share of validation defects
@@ -170,15 +173,20 @@ class CropSampler:
     """Random augmented tile-sized crops of the training images, with their masks.
 
     With `copy_paste` > 0, that share of the crops also gets one labeled defect of the training set
-    pasted in (see `training.data.copy_paste`).
+    pasted in (see `training.data.copy_paste`); with `synthetic` > 0, that share gets a generic
+    synthetic anomaly (see `training.data.synthetic_anomalies`), so the head also learns "different
+    from normal" and not only the labeled shapes.
     """
 
     def __init__(
         self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int,
-        *, copy_paste: float = 0.0,
+        *, copy_paste: float = 0.0, synthetic: float = 0.0,
     ) -> None:
         if not 0.0 <= copy_paste <= 1.0:
             raise UserError(f"--copy-paste must be a share between 0 and 1, got {copy_paste}")
+        if not 0.0 <= synthetic <= 1.0:
+            raise UserError(f"--synthetic-anomalies must be a share between 0 and 1, got {synthetic}")
+        self.synthetic = synthetic
         self.data, self.tile, self.rng = data, tile, np.random.default_rng(seed)
         self.mean = np.asarray(mean, np.float32)[:, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None]
@@ -201,6 +209,8 @@ class CropSampler:
         mask = mask[top : top + self.tile, left : left + self.tile].astype(np.float32)
         if self.pieces and self.rng.random() < self.copy_paste:
             image, mask = paste_piece(image, mask, self.pieces[int(self.rng.integers(len(self.pieces)))], self.rng)
+        if self.synthetic and self.rng.random() < self.synthetic:
+            image, mask = add_synthetic_anomaly(image, mask, self.rng, self.data.images)
         image = np.clip((image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1)
         image, mask = self._flip_rotate(image, mask)
         planes = (image.transpose(2, 0, 1) - self.mean) / self.std
@@ -321,7 +331,8 @@ def finetune(config: FinetuneConfig) -> dict:
     mean, std = PIXEL_MEAN, PIXEL_STD
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=config.head_context)
     model = InspectionModel(backbone, segmentation=head).to(device)
-    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste)
+    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste,
+                          synthetic=config.synthetic_anomalies)
     losses = train_head(model, sampler, config, device)
 
     predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)

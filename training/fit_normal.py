@@ -74,6 +74,8 @@ class FitNormalConfig:
     batch_size: int = 16
     target_recall: float = DEFAULT_TARGET_RECALL  # of synthetic defects on held-out images, at the image threshold
     image_top_pixels: int | None = None  # k of the image score; None: from the tile (see training.decision)
+    # > 0: also train a head on the normal images with synthetic anomalies (training.synthetic_discriminator)
+    discriminator_steps: int = 0
     device: str = "cpu"
     seed: int = 0
 
@@ -268,6 +270,8 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     """
     check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
     check_target_recall(config.target_recall)
+    if config.discriminator_steps < 0:
+        raise UserError(f"--discriminator-steps must be 0 (off) or more, got {config.discriminator_steps}")
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
@@ -276,7 +280,15 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
     mean, std = PIXEL_MEAN, PIXEL_STD
-    model = InspectionModel(backbone, anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
+    segmentation = None
+    if config.discriminator_steps > 0:
+        from training.synthetic_discriminator import train_synthetic_head
+
+        segmentation = train_synthetic_head(backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean,
+                                            std=std, steps=config.discriminator_steps, batch_size=config.batch_size,
+                                            device=device, seed=config.seed)
+    model = InspectionModel(backbone, segmentation=segmentation,
+                            anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
     fill_memory_bank(
         model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles,
@@ -285,6 +297,10 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
                                mean=mean, std=std, batch_size=config.batch_size, device=device)
     held_out = [images[i] for i in held_idx]
     calibrate_on_normal(model, predictor, held_out)
+    if segmentation is not None:
+        from training.synthetic_discriminator import fit_fusion_on_synthetic
+
+        fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
     maps = [predictor.predict(image) for image in held_out]
     thresholds, decision = normal_thresholds(predictor, held_out, maps, config)
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
