@@ -52,6 +52,8 @@ from training.models.segmentation import (
     default_head_context,
     fix_input_size,
 )
+from training.progress import progress, progress_bar
+from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +272,7 @@ def optimise_segmentation(
     )
     module.train()
     losses = []
+    bar = progress_bar(steps, f"{label}fine-tuning".strip(), unit="step")
     for step in range(steps):
         images, masks = sampler.batch(batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -280,8 +283,11 @@ def optimise_segmentation(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         if step % 50 == 0 or step == steps - 1:
             log.info("%sstep %d/%d loss %.4f", label, step + 1, steps, losses[-1])
+    bar.close()
     module.eval().requires_grad_(False)
     return losses
 
@@ -326,6 +332,7 @@ def finetune(config: FinetuneConfig) -> dict:
         data_fingerprint=_fingerprint(samples, config.data_roots),
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
+    write_training_images(config.out, [s.image for s in samples])
     return metrics
 
 
@@ -377,14 +384,15 @@ def add_anomaly_branch(
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
                      device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)
-    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
+    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities)
+                   for img in progress(val.images, "fusion weight")]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)
     model.fusion_weight.fill_(weight)
 
 
 def choose_thresholds(predictor: TorchPredictor, val: LabeledImages) -> tuple[dict[str, float], dict]:
     """Pixel threshold at max pooled F1 on validation; image threshold at max image-level F1."""
-    maps = [predictor.predict(image) for image in val.images]
+    maps = [predictor.predict(image) for image in progress(val.images, "thresholds")]
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([m.ravel() for m in val.masks])
     pixel = best_f1_threshold(scores, labels).threshold
