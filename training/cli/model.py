@@ -110,8 +110,8 @@ def fit_normal(
 ) -> None:
     """Zero-label mode: anomaly model from defect-free images only.
 
-    With the defaults, about a minute on a 2-core CPU for the demo data's defect-free images, seconds
-    on a GPU.
+    With the defaults, about a minute of CPU time for the demo data's 60 defect-free images on a
+    2-core CPU (docs/BENCHMARKS.md §9); less on a GPU (not measured yet).
     """
     from training.fit_normal import FitNormalConfig
     from training.fit_normal import fit_normal as run_fit_normal
