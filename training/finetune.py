@@ -61,6 +61,8 @@ from training.models.segmentation import (
     default_head_context,
     fix_input_size,
 )
+from training.progress import progress, progress_bar
+from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,7 @@ def optimise_segmentation(
     )
     module.train()
     losses = []
+    bar = progress_bar(steps, f"{label}fine-tuning".strip(), unit="step")
     for step in range(steps):
         images, masks = sampler.batch(batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -302,8 +305,11 @@ def optimise_segmentation(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         if step % 50 == 0 or step == steps - 1:
             log.info("%sstep %d/%d loss %.4f", label, step + 1, steps, losses[-1])
+    bar.close()
     module.eval().requires_grad_(False)
     return losses
 
@@ -352,6 +358,7 @@ def finetune(config: FinetuneConfig) -> dict:
         data_fingerprint=_fingerprint(samples, config.data_roots),
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
+    write_training_images(config.out, [s.image for s in samples])
     return metrics
 
 
@@ -403,7 +410,8 @@ def add_anomaly_branch(
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
                      device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)
-    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
+    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities)
+                   for img in progress(val.images, "fusion weight")]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)
     model.fusion_weight.fill_(weight)
 
@@ -418,7 +426,7 @@ def choose_thresholds(
     training defects pasted onto) the validation split's defect-free images (`training.decision`);
     what it promises is returned in the metrics under `decision`.
     """
-    maps = [predictor.predict(image) for image in val.images]
+    maps = [predictor.predict(image) for image in progress(val.images, "thresholds")]
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([m.ravel() for m in val.masks])
     pixel = float(min(best_f1_threshold(scores, labels).threshold, 1.0))

@@ -50,6 +50,8 @@ from training.models.anomaly import (
 )
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
+from training.progress import progress
+from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +188,12 @@ def fill_memory_bank(
 
 def _feature_tiles(
     model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
-    std: tuple[float, ...], device: torch.device,
+    std: tuple[float, ...], device: torch.device, desc: str = "memory bank",
 ) -> Iterator[torch.Tensor]:
     """Per image, the anomaly features `[tiles, C, h, w]` of its non-overlapping tiles."""
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 
-    for image in images:
+    for image in progress(images, desc):
         boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
         tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
         yield model.anomaly_features(tiles)
@@ -208,7 +210,7 @@ def _fill_tile_banks(
     the coresets (the costly part) are built for kept tiles alone and no discarded bank is held.
     """
     features_of = partial(_feature_tiles, model, tile=tile, mean=mean, std=std, device=device)
-    descriptors = [tile_descriptor(features).cpu() for features in features_of(images)]
+    descriptors = [tile_descriptor(features).cpu() for features in features_of(images, desc="memory bank: surfaces")]
     keys = torch.cat(descriptors)
     kept = torch.arange(len(keys))
     if len(keys) > max_bank_tiles:  # thin them to the ones that cover the surfaces' variety
@@ -220,7 +222,7 @@ def _fill_tile_banks(
         kept_of_image[image][offset] = index
     banks: dict[int, torch.Tensor] = {}
     wanted = sorted(kept_of_image)
-    for image, features in zip(wanted, features_of([images[i] for i in wanted])):
+    for image, features in zip(wanted, features_of([images[i] for i in wanted], desc="memory bank: coresets")):
         rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
         for offset, index in kept_of_image[image].items():
             rows = features[offset].flatten(1).t()
@@ -235,7 +237,8 @@ def _fill_tile_banks(
 @torch.no_grad()
 def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, normal_images: list[np.ndarray]) -> None:
     """Fit the anomaly head's logistic on raw scores of held-out defect-free images."""
-    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0] for image in normal_images]
+    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0]
+              for image in progress(normal_images, "calibration")]
     model.anomaly.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
 
 
@@ -301,7 +304,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         from training.synthetic_discriminator import fit_fusion_on_synthetic
 
         fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
-    maps = [predictor.predict(image) for image in held_out]
+    maps = [predictor.predict(image) for image in progress(held_out, "thresholds")]
     thresholds, decision = normal_thresholds(predictor, held_out, maps, config)
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
                "held_out_max_probability": float(max(m.max() for m in maps)), "decision": decision.as_dict()}
@@ -310,6 +313,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         thresholds=thresholds, metrics={"validation": metrics},
         data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
+    write_training_images(config.out, paths)
     return thresholds
 
 
