@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,48 @@ def test_groups_per_line_with_the_mean_and_the_worst_line() -> None:
     assert result["lines"]["mean"]["false_alarm_rate"] == pytest.approx(0.5)
     assert "per_line" not in metrics_by_group(maps, masks, [(), (), (), ()], {"pixel": 0.5, "image": 0.5},
                                               lines=["steel"] * 4)
+def test_report_has_the_per_type_table_a_colour_scale_and_telling_headings(
+    zero_label: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, run, _ = zero_label
+    result = runner.invoke(model_cli(), ["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Per defect type</h2>" in page
+    for row in ("all images", "scratch", "crack", "thin defects"):
+        assert f"<tr><th>{row}" in page
+    assert "src='scale.png'" in page and (tmp_path / "scale.png").is_file()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert f"{metrics['per_defect_type']['scratch']['pixel_auroc']:.4f}" in page
+    # every miss names its defect type and image score
+    assert re.search(r"<h3>img\d\d · (scratch|crack) · image score \d\.\d{3}", page)
+
+
+def _case(stem: str, mask_box: tuple[int, int, int, int] | None, blobs: list[tuple[int, int, int, int]]):
+    import numpy as np
+
+    from training.report import Case
+
+    mask = np.zeros((32, 32), bool)
+    if mask_box:
+        top, left, bottom, right = mask_box
+        mask[top:bottom, left:right] = True
+    prob = np.full((32, 32), 0.1, np.float32)
+    for top, left, bottom, right in blobs:
+        prob[top:bottom, left:right] = 0.9
+    return Case(stem, np.zeros((32, 32, 3), np.uint8), mask, prob, ("scratch",) if mask_box else ())
+
+
+def test_a_detection_that_spills_past_the_outline_is_not_a_false_alarm(tmp_path: Path) -> None:
+    from training.report import worst_cases, write_report
+
+    spill = _case("spill", (10, 10, 14, 20), [(8, 8, 16, 24)])  # overlaps the defect, larger than it
+    stray = _case("stray", (10, 10, 14, 20), [(10, 10, 14, 20), (26, 26, 30, 30)])  # found + a separate blob
+    flagged = _case("flagged", None, [(2, 2, 6, 6)])  # defect-free, flagged
+    clean = _case("clean", None, [])
+    _, alarms = worst_cases([spill, stray, flagged, clean], threshold=0.5, count=8)
+    assert {c.stem for c in alarms} == {"stray", "flagged"}
+    write_report(tmp_path, [spill, stray, flagged, clean], {"overall": {"pixel_auroc": 1.0}}, 0.5)
+    page = (tmp_path / "report.html").read_text()
+    assert "flagged · defect-free image flagged · image score 0.900" in page
+    assert "stray · scratch · stray region away from the defect" in page

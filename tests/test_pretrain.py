@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -144,23 +145,83 @@ def test_cli_writes_run_folder(image_folder: Path, tmp_path: Path) -> None:
     assert "1 unreadable" in result.output
 
 
+CLI_TINY_RUN = ["--arch", "test_vit", "--global-size", "32", "--local-size", "16", "--local-crops", "1", "--batch-size",
+                "4", "--steps", "1", "--workers", "0", "--device", "cpu", "--prototypes", "32", "--head-hidden-dim", "32",
+                "--log-every", "1"]
+
+
+def test_an_existing_run_is_refused_without_resume_or_overwrite(image_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(image_folder), "--out", str(run), *CLI_TINY_RUN]
+    assert CliRunner().invoke(cli_app(), args).exit_code == 0
+    before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "backbone.pt", "checkpoint.pt")}
+
+    refused = CliRunner().invoke(cli_app(), args)
+    assert refused.exit_code == 2
+    assert "already holds a pretraining run" in refused.output and "--resume" in refused.output
+    assert "--overwrite" in refused.output and "Traceback" not in refused.output
+    assert {name: (run / name).read_bytes() for name in before} == before  # nothing touched
+
+    replaced = CliRunner().invoke(cli_app(), [*args, "--overwrite", "--seed", "5"])
+    assert replaced.exit_code == 0, replaced.output
+    assert len(logged(run)) == 1  # the old run's metrics were not appended to
+    assert json.loads((run / "config.json").read_text())["seed"] == 5
+
+    both = CliRunner().invoke(cli_app(), [*args, "--overwrite", "--resume"])
+    assert both.exit_code == 2 and "choose one of --resume" in both.output
+
+
+def test_a_file_as_out_is_refused(image_folder: Path, tmp_path: Path) -> None:
+    target = tmp_path / "run"
+    target.write_text("not a folder")
+    result = CliRunner().invoke(cli_app(), ["pretrain", "--data", str(image_folder), "--out", str(target), *CLI_TINY_RUN])
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert target.read_text() == "not a folder"
+
+
 def test_a_collapsed_teacher_is_reported(image_folder: Path, tmp_path: Path) -> None:
     # LayerScale 1e-5 leaves the blocks off: every image gets the same class token, the centered
     # teacher (here centered on the last batch at once) is uniform, and the run must say so.
     collapsed = tiny_config(image_folder, tmp_path / "off", layer_scale_init=1e-5, center_momentum=0.0, steps=4)
-    (warning,) = run_pretrain(collapsed).collapse_warnings
+    collapsed_result = run_pretrain(collapsed)
+    (warning,) = collapsed_result.collapse_warnings
+    assert collapsed_result.verdict() == ""  # the warning speaks for it
     assert warning.startswith("image-level objective collapsed") and "64 prototypes" in warning
     healthy = tiny_config(image_folder, tmp_path / "on", layer_scale_init=1.0, center_momentum=0.0, steps=4)
-    assert run_pretrain(healthy).collapse_warnings == ()
+    result = run_pretrain(healthy)
+    assert result.collapse_warnings == ()
+    # A healthy run says so, with the readings: entropy of log K = ln 64 = 4.16 at most, and the rank.
+    verdict = re.fullmatch(r"no collapse \(image teacher entropy ([\d.]+) of 4\.16, point teacher entropy "
+                           r"([\d.]+) of 4\.16, effective rank ([\d.]+)\)", result.verdict())
+    assert verdict, result.verdict()
+    assert all(0 < float(value) for value in verdict.groups())
 
 
 def test_cli_prints_collapse_warnings(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, ("image-level objective collapsed: ...",))
+    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, ("image-level objective collapsed: ...",),
+                                              "teacher entropy 4.15 of 4.16, effective rank 1.0")
     monkeypatch.setattr(pretrain_module, "run_pretrain", lambda config: finished)
     args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--device", "cpu"]
     result = CliRunner().invoke(cli_app(), args)
     assert result.exit_code == 0, result.output
     assert "warning: image-level objective collapsed" in result.output
+    assert "no collapse" not in result.output
+
+
+def test_cli_prints_the_verdict_of_a_healthy_run(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, (), "teacher entropy 2.20 of 8.32, effective rank 4.9")
+    monkeypatch.setattr(pretrain_module, "run_pretrain", lambda config: finished)
+    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "no collapse (teacher entropy 2.20 of 8.32, effective rank 4.9)" in result.output
+
+
+def test_crr_readings_name_the_embedding_spread() -> None:
+    from training.monitors import monitor_readings
+
+    records = [{"feature_std_image": 0.05, "effective_rank": 12.0}] * 4
+    assert monitor_readings(records, prototypes={}, projection_dim=256) == "embedding std 0.050 of 0.062, effective rank 12.0"
 
 
 def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from training.export_variants import (
     timing_batch,
 )
 from training.hybrid import RunModel, default_overlap, load_run, load_sample_tiles
+from training.training_data import copy_training_images
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of fp32 probabilities between ORT and PyTorch
 MIN_OPSET = 17
@@ -128,12 +129,15 @@ def export_run(
             )
         metrics = _manifest_metrics(run, diff)
         if precision == "fp32":
-            return ExportResult(write_bundle(out, onnx_path, _manifest(run, onnx_path, metrics)), diff)
+            bundle = write_bundle(out, onnx_path, _manifest(run, onnx_path, metrics))
+            copy_training_images(run.root, out)
+            return ExportResult(bundle, diff)
         variant_path, method = _derive_variant(run, onnx_path, scratch, precision)
         report = _measure_variant(run, onnx_path, variant_path, precision, method, eval_data, scratch, metrics)
         check_tolerance(report)
         metrics[precision] = report.as_metrics()
         bundle = write_bundle(out, variant_path, _manifest(run, variant_path, metrics, precision))
+        copy_training_images(run.root, out)
     return ExportResult(bundle=bundle, parity_max_abs_diff=diff, variant=report)
 
 

@@ -31,6 +31,7 @@ from training.decision import (
     default_top_pixels,
     synthetic_defects,
 )
+from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
@@ -60,6 +61,8 @@ from training.models.segmentation import (
     default_head_context,
     fix_input_size,
 )
+from training.progress import progress, progress_bar
+from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ class FinetuneConfig:
     head_context: int | None = None  # the head's TextureContext window at 1/4 resolution (0: none; None: the default)
     neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
     copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
+    # share of training crops that get a synthetic anomaly (training.data.synthetic_anomalies) drawn in
+    synthetic_anomalies: float = 0.0
     labeled_defects: int | None = None
     val_fraction: float = 0.2
     target_recall: float = DEFAULT_TARGET_RECALL  # the image threshold catches this share of validation defects
@@ -170,15 +175,20 @@ class CropSampler:
     """Random augmented tile-sized crops of the training images, with their masks.
 
     With `copy_paste` > 0, that share of the crops also gets one labeled defect of the training set
-    pasted in (see `training.data.copy_paste`).
+    pasted in (see `training.data.copy_paste`); with `synthetic` > 0, that share gets a generic
+    synthetic anomaly (see `training.data.synthetic_anomalies`), so the head also learns "different
+    from normal" and not only the labeled shapes.
     """
 
     def __init__(
         self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int,
-        *, copy_paste: float = 0.0,
+        *, copy_paste: float = 0.0, synthetic: float = 0.0,
     ) -> None:
         if not 0.0 <= copy_paste <= 1.0:
             raise UserError(f"--copy-paste must be a share between 0 and 1, got {copy_paste}")
+        if not 0.0 <= synthetic <= 1.0:
+            raise UserError(f"--synthetic-anomalies must be a share between 0 and 1, got {synthetic}")
+        self.synthetic = synthetic
         self.data, self.tile, self.rng = data, tile, np.random.default_rng(seed)
         self.mean = np.asarray(mean, np.float32)[:, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None]
@@ -201,6 +211,8 @@ class CropSampler:
         mask = mask[top : top + self.tile, left : left + self.tile].astype(np.float32)
         if self.pieces and self.rng.random() < self.copy_paste:
             image, mask = paste_piece(image, mask, self.pieces[int(self.rng.integers(len(self.pieces)))], self.rng)
+        if self.synthetic and self.rng.random() < self.synthetic:
+            image, mask = add_synthetic_anomaly(image, mask, self.rng, self.data.images)
         image = np.clip((image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1)
         image, mask = self._flip_rotate(image, mask)
         planes = (image.transpose(2, 0, 1) - self.mean) / self.std
@@ -282,6 +294,7 @@ def optimise_segmentation(
     )
     module.train()
     losses = []
+    bar = progress_bar(steps, f"{label}fine-tuning".strip(), unit="step")
     for step in range(steps):
         images, masks = sampler.batch(batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -292,8 +305,11 @@ def optimise_segmentation(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         if step % 50 == 0 or step == steps - 1:
             log.info("%sstep %d/%d loss %.4f", label, step + 1, steps, losses[-1])
+    bar.close()
     module.eval().requires_grad_(False)
     return losses
 
@@ -321,7 +337,8 @@ def finetune(config: FinetuneConfig) -> dict:
     mean, std = PIXEL_MEAN, PIXEL_STD
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=config.head_context)
     model = InspectionModel(backbone, segmentation=head).to(device)
-    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste)
+    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste,
+                          synthetic=config.synthetic_anomalies)
     losses = train_head(model, sampler, config, device)
 
     predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
@@ -341,6 +358,7 @@ def finetune(config: FinetuneConfig) -> dict:
         data_fingerprint=_fingerprint(samples, config.data_roots),
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
+    write_training_images(config.out, [s.image for s in samples])
     return metrics
 
 
@@ -392,7 +410,8 @@ def add_anomaly_branch(
     fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
                      device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
     calibrate_on_normal(model, predictor, calibration)
-    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities) for img in val.images]
+    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities)
+                   for img in progress(val.images, "fusion weight")]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)
     model.fusion_weight.fill_(weight)
 
@@ -407,7 +426,7 @@ def choose_thresholds(
     training defects pasted onto) the validation split's defect-free images (`training.decision`);
     what it promises is returned in the metrics under `decision`.
     """
-    maps = [predictor.predict(image) for image in val.images]
+    maps = [predictor.predict(image) for image in progress(val.images, "thresholds")]
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([m.ravel() for m in val.masks])
     pixel = float(min(best_f1_threshold(scores, labels).threshold, 1.0))

@@ -50,6 +50,8 @@ from training.models.anomaly import (
 )
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
+from training.progress import progress
+from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class FitNormalConfig:
     batch_size: int = 16
     target_recall: float = DEFAULT_TARGET_RECALL  # of synthetic defects on held-out images, at the image threshold
     image_top_pixels: int | None = None  # k of the image score; None: from the tile (see training.decision)
+    # > 0: also train a head on the normal images with synthetic anomalies (training.synthetic_discriminator)
+    discriminator_steps: int = 0
     device: str = "cpu"
     seed: int = 0
 
@@ -184,12 +188,12 @@ def fill_memory_bank(
 
 def _feature_tiles(
     model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
-    std: tuple[float, ...], device: torch.device,
+    std: tuple[float, ...], device: torch.device, desc: str = "memory bank",
 ) -> Iterator[torch.Tensor]:
     """Per image, the anomaly features `[tiles, C, h, w]` of its non-overlapping tiles."""
     from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 
-    for image in images:
+    for image in progress(images, desc):
         boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
         tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
         yield model.anomaly_features(tiles)
@@ -206,7 +210,7 @@ def _fill_tile_banks(
     the coresets (the costly part) are built for kept tiles alone and no discarded bank is held.
     """
     features_of = partial(_feature_tiles, model, tile=tile, mean=mean, std=std, device=device)
-    descriptors = [tile_descriptor(features).cpu() for features in features_of(images)]
+    descriptors = [tile_descriptor(features).cpu() for features in features_of(images, desc="memory bank: surfaces")]
     keys = torch.cat(descriptors)
     kept = torch.arange(len(keys))
     if len(keys) > max_bank_tiles:  # thin them to the ones that cover the surfaces' variety
@@ -218,7 +222,7 @@ def _fill_tile_banks(
         kept_of_image[image][offset] = index
     banks: dict[int, torch.Tensor] = {}
     wanted = sorted(kept_of_image)
-    for image, features in zip(wanted, features_of([images[i] for i in wanted])):
+    for image, features in zip(wanted, features_of([images[i] for i in wanted], desc="memory bank: coresets")):
         rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
         for offset, index in kept_of_image[image].items():
             rows = features[offset].flatten(1).t()
@@ -233,7 +237,8 @@ def _fill_tile_banks(
 @torch.no_grad()
 def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, normal_images: list[np.ndarray]) -> None:
     """Fit the anomaly head's logistic on raw scores of held-out defect-free images."""
-    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0] for image in normal_images]
+    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0]
+              for image in progress(normal_images, "calibration")]
     model.anomaly.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
 
 
@@ -268,6 +273,8 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     """
     check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
     check_target_recall(config.target_recall)
+    if config.discriminator_steps < 0:
+        raise UserError(f"--discriminator-steps must be 0 (off) or more, got {config.discriminator_steps}")
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
     device = torch.device(config.device)
     images, paths = read_images(list_normal_images(config.data))
@@ -276,7 +283,15 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
     backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
     mean, std = PIXEL_MEAN, PIXEL_STD
-    model = InspectionModel(backbone, anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
+    segmentation = None
+    if config.discriminator_steps > 0:
+        from training.synthetic_discriminator import train_synthetic_head
+
+        segmentation = train_synthetic_head(backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean,
+                                            std=std, steps=config.discriminator_steps, batch_size=config.batch_size,
+                                            device=device, seed=config.seed)
+    model = InspectionModel(backbone, segmentation=segmentation,
+                            anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
     fill_memory_bank(
         model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
         bank_size=config.bank_size, device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles,
@@ -285,7 +300,11 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
                                mean=mean, std=std, batch_size=config.batch_size, device=device)
     held_out = [images[i] for i in held_idx]
     calibrate_on_normal(model, predictor, held_out)
-    maps = [predictor.predict(image) for image in held_out]
+    if segmentation is not None:
+        from training.synthetic_discriminator import fit_fusion_on_synthetic
+
+        fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
+    maps = [predictor.predict(image) for image in progress(held_out, "thresholds")]
     thresholds, decision = normal_thresholds(predictor, held_out, maps, config)
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
                "held_out_max_probability": float(max(m.max() for m in maps)), "decision": decision.as_dict()}
@@ -294,6 +313,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         thresholds=thresholds, metrics={"validation": metrics},
         data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
+    write_training_images(config.out, paths)
     return thresholds
 
 

@@ -78,6 +78,36 @@ def collapse_warnings(
     return warnings
 
 
+def monitor_readings(
+    records: Sequence[dict[str, Any]],
+    *,
+    prototypes: dict[str, int],
+    projection_dim: int,
+) -> str:
+    """The monitors `collapse_warnings` judges, as one phrase: "teacher entropy 2.20 of 8.32, effective rank 4.9".
+
+    Each reading is the mean over the judged last part of the run, beside its collapse value (log K
+    for a teacher's entropy, about 1/sqrt(p) for spread-out SimDINO embeddings). Empty when nothing
+    was logged.
+    """
+    if not records:
+        return ""
+    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))):]
+    parts = []
+    for level, count in prototypes.items():
+        entropy = _mean(judged, f"teacher_entropy_{level}")
+        if entropy is not None:
+            label = "teacher entropy" if len(prototypes) == 1 else f"{level} teacher entropy"
+            parts.append(f"{label} {entropy:.2f} of {math.log(count):.2f}")
+    spread = _mean(judged, "feature_std_image")
+    if spread is not None and not prototypes:
+        parts.append(f"embedding std {spread:.3f} of {1 / math.sqrt(projection_dim):.3f}")
+    rank = _mean(judged, "effective_rank")
+    if rank is not None:
+        parts.append(f"effective rank {rank:.1f}")
+    return ", ".join(parts)
+
+
 def _mean(records: Sequence[dict[str, Any]], key: str) -> float | None:
     values = [float(r[key]) for r in records if key in r]
     return sum(values) / len(values) if values else None

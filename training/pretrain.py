@@ -40,6 +40,7 @@ from training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from training.errors import UserError
 from training.losses import CodingRateDistillationLoss, DenseDINOLoss
 from training.models.backbone import BACKBONE_FILE, create_vit, save_backbone
 from training.models.heads import DINOHead, ProjectionHead
@@ -50,9 +51,11 @@ from training.monitors import (
     Throughput,
     collapse_warnings,
     effective_rank,
+    monitor_readings,
     read_metrics,
 )
 from training.pretrain_config import PretrainConfig
+from training.progress import progress_bar
 from training.pretrain_step import StepParts, StepSettings, train_step
 from training.schedules import TrainingSchedules
 
@@ -65,6 +68,13 @@ class PretrainResult:
     steps: int
     skipped_images: int
     collapse_warnings: tuple[str, ...] = ()
+    monitor_readings: str = ""  # what the collapse monitors read at the end (see `monitors.monitor_readings`)
+
+    def verdict(self) -> str:
+        """One line for a healthy run ("no collapse (…)"); the warnings speak for a collapsed one."""
+        if self.collapse_warnings:
+            return ""
+        return f"no collapse ({self.monitor_readings})" if self.monitor_readings else "no collapse monitor was logged"
 
 
 def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDistillationNet]:
@@ -228,8 +238,8 @@ class Trainer:
         """Run from `start_step` to the end (or a Ctrl-C); returns the number of completed steps."""
         config, step = self.config, start_step
         throughput = Throughput()
-        bar = tqdm(total=self.total_steps, initial=start_step, disable=not (self.ctx.is_main and config.progress),
-                   unit="step", dynamic_ncols=True)
+        bar = progress_bar(self.total_steps, "pretraining", unit="step", initial=start_step,
+                           enabled=self.ctx.is_main and config.progress)
         batches = _batches(self.loader, self.sampler, start_step)
         with _StopRequest() as stop:
             while step < self.total_steps:
@@ -283,13 +293,53 @@ class Trainer:
 
 def run_collapse_warnings(config: PretrainConfig) -> list[str]:
     """The collapse monitors' verdict on the run in `config.out` (see `monitors.collapse_warnings`)."""
+    return collapse_warnings(read_metrics(config.out / METRICS_FILE), prototypes=_prototype_counts(config),
+                             projection_dim=config.projection_dim)
+
+
+def run_monitor_readings(config: PretrainConfig) -> str:
+    """What the collapse monitors of the run in `config.out` read (see `monitors.monitor_readings`)."""
+    return monitor_readings(read_metrics(config.out / METRICS_FILE), prototypes=_prototype_counts(config),
+                            projection_dim=config.projection_dim)
+
+
+def _prototype_counts(config: PretrainConfig) -> dict[str, int]:
+    """Prototype count per DINO level of the objective; none for the coding-rate objective."""
     prototypes: dict[str, int] = {}
     if config.objective != "densedino-crr":
         prototypes["image"] = config.num_prototypes
         if config.dense:
             prototypes["point"] = config.point_prototype_count
-    return collapse_warnings(read_metrics(config.out / METRICS_FILE), prototypes=prototypes,
-                             projection_dim=config.projection_dim)
+    return prototypes
+
+
+# The files a pretraining run writes into its folder; an earlier run's are replaced only on request.
+RUN_FILES = ("config.json", METRICS_FILE, CHECKPOINT_FILE, BACKBONE_FILE)
+
+
+def claim_run_folder(config: PretrainConfig, *, remove: bool = True) -> None:
+    """Refuse to start over an earlier run in `config.out` unless `--resume` or `--overwrite` says so.
+
+    Without this a new run silently replaced the old backbone and checkpoint and appended its
+    metrics to the old run's metrics.jsonl. With `overwrite`, the earlier run's files are removed.
+
+    Raises:
+        UserError: `out` holds a run and neither flag was given, or `out` is a file.
+    """
+    if config.out.exists() and not config.out.is_dir():
+        raise UserError(f"--out {config.out} is a file; give a folder for the run")
+    if config.resume:
+        return
+    earlier = [name for name in RUN_FILES if (config.out / name).exists()]
+    if not earlier:
+        return
+    if not config.overwrite:
+        raise UserError(
+            f"{config.out} already holds a pretraining run ({', '.join(earlier)}); add --resume to continue it, "
+            "--overwrite to replace it, or give another --out"
+        )
+    for name in earlier if remove else ():
+        (config.out / name).unlink(missing_ok=True)
 
 
 def run_pretrain(config: PretrainConfig) -> PretrainResult:
@@ -301,6 +351,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """
     ctx = init_distributed(config.device)
     try:
+        claim_run_folder(config, remove=ctx.is_main)
         if ctx.is_main:
             config.out.mkdir(parents=True, exist_ok=True)
         barrier()
@@ -312,6 +363,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
         if ctx.is_main and trainer.skips.skipped:
             log.warning(trainer.skips.summary())
         warnings = run_collapse_warnings(config) if ctx.is_main else []
-        return PretrainResult(config.out, steps, len(trainer.skips.skipped), tuple(warnings))
+        readings = run_monitor_readings(config) if ctx.is_main else ""
+        return PretrainResult(config.out, steps, len(trainer.skips.skipped), tuple(warnings), readings)
     finally:
         shutdown_distributed()

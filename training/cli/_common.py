@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -32,6 +33,45 @@ HeadContextOpt = Annotated[int | None, typer.Option(
     help="The head compares each 1/4-resolution position with the mean and std of the KxK window around "
     "it and with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11.",
 )]
+
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA when present, else the CPU), cuda or cpu.",
+)]
+
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress bars (they are drawn only when stderr is a terminal anyway).",
+)]
+
+
+def flowing(docstring: str | None) -> str:
+    """A verb's docstring as `--help` should show it: each paragraph one flowing line.
+
+    The help formatter keeps the docstring's line breaks, which reads as ragged text in a terminal.
+    """
+    paragraphs = inspect.cleandoc(docstring or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+@contextlib.contextmanager
+def talking(quiet: bool) -> Iterator[None]:
+    """Progress bars unless `quiet` (and only on a terminal), with log lines to stderr drawn above them."""
+    import logging
+
+    from training.progress import log_above_bars, set_quiet
+
+    set_quiet(quiet)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with log_above_bars():
+        yield
+
+
+def resolved_device(choice: str) -> str:
+    """The torch device `--device` names (`auto`: CUDA when present), or a one-line error."""
+    from training.distributed import resolve_device
+
+    with user_errors():
+        return str(resolve_device(choice))
 
 
 @contextlib.contextmanager

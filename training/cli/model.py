@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,15 +11,23 @@ from training.cli._common import (
     AnomalyContextOpt,
     AnomalyPixelWeightOpt,
     CopyPasteOpt,
+    DeviceOpt,
     HeadContextOpt,
+    QuietOpt,
+    flowing,
+    resolved_device,
+    talking,
     user_errors,
 )
 
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
-ImageSizeOpt = Annotated[int, typer.Option("--image-size", min=1, help="Tile side in pixels (the model's input size).")]
+ImageSizeOpt = Annotated[int, typer.Option(
+    "--image-size", min=1, help="Tile side in pixels (the model's input size; the measured recipe is 128).",
+)]
+# The tile size the accuracies of docs/BENCHMARKS.md §3 were measured at (larger tiles measured worse there).
+DEFAULT_TILE = 128
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
 BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows a query is compared with.")]
 TargetRecallOpt = Annotated[float, typer.Option(
@@ -41,7 +48,7 @@ def finetune(
         typer.Option("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders."),
     ],
     out: OutOpt,
-    image_size: ImageSizeOpt = 224,
+    image_size: ImageSizeOpt = DEFAULT_TILE,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps (ignored when --epochs is given).")] = 500,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Passes of one crop per training image.")] = None,
     batch_size: BatchOpt = 8,
@@ -67,14 +74,20 @@ def finetune(
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
     target_recall: TargetRecallOpt = 0.95,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split."""
+    """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split.
+
+    The defaults are the measured recipe (128 px tiles, docs/BENCHMARKS.md §3). On the demo data
+    (240 labeled 256 px images) they take about 10 minutes on a 2-core CPU (docs/BENCHMARKS.md §9);
+    on a GPU much less (not measured yet).
+    """
     from training.finetune import FinetuneConfig
     from training.finetune import finetune as run_finetune
 
-    _log_to_stderr()
+    device = resolved_device(device)
     config = FinetuneConfig(
         backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
@@ -83,7 +96,7 @@ def finetune(
         bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
         labeled_defects=labeled_defects, target_recall=target_recall, device=device, seed=seed,
     )
-    with user_errors():
+    with user_errors(), talking(quiet):
         metrics = run_finetune(config)
     typer.echo(f"{metrics['kind']} model in {out}: validation pixel AUROC {metrics['pixel_auroc']:.4f}, "
                f"AUPRO {metrics['aupro']:.4f}, F1 {metrics['f1']:.4f}")
@@ -93,23 +106,28 @@ def fit_normal(
     backbone: BackboneOpt,
     data: Annotated[Path, typer.Option("--data", help="Folder of defect-free images (or a labeled folder).")],
     out: OutOpt,
-    image_size: ImageSizeOpt = 224,
+    image_size: ImageSizeOpt = DEFAULT_TILE,
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     batch_size: BatchOpt = 16,
     target_recall: TargetRecallOpt = 0.95,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Zero-label mode: anomaly model from defect-free images only."""
+    """Zero-label mode: anomaly model from defect-free images only.
+
+    With the defaults, about a minute of CPU time for the demo data's 60 defect-free images on a
+    2-core CPU (docs/BENCHMARKS.md §9); less on a GPU (not measured yet).
+    """
     from training.fit_normal import FitNormalConfig
     from training.fit_normal import fit_normal as run_fit_normal
 
-    _log_to_stderr()
+    device = resolved_device(device)
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
                              neighbour_tiles=neighbour_tiles, batch_size=batch_size, target_recall=target_recall,
                              device=device, seed=seed)
-    with user_errors():
+    with user_errors(), talking(quiet):
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
 
@@ -118,12 +136,19 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Model run folder or bundle (folder or .zip).")],
     data: Annotated[Path, typer.Option("--data", help="Labeled folder.")],
     out: Annotated[Path, typer.Option("--out", help="Report folder (metrics.json, report.html, overlays).")],
+    quiet: QuietOpt = False,
 ) -> None:
-    """Measure a model on a labeled set; a bundle runs through the service's own inference code."""
+    """Measure a model on a labeled set; a bundle runs through the service's own inference code.
+
+    Evaluate on images the model never saw: it warns when some of them were among its training data.
+    """
     from training.evaluate import evaluate as run_evaluate
 
-    with user_errors():
-        metrics = run_evaluate(model, data, out)
+    def warn(message: str) -> None:
+        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+    with user_errors(), talking(quiet):
+        metrics = run_evaluate(model, data, out, warn=warn)
     typer.echo(f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRO {metrics['aupro']:.4f}, "
                f"image AUROC {metrics['image_auroc']:.4f}, F1 {metrics['f1']:.4f}, IoU {metrics['iou']:.4f} → {out}")
 
@@ -150,6 +175,10 @@ def export(
         raise typer.Exit(code=2)
     if eval_data is not None and not (int8 or fp16):
         typer.secho("error: --eval-data measures a variant; add --int8 or --fp16", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
+    if out.exists() and not out.is_dir():
+        typer.secho(f"error: --out {out} is a file; the bundle is a folder (model.onnx + model.json), give a new "
+                    "or empty folder", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2)
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     with user_errors():
@@ -185,12 +214,7 @@ def calibrate(
 
 def register(app: typer.Typer) -> None:
     """Add the model verbs to `app`."""
-    app.command("finetune")(finetune)
-    app.command("fit-normal")(fit_normal)
-    app.command("evaluate")(evaluate)
-    app.command("export")(export)
-    app.command("calibrate")(calibrate)
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    verbs = (("finetune", finetune), ("fit-normal", fit_normal), ("evaluate", evaluate), ("export", export),
+             ("calibrate", calibrate))
+    for name, verb in verbs:
+        app.command(name, help=flowing(verb.__doc__))(verb)

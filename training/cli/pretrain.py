@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import user_errors
+from training.cli._common import DeviceOpt, QuietOpt, flowing, talking, user_errors
 
 Opt = typer.Option
 
@@ -41,35 +41,48 @@ def pretrain(
         "give 1.0 for test_vit3, whose 1e-5 cannot learn in a short run)."
     )] = None,
     photometric: Annotated[str, Opt(
-        "--photometric", help="Augmentation: dino (colour jitter, grayscale, blur, solarize) or inspection "
-        "(colour jitter only: blur and grayscale would teach the features to ignore scratches and stains)."
-    )] = "dino",
-    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
-    workers: Annotated[int, Opt(help="Data-loading worker processes.")] = 8,
+        "--photometric", help="Augmentation: inspection (colour jitter only: blur and grayscale would teach the "
+        "features to ignore scratches and stains) or dino (colour jitter, grayscale, blur, solarize)."
+    )] = "inspection",
+    device: DeviceOpt = "auto",
+    workers: Annotated[int | None, Opt(
+        help="Data-loading worker processes.  [default: one per CPU, at most 8]", show_default=False,
+    )] = None,
     seed: Annotated[int, Opt(help="Seed of weights, views and augmentation.")] = 0,
     checkpoint_every: Annotated[int, Opt("--checkpoint-every", help="Save the training state every N steps.")] = 1000,
     log_every: Annotated[int, Opt("--log-every", help="Write metrics every N steps.")] = 20,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the networks.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, Opt(
+        "--overwrite", help="Replace the run already in --out (without it, or --resume, an existing run is refused)."
+    )] = False,
     reference_attention: Annotated[str, Opt(
         "--reference-attention", help="split (fast, flash-eligible) or masked: the same maths two ways."
     )] = "split",
     decode: Annotated[str, Opt(
         "--decode", help="workers (OpenCV in the data workers) or device (JPEGs decoded and cropped on the GPU)."
     )] = "workers",
+    quiet: QuietOpt = False,
 ) -> None:
-    """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs."""
-    from training.pretrain import run_pretrain  # torch/timm only when the verb runs
-    from training.pretrain_config import PretrainConfig
+    """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs.
 
-    with user_errors():
+    The defaults are the GPU recipe (ViT-S/16, 100 epochs of batch 64). On one H100 a step takes
+    about 0.15 s (docs/BENCHMARKS.md §1): 1,000 images take about 4 minutes. They do not fit a small
+    CPU machine (a 2-core, 23 GB one ran out of memory in the first step); on a CPU use the README's
+    recipe (test_vit3 at 128 px, 300 steps), about 5 minutes on 2 cores.
+    """
+    from training.pretrain import run_pretrain  # torch/timm only when the verb runs
+    from training.pretrain_config import PretrainConfig, default_workers
+
+    with user_errors(), talking(quiet):
         config = PretrainConfig(
             data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
             global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
             epochs=epochs, steps=steps, lr=lr, momentum=(teacher_momentum, 1.0), alpha=alpha, num_prototypes=prototypes,
             point_prototypes=point_prototypes, layer_scale_init=layer_scale_init, photometric=photometric,
-            head_hidden_dim=head_hidden_dim, device=device, workers=workers, seed=seed,
-            checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
+            head_hidden_dim=head_hidden_dim, device=device, workers=default_workers() if workers is None else workers,
+            seed=seed, checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
+            overwrite=overwrite,
             reference_attention=reference_attention, decode=decode,
         )
         try:
@@ -82,8 +95,10 @@ def pretrain(
         typer.echo(f"{result.skipped_images} unreadable image(s) skipped")
     for warning in result.collapse_warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    if result.verdict():
+        typer.echo(result.verdict())
 
 
 def register(app: typer.Typer) -> None:
     """Add the `pretrain` verb to `app`."""
-    app.command("pretrain")(pretrain)
+    app.command("pretrain", help=flowing(pretrain.__doc__))(pretrain)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli._common import user_errors
+from training.cli._common import DeviceOpt, resolved_device, user_errors
 
 Opt = typer.Option
 
@@ -19,13 +19,13 @@ def probe(
     image_size: Annotated[int, Opt("--image-size", min=16, help="Images are resized to this square size.")] = 224,
     steps: Annotated[int, Opt("--steps", min=1, help="Optimiser steps of the linear probe.")] = 300,
     seed: Annotated[int, Opt("--seed", help="Seed of the train/test split and the linear probe.")] = 0,
-    device: Annotated[str, Opt("--device", help="torch device, e.g. cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Measure how much defect information frozen patch features carry (pixel AUROC, AUPRO)."""
     from training.probe import dense_probe, write_probe_result
 
     with user_errors():
-        result = dense_probe(backbone, data, image_size=image_size, steps=steps, seed=seed, device=device)
+        result = dense_probe(backbone, data, image_size=image_size, steps=steps, seed=seed, device=resolved_device(device))
         path = write_probe_result(result, out)
     typer.echo(
         f"linear: pixel AUROC {result.linear_pixel_auroc:.4f}, AUPRO {result.linear_aupro:.4f}; "

@@ -11,6 +11,7 @@ from training.cli._common import (
     AnomalyContextOpt,
     AnomalyPixelWeightOpt,
     CopyPasteOpt,
+    DeviceOpt,
     HeadContextOpt,
     user_errors,
 )
@@ -40,8 +41,8 @@ def label_study(
     ] = 500,
     batch_size: Annotated[int, Opt("--batch-size", help="Tiles per step.")] = 16,
     image_size: Annotated[
-        int, Opt("--image-size", help="Tile side in pixels (the models' input size).")
-    ] = 224,
+        int, Opt("--image-size", help="Tile side in pixels (the models' input size; finetune's default too).")
+    ] = 128,
     test_fraction: Annotated[
         float, Opt("--test-fraction", help="Share of each line and defect type kept for testing.")
     ] = 0.3,
@@ -67,7 +68,7 @@ def label_study(
     head_context: HeadContextOpt = None,
     bank_size: Annotated[int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")] = 2048,
     copy_paste: CopyPasteOpt = 0.0,
-    device: Annotated[str, Opt("--device", help="cpu, cuda or auto.")] = "auto",
+    device: DeviceOpt = "auto",
     seed: Annotated[
         list[int] | None,
         Opt(

@@ -9,6 +9,7 @@ wood, stone, asphalt) is read from it, in an order chosen so that the first few 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def load_skimage_textures() -> list[Texture]:
     ]
 
 
-def load_archive_textures(archive: Path | None, limit: int) -> list[Texture]:
-    """Up to `limit` textures from the ufoai archive, in `UFOAI_MEMBERS` order; [] when it is absent.
+def load_archive_textures(
+    archive: Path | None, limit: int, members: Sequence[str] = UFOAI_MEMBERS
+) -> list[Texture]:
+    """Up to `limit` textures from the ufoai archive, in `members` order; [] when it is absent.
 
     Members that are missing or fail to decode are passed over, so a different package version
     still yields textures.
@@ -77,7 +80,7 @@ def load_archive_textures(archive: Path | None, limit: int) -> list[Texture]:
     textures: list[Texture] = []
     with zipfile.ZipFile(archive) as zipped:
         present = set(zipped.namelist())
-        for member in UFOAI_MEMBERS:
+        for member in members:
             if len(textures) == limit:
                 break
             if member not in present:

@@ -1,0 +1,75 @@
+"""The benchmark's metrics per surface, and their mean and worst over surfaces.
+
+Pixel AUROC and AUPRO@0.3 are the product's own (`training.metrics`); pixel AP (area under the
+precision-recall curve) is added because pixel AUROC saturates when defects are a tiny share of the
+pixels. Verdicts are taken as the service takes them: an image is defective when its image score
+reaches the stored image threshold; precision, recall and the false-alarm rate (share of defect-free
+images flagged) follow from that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.metrics import aupro, auroc, image_scores
+
+# Metrics where lower is better: their "worst" surface is the largest value.
+LOWER_IS_BETTER = frozenset({"false_alarm_rate"})
+METRIC_KEYS = (
+    "pixel_auroc", "aupro", "pixel_ap", "image_auroc", "verdict_precision", "verdict_recall", "false_alarm_rate",
+)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as the step sum Σ (R_k − R_{k−1}) P_k over distinct scores.
+
+    Tied scores form one step (no order is invented among them). NaN when there is no positive.
+    """
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    true_positives = np.cumsum(sorted_labels)
+    # Keep the last index of each run of equal scores: a threshold takes a whole tie or none of it.
+    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+    tp = true_positives[ends]
+    precision = tp / (ends + 1)
+    recall = tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def score_surface(maps: list[np.ndarray], masks: list[np.ndarray], image_threshold: float) -> dict[str, float]:
+    """Every metric of `METRIC_KEYS` on one surface's test images (defective and defect-free)."""
+    scores = np.concatenate([np.asarray(m, np.float32).ravel() for m in maps])
+    labels = np.concatenate([np.asarray(m, bool).ravel() for m in masks])
+    defective = np.asarray([bool(m.any()) for m in masks])
+    image = image_scores(maps)
+    flagged = image >= image_threshold
+    true_pos = int(np.sum(flagged & defective))
+    return {
+        "pixel_auroc": auroc(scores, labels),
+        "aupro": aupro(maps, masks),
+        "pixel_ap": average_precision(scores, labels),
+        "image_auroc": auroc(image, defective),
+        "verdict_precision": true_pos / int(flagged.sum()) if flagged.any() else float("nan"),
+        "verdict_recall": true_pos / int(defective.sum()) if defective.any() else float("nan"),
+        "false_alarm_rate": float(np.mean(flagged[~defective])) if (~defective).any() else float("nan"),
+        "images": len(maps),
+        "defective_images": int(defective.sum()),
+    }
+
+
+def mean_and_worst(per_surface: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """The mean over surfaces and the worst surface's value, per metric (NaNs ignored)."""
+    mean, worst = {}, {}
+    for key in METRIC_KEYS:
+        values = np.asarray([s[key] for s in per_surface.values()], np.float64)
+        values = values[~np.isnan(values)]
+        if not values.size:
+            mean[key] = worst[key] = float("nan")
+            continue
+        mean[key] = float(values.mean())
+        worst[key] = float(values.max() if key in LOWER_IS_BETTER else values.min())
+    return mean, worst
