@@ -57,7 +57,10 @@ class Case:
         return float(image_scores([self.prob])[0])
 
     def label(self) -> str:
-        return ", ".join(self.defect_types) or "defect" if self.defective else "defect-free"
+        """The defect types, for a heading ("defect" when the labels name none)."""
+        if not self.defective:
+            return "defect-free"
+        return ", ".join(self.defect_types) or "defect"
 
 
 def heat_colours(prob: np.ndarray) -> np.ndarray:
