@@ -58,6 +58,11 @@ def finetune(
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     copy_paste: CopyPasteOpt = 0.0,
+    synthetic_anomalies: Annotated[float, typer.Option(
+        "--synthetic-anomalies", min=0.0, max=1.0,
+        help="Share of training crops that get a generic synthetic anomaly (foreign material, curve, blob, blur, "
+        "noise), so the head also learns 'different from normal' (0: off).",
+    )] = 0.0,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
@@ -75,7 +80,7 @@ def finetune(
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
         anomaly_context=anomaly_context, anomaly_pixel_weight=anomaly_pixel_weight, head_context=head_context,
         bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
-        labeled_defects=labeled_defects, device=device, seed=seed,
+        synthetic_anomalies=synthetic_anomalies, labeled_defects=labeled_defects, device=device, seed=seed,
     )
     with user_errors():
         metrics = run_finetune(config)
@@ -91,6 +96,11 @@ def fit_normal(
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     batch_size: BatchOpt = 16,
+    discriminator_steps: Annotated[int, typer.Option(
+        "--discriminator-steps", min=0,
+        help="Also train a per-pixel head for N steps on the defect-free images with synthetic anomalies and "
+        "fuse it with the nearest-neighbour map (0: nearest-neighbour map only).",
+    )] = 0,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
@@ -100,7 +110,8 @@ def fit_normal(
 
     _log_to_stderr()
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
-                             neighbour_tiles=neighbour_tiles, batch_size=batch_size, device=device, seed=seed)
+                             neighbour_tiles=neighbour_tiles, batch_size=batch_size,
+                             discriminator_steps=discriminator_steps, device=device, seed=seed)
     with user_errors():
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
