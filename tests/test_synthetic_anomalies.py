@@ -61,7 +61,7 @@ def test_fit_normal_with_a_discriminator_saves_a_fused_model(tmp_path: Path) -> 
     from training.fit_normal import FitNormalConfig, fit_normal
 
     data = write_labeled_set(tmp_path / "data", defective=0, normal=6)
-    common = dict(backbone=TINY_BACKBONE, data=data, image_size=32, bank_size=32)
+    common = {"backbone": TINY_BACKBONE, "data": data, "image_size": 32, "bank_size": 32}
     fit_normal(FitNormalConfig(**common, out=tmp_path / "plain"))
     thresholds = fit_normal(FitNormalConfig(**common, out=tmp_path / "disc", discriminator_steps=2, batch_size=4))
     assert load_run(tmp_path / "plain").model.segmentation is None
@@ -77,3 +77,20 @@ def test_negative_discriminator_steps_are_a_user_error(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=0, normal=4)
     with pytest.raises(UserError, match="discriminator-steps"):
         fit_normal(FitNormalConfig(backbone=TINY_BACKBONE, data=data, out=tmp_path / "o", discriminator_steps=-1))
+
+
+def test_the_cli_flags_reach_the_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tests.synthetic_labeled import TINY_FINETUNE_ARGS, model_cli
+
+    data = write_labeled_set(tmp_path / "data", defective=3, normal=5)
+    runner = CliRunner()
+    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "zero"), "--image-size", "32", "--bank-size", "32",
+                                         "--batch-size", "4", "--discriminator-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "zero").model.segmentation is not None
+    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
+                                         str(tmp_path / "ft"), *TINY_FINETUNE_ARGS, "--synthetic-anomalies", "1.5"])
+    assert result.exit_code == 2 and "Traceback" not in result.output

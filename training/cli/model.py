@@ -70,6 +70,11 @@ def finetune(
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     copy_paste: CopyPasteOpt = 0.0,
+    synthetic_anomalies: Annotated[float, typer.Option(
+        "--synthetic-anomalies", min=0.0, max=1.0,
+        help="Share of training crops that get a generic synthetic anomaly (foreign material, curve, blob, blur, "
+        "noise), so the head also learns 'different from normal' (0: off).",
+    )] = 0.0,
     labeled_defects: Annotated[
         int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
     ] = None,
@@ -94,7 +99,8 @@ def finetune(
         anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
         anomaly_context=anomaly_context, anomaly_pixel_weight=anomaly_pixel_weight, head_context=head_context,
         bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
-        labeled_defects=labeled_defects, target_recall=target_recall, device=device, seed=seed,
+        synthetic_anomalies=synthetic_anomalies, labeled_defects=labeled_defects, target_recall=target_recall,
+        device=device, seed=seed,
     )
     with user_errors(), talking(quiet):
         metrics = run_finetune(config)
@@ -110,6 +116,11 @@ def fit_normal(
     bank_size: BankOpt = 2048,
     neighbour_tiles: NeighbourTilesOpt = 4,
     batch_size: BatchOpt = 16,
+    discriminator_steps: Annotated[int, typer.Option(
+        "--discriminator-steps", min=0,
+        help="Also train a per-pixel head for N steps on the defect-free images with synthetic anomalies and "
+        "fuse it with the nearest-neighbour map (0: nearest-neighbour map only).",
+    )] = 0,
     target_recall: TargetRecallOpt = 0.95,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -126,7 +137,7 @@ def fit_normal(
     device = resolved_device(device)
     config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
                              neighbour_tiles=neighbour_tiles, batch_size=batch_size, target_recall=target_recall,
-                             device=device, seed=seed)
+                             discriminator_steps=discriminator_steps, device=device, seed=seed)
     with user_errors(), talking(quiet):
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
