@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data.images import IMAGE_SUFFIXES, list_images
+from training.data.images import IMAGE_SUFFIXES, list_images, read_images
 from training.errors import UserError
 
 LABELS_FILE = "defects.json"
@@ -291,3 +291,36 @@ def pick_per_line(samples: Iterable[LabeledSample], per_line: int, seed: int) ->
         order = np.random.default_rng([seed, zlib.crc32(line.encode())]).permutation(len(by_line[line]))
         picked.extend(by_line[line][i] for i in order[:per_line])
     return picked
+
+
+def list_normal_images(root: Path) -> list[Path]:
+    """Defect-free images of a folder; in a labeled folder (images/ + masks/ or MVTec) only its defect-free ones."""
+    if (root / "images").is_dir() or (root / "train").is_dir():
+        return [s.image for s in load_labeled_set(root).defect_free]
+    return list_images(root)
+
+
+@dataclass
+class LabeledImages:
+    """Decoded images with bool masks (all-False for defect-free ones)."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    samples: list[LabeledSample] = field(default_factory=list)
+
+    def defective_indices(self) -> list[int]:
+        return [i for i, m in enumerate(self.masks) if m.any()]
+
+
+def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
+    """Decode the samples' images and masks; unreadable images are skipped, a bad mask is an error."""
+    images, paths = read_images([s.image for s in samples])
+    by_path = {s.image: s for s in samples}
+    data = LabeledImages()
+    for image, path in zip(images, paths):
+        sample = by_path[path]
+        mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
+        data.images.append(image)
+        data.masks.append(mask)
+        data.samples.append(sample)
+    return data
