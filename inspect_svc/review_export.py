@@ -30,14 +30,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from inspect_svc.labeled_layout import (
+    IMAGES_DIR,
+    LABELS_FILE,
+    MASKS_DIR,
+    DefectsFile,
+    SampleLabel,
+    format_defects_file,
+    image_path,
+    mask_path,
+)
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
 from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
 
 MANIFEST_NAME = "manifest.json"
-# The labeled layout's optional per-image facts (read by training's labeled-set reader): the line of
-# each image, so evaluation can report per line.
-LABELS_NAME = "defects.json"
 MANIFEST_FORMAT = 1
 IMAGE_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif"}
 
@@ -105,8 +112,8 @@ class DirectorySink:
     def __init__(self, root: Path) -> None:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise ExportError(f"{root} exists and is not an empty directory; choose a new output directory")
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(exist_ok=True)
+        (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (root / MASKS_DIR).mkdir(exist_ok=True)
         self.root = root
 
     def write(self, relative_path: str, data: bytes) -> None:
@@ -194,16 +201,16 @@ def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSi
             manifest.skipped.append(SkippedItem(inspection.id, review.verdict, label))
             continue
         mask_bytes, source = label
-        image_path = f"images/{inspection.id}{IMAGE_EXTENSIONS.get(inspection.image_media_type, '.png')}"
-        mask_path = f"masks/{inspection.id}.png" if mask_bytes is not None else None
-        sink.write(image_path, image_bytes)
-        if mask_path is not None and mask_bytes is not None:
-            sink.write(mask_path, mask_bytes)
+        image_file = image_path(inspection.id, IMAGE_EXTENSIONS.get(inspection.image_media_type, ".png"))
+        mask_file = mask_path(inspection.id) if mask_bytes is not None else None
+        sink.write(image_file, image_bytes)
+        if mask_file is not None and mask_bytes is not None:
+            sink.write(mask_file, mask_bytes)
         manifest.items.append(
             ExportedItem(
                 inspection_id=inspection.id,
-                image=image_path,
-                mask=mask_path,
+                image=image_file,
+                mask=mask_file,
                 mask_source=source,
                 verdict=review.verdict,
                 reviewer=entry.reviewer,
@@ -215,8 +222,9 @@ def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSi
                 pixel_threshold=inspection.pixel_threshold,
             )
         )
-    labels = {"samples": {item.inspection_id: {"line": item.line} for item in manifest.items if item.line}}
-    sink.write(LABELS_NAME, (json.dumps(labels, indent=1) + "\n").encode())
+    # The line of each image, so that evaluation can report per line.
+    labels = DefectsFile(samples={item.inspection_id: SampleLabel(line=item.line) for item in manifest.items if item.line})
+    sink.write(LABELS_FILE, format_defects_file(labels).encode())
     sink.write(MANIFEST_NAME, manifest.to_json().encode())
     return manifest
 
