@@ -30,3 +30,14 @@ def test_torch_form_is_channels_last_float32() -> None:
     out = normalize(torch.rand(2, 3, 8, 8))
     assert out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_service_normalises_as_training_does(test_bundle) -> None:
+    """The service folds the same map into one multiply-add; both must agree to float rounding."""
+    from inspect_svc.engine.predictor import Predictor
+
+    predictor = Predictor(test_bundle, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    mean, std = tuple(test_bundle.manifest.mean), tuple(test_bundle.manifest.std)
+    image = _image(size=16)
+    served = predictor.normalise(image.transpose(2, 0, 1)[None].copy())[0]
+    assert np.allclose(served, normalise_image(image, mean, std), atol=1e-5)
