@@ -2,7 +2,7 @@
 # Tiny demo pipeline whose outputs must not change under a refactor: demo data -> finetune and
 # fit-normal on a random test_vit3 at 64 px -> export (of the finetune run) -> evaluate. Prints the
 # sha256 of one image's probability map through the bundle (the service's predictor, as a PNG) and of
-# the runs' metrics and thresholds and the evaluation's metrics.
+# the graph, the finetune weights, the runs' metrics and thresholds and the evaluation's metrics.
 # Usage: scripts/pipeline-checksums.sh [WORK_DIR]
 set -euo pipefail
 work=${1:-runs/pipeline-checksums}
@@ -34,5 +34,5 @@ probs = predictor.predict(np.asarray(Image.open(image_path).convert("RGB")))
 Image.fromarray(np.round(probs * 255).astype(np.uint8)).save(out)
 PY
 cd "$work"
-sha256sum map.png finetune/metrics.json finetune/threshold.json fit-normal/metrics.json fit-normal/threshold.json \
+sha256sum map.png bundle/model.onnx finetune/model.pt finetune/metrics.json finetune/threshold.json fit-normal/metrics.json fit-normal/threshold.json \
     eval/metrics.json
