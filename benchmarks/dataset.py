@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.defects_physical import PHYSICAL_FAMILIES, draw_physical_defect
+from inspect_svc.labeled_layout import DefectsFile, SampleLabel, write_defects_file
 from training.data.demo import write_png
-from training.data.labeled import LABELS_FILE
 from training.data.textures import Texture, crop_texture
 from training.errors import UserError
 
@@ -60,11 +60,11 @@ def build_split(textures: list[Texture], out: Path, config: DataConfig, split: s
         ("train", config.train_normal, config.train_defective),
         ("test", config.test_normal, config.test_defective),
     ):
-        labels: dict[str, dict] = {}
+        labels: dict[str, SampleLabel] = {}
         for texture in textures:
             labels.update(_write_surface(out / folder, texture, folder, normal, defective, families, config))
         (out / folder / "masks").mkdir(parents=True, exist_ok=True)
-        (out / folder / LABELS_FILE).write_text(json.dumps({"samples": labels}, indent=1) + "\n")
+        write_defects_file(out / folder, DefectsFile(samples=labels))
     record = {
         "split": split,
         **asdict(config),
@@ -98,7 +98,7 @@ def _prepare(out: Path) -> None:
 
 def _write_surface(
     folder: Path, texture: Texture, part: str, normal: int, defective: int, families: list[str], config: DataConfig
-) -> dict[str, dict]:
+) -> dict[str, SampleLabel]:
     """One surface's images of `folder`; families are dealt in turn, so each appears equally often."""
     labels = {}
     surface_key = zlib.crc32(texture.name.encode())
@@ -109,11 +109,11 @@ def _write_surface(
         stem = f"{texture.name}-{part}-{index:03d}"
         if index < normal:
             write_png(folder / "images" / f"{stem}.png", clean)
-            labels[stem] = {"line": texture.name}
+            labels[stem] = SampleLabel(line=texture.name)
             continue
         family = families[order[(index - normal) % len(families)]]
         image, mask = draw_physical_defect(clean, family, rng)
         write_png(folder / "images" / f"{stem}.png", image)
         write_png(folder / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
-        labels[stem] = {"line": texture.name, "defects": [family]}
+        labels[stem] = SampleLabel(line=texture.name, defects=[family])
     return labels

@@ -25,6 +25,16 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from inspect_svc.labeled_layout import (
+    IMAGES_DIR,
+    LABELS_FILE,
+    MASKS_DIR,
+    DefectsFile,
+    SampleLabel,
+    format_defects_file,
+    image_path,
+    mask_path,
+)
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
 from inspect_svc.storage.db import Session
 from inspect_svc.storage.reviewed_set import (
@@ -35,9 +45,6 @@ from inspect_svc.storage.reviewed_set import (
 )
 
 MANIFEST_NAME = "manifest.json"
-# The labeled layout's optional per-image facts (read by training's labeled-set reader): the line of
-# each image, so evaluation can report per line.
-LABELS_NAME = "defects.json"
 MANIFEST_FORMAT = 1
 IMAGE_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif"}
 
@@ -105,8 +112,8 @@ class DirectorySink:
     def __init__(self, root: Path) -> None:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise ExportError(f"{root} exists and is not an empty directory; choose a new output directory")
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(exist_ok=True)
+        (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (root / MASKS_DIR).mkdir(exist_ok=True)
         self.root = root
 
     def write(self, relative_path: str, data: bytes) -> None:
@@ -170,16 +177,16 @@ def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSi
             manifest.skipped.append(SkippedItem(entry.inspection_id, entry.verdict, label))
             continue
         mask_bytes, source = label
-        image_path = f"images/{entry.inspection_id}{IMAGE_EXTENSIONS.get(entry.image_media_type, '.png')}"
-        mask_path = f"masks/{entry.inspection_id}.png" if mask_bytes is not None else None
-        sink.write(image_path, image_bytes)
-        if mask_path is not None and mask_bytes is not None:
-            sink.write(mask_path, mask_bytes)
+        image_file = image_path(entry.inspection_id, IMAGE_EXTENSIONS.get(entry.image_media_type, ".png"))
+        mask_file = mask_path(entry.inspection_id) if mask_bytes is not None else None
+        sink.write(image_file, image_bytes)
+        if mask_file is not None and mask_bytes is not None:
+            sink.write(mask_file, mask_bytes)
         manifest.items.append(
             ExportedItem(
                 inspection_id=entry.inspection_id,
-                image=image_path,
-                mask=mask_path,
+                image=image_file,
+                mask=mask_file,
                 mask_source=source,
                 verdict=entry.verdict,
                 reviewer=entry.reviewer,
@@ -191,8 +198,9 @@ def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSi
                 pixel_threshold=entry.pixel_threshold,
             )
         )
-    labels = {"samples": {item.inspection_id: {"line": item.line} for item in manifest.items if item.line}}
-    sink.write(LABELS_NAME, (json.dumps(labels, indent=1) + "\n").encode())
+    # The line of each image, so that evaluation can report per line.
+    labels = DefectsFile(samples={item.inspection_id: SampleLabel(line=item.line) for item in manifest.items if item.line})
+    sink.write(LABELS_FILE, format_defects_file(labels).encode())
     sink.write(MANIFEST_NAME, manifest.to_json().encode())
     return manifest
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inspect_svc.labeled_layout import DefectsFile, SampleLabel, write_defects_file
 
 
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -30,9 +31,9 @@ def write_labeled_set(root: Path, *, defective: int = 4, normal: int = 4, size: 
             cv2.line(mask, start, end, 255, 2)
             image[mask > 0] = 20
             cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)
-            labels[stem] = {"line": "synthetic", "defects": ["scratch" if index % 2 else "crack"]}
+            labels[stem] = SampleLabel(line="synthetic", defects=["scratch" if index % 2 else "crack"])
         cv2.imwrite(str(root / "images" / f"{stem}.png"), image[:, :, ::-1])
-    (root / "defects.json").write_text(json.dumps({"samples": labels}))
+    write_defects_file(root, DefectsFile(samples=labels))
     return root
 
 

@@ -75,10 +75,10 @@ def test_image_scores_agree_between_pytorch_evaluation_and_the_service(zero_labe
     from inspect_svc.bundle import load_bundle
     from inspect_svc.engine.predictor import Predictor
     from inspect_svc.engine.regions import summarize
-    from training.data.labeled import load_labeled_set
-    from training.finetune import load_images_with_masks
-    from training.hybrid import TorchPredictor, default_overlap, load_run
+    from training.data.labeled import load_images_with_masks, load_labeled_set
     from training.metrics import image_scores
+    from training.predictor import TorchPredictor, default_overlap
+    from training.runs import load_run
 
     data, run_dir, bundle_dir = zero_label
     run, bundle = load_run(run_dir), load_bundle(bundle_dir)

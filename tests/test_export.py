@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from inspect_svc.bundle import load_bundle
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.export import PARITY_TOLERANCE, export_run
-from training.hybrid import load_run
+from training.runs import load_run
 
 runner = CliRunner()
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from tests.synthetic_labeled import TINY_BACKBONE, model_cli, write_labeled_set
-from training.hybrid import load_run
 from training.models.anomaly import (
     MEDIAN_PROBABILITY,
     AnomalyHead,
@@ -22,6 +21,7 @@ from training.models.anomaly import (
     tile_descriptor,
     window_statistics,
 )
+from training.runs import load_run
 
 
 def test_greedy_coreset_keeps_the_outlier() -> None:

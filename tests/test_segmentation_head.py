@@ -7,14 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from training.hybrid import InspectionModel, TorchPredictor
 from training.models.backbone import create_vit
+from training.models.hybrid import InspectionModel
 from training.models.segmentation import (
     SegmentationHead,
     count_parameters,
     default_feature_blocks,
     fix_input_size,
 )
+from training.predictor import TorchPredictor
 
 
 def tiny_model(tile: int = 32) -> InspectionModel:

@@ -204,8 +204,9 @@ def calibrate_bundle(
     from inspect_svc.api.inspect import NAME as LINE_NAME
     from inspect_svc.bundle import BundleError, LineCalibration, load_bundle, rewrite_manifest
     from inspect_svc.engine.predictor import Predictor
+    from training.data.images import read_images
+    from training.data.labeled import list_normal_images
     from training.errors import UserError
-    from training.fit_normal import list_normal_images, read_images
 
     if not 0.0 <= max_false_alarm_rate < 1.0:
         raise UserError(f"--max-false-alarm-rate must be in [0, 1), got {max_false_alarm_rate}")

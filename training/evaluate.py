@@ -31,7 +31,7 @@ from training.report import Case, write_report
 from training.training_data import Overlap, read_training_images, training_overlap
 
 if TYPE_CHECKING:
-    from training.finetune import LabeledImages
+    from training.data.labeled import LabeledImages
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def _bundle_model(bundle: Bundle, source: str, root: Path | None = None) -> Load
 
 
 def _load_run(spec: Path, scratch: Path | None) -> LoadedModel:
-    from training.hybrid import TorchPredictor, default_overlap, load_run
+    from training.predictor import TorchPredictor, default_overlap
+    from training.runs import load_run
 
     if scratch is not None:
         from training.export import export_run
@@ -126,8 +127,7 @@ def evaluate(
     Raises:
         UserError: unreadable model, empty or inconsistent labeled set.
     """
-    from training.data.labeled import load_labeled_set
-    from training.finetune import load_images_with_masks
+    from training.data.labeled import load_images_with_masks, load_labeled_set
 
     check_not_pretraining_run(model_spec)
     labeled = load_labeled_set(data)
@@ -166,7 +166,7 @@ HEADLINE = ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "f1", "iou", "ver
 def overlap_with_training(model: LoadedModel, data: Path, samples: list[LabeledSample]) -> Overlap:
     """How many evaluated images the model was made from: by content hash where the run recorded them,
     else (older runs) all or none, by comparing the whole folder's fingerprint with the run's."""
-    from training.fit_normal import data_fingerprint
+    from training.runs import data_fingerprint
 
     images = [s.image for s in samples]
     trained = read_training_images(model.root) if model.root is not None else None

@@ -41,7 +41,8 @@ from training.export_variants import (
     quantize_int8,
     timing_batch,
 )
-from training.hybrid import RunModel, default_overlap, load_run, load_sample_tiles
+from training.predictor import default_overlap
+from training.runs import RunModel, load_run, load_sample_tiles
 from training.training_data import copy_training_images
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of fp32 probabilities between ORT and PyTorch

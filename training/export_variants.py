@@ -204,8 +204,7 @@ def labeled_pixel_auroc(bundle_dir: Path, data: Path) -> float:
     """Pixel AUROC of a bundle on a labeled set, run by the service's `Predictor` (as `evaluate` does)."""
     from inspect_svc.bundle import load_bundle
     from inspect_svc.engine.predictor import Predictor
-    from training.data.labeled import load_labeled_set
-    from training.finetune import load_images_with_masks
+    from training.data.labeled import load_images_with_masks, load_labeled_set
     from training.metrics import auroc
 
     loaded = load_images_with_masks(load_labeled_set(data).samples)

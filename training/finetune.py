@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from training.data.copy_paste import DefectPiece, cut_defect_pieces, paste_piece
-from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
+from training.data.labeled import (
+    LabeledImages,
+    LabeledSample,
+    load_images_with_masks,
+    load_labeled_sets,
+    pick_per_line,
+)
+from training.data.normalisation import PIXEL_MEAN, PIXEL_STD
+from training.data.splits import holdout_split
+from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.decision import (
     DEFAULT_TARGET_RECALL,
     check_target_recall,
@@ -31,29 +40,18 @@ from training.decision import (
     default_top_pixels,
     synthetic_defects,
 )
-from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.errors import UserError
-from training.fit_normal import (
-    calibrate_on_normal,
-    check_anomaly_options,
-    data_fingerprint,
-    empty_anomaly_head,
-    fill_memory_bank,
-    holdout_split,
-    read_images,
-    sample_tiles,
-)
-from training.hybrid import (
-    InspectionModel,
-    TorchPredictor,
-    backbone_recipe,
-    default_overlap,
-    fit_fusion_weight,
-    save_run,
-)
+from training.fusion import fit_fusion_weight
 from training.metrics import best_f1_threshold, segmentation_summary
 from training.models.anomaly import default_context, default_pixel_weight
-from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
+from training.models.backbone import load_backbone
+from training.models.hybrid import InspectionModel, backbone_recipe
+from training.models.memory_bank import (
+    calibrate_on_normal,
+    check_anomaly_options,
+    empty_anomaly_head,
+    fill_memory_bank,
+)
 from training.models.segmentation import (
     SegmentationHead,
     check_head_context,
@@ -61,7 +59,9 @@ from training.models.segmentation import (
     default_head_context,
     fix_input_size,
 )
+from training.predictor import TorchPredictor, default_overlap
 from training.progress import progress, progress_bar
+from training.runs import data_fingerprint, sample_tiles, save_run
 from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
@@ -115,32 +115,6 @@ class FinetuneConfig:
     @property
     def data_roots(self) -> tuple[Path, ...]:
         return (self.data,) if isinstance(self.data, Path) else tuple(self.data)
-
-
-@dataclass
-class LabeledImages:
-    """Decoded images with bool masks (all-False for defect-free ones)."""
-
-    images: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
-    samples: list[LabeledSample] = field(default_factory=list)
-
-    def defective_indices(self) -> list[int]:
-        return [i for i, m in enumerate(self.masks) if m.any()]
-
-
-def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
-    """Decode the samples' images and masks; unreadable images are skipped, a bad mask is an error."""
-    images, paths = read_images([s.image for s in samples])
-    by_path = {s.image: s for s in samples}
-    data = LabeledImages()
-    for image, path in zip(images, paths):
-        sample = by_path[path]
-        mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
-        data.images.append(image)
-        data.masks.append(mask)
-        data.samples.append(sample)
-    return data
 
 
 def split_train_val(samples: list[LabeledSample], fraction: float, seed: int) -> tuple[list[LabeledSample], list[LabeledSample]]:

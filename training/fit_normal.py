@@ -9,18 +9,17 @@ the held-out images (`training.decision`), and its false-alarm rate measured on 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.data.images import SkipCounter, list_images, read_image_rgb
+from training.data.images import read_images
+from training.data.labeled import list_normal_images
+from training.data.normalisation import PIXEL_MEAN, PIXEL_STD
+from training.data.splits import holdout_split
 from training.decision import (
     DEFAULT_TARGET_RECALL,
     ImageDecision,
@@ -30,35 +29,22 @@ from training.decision import (
     synthetic_defects,
 )
 from training.errors import UserError
-from training.hybrid import (
-    InspectionModel,
-    TorchPredictor,
-    backbone_recipe,
-    default_overlap,
-    normalise_image,
-    save_run,
+from training.models.backbone import load_backbone
+from training.models.hybrid import InspectionModel, backbone_recipe
+from training.models.memory_bank import (
+    calibrate_on_normal,
+    check_anomaly_options,
+    empty_anomaly_head,
+    fill_memory_bank,
 )
-from training.models.anomaly import (
-    ANOMALY_SOURCES,
-    AnomalyHead,
-    AnomalySource,
-    anomaly_feature_blocks,
-    check_context,
-    check_pixel_weight,
-    greedy_coreset,
-    tile_descriptor,
-)
-from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
+from training.predictor import TorchPredictor, default_overlap
 from training.progress import progress
+from training.runs import data_fingerprint, sample_tiles, save_run
 from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
 
-# Bank rows gathered before the coreset step; beyond this a random subsample keeps memory bounded.
-MAX_CANDIDATE_PATCHES = 200_000
-# Normal tiles that keep a bank of their own (retrieval mode); more are thinned to cover their variety.
-MAX_BANK_TILES = 96
 PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
 
 
@@ -82,166 +68,6 @@ class FitNormalConfig:
     seed: int = 0
 
 
-def data_fingerprint(paths: list[Path], root: Path) -> str:
-    """sha256 over the sorted relative paths and sizes of the training files (cheap, content-sensitive enough)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
-    return digest.hexdigest()
-
-
-def read_images(paths: list[Path]) -> tuple[list[np.ndarray], list[Path]]:
-    """Decode images, skipping unreadable files (logged once). Returns images and their paths."""
-    skipped = SkipCounter()
-    images, kept = [], []
-    for path in paths:
-        image = read_image_rgb(path)
-        if image is None:
-            skipped.add(path)
-            continue
-        images.append(image)
-        kept.append(path)
-    if skipped.skipped:
-        log.warning(skipped.summary())
-    return images, kept
-
-
-def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(kept, held-out) indices: a seeded permutation, at least one of each when `count` ≥ 2."""
-    if count < 2:
-        return list(range(count)), []
-    order = np.random.default_rng(seed).permutation(count)
-    held = min(max(1, round(count * fraction)), count - 1)
-    return sorted(order[held:].tolist()), sorted(order[:held].tolist())
-
-
-def check_anomaly_options(
-    features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0, pixel_weight: float = 0.0
-) -> None:
-    """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
-    if features not in ANOMALY_SOURCES:
-        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
-    if stride < 1:
-        raise UserError(f"--anomaly-stride must be at least 1, got {stride}")
-    if neighbour_tiles < 0:
-        raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
-    try:
-        check_context(context)
-    except ValueError:
-        raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
-    try:
-        check_pixel_weight(pixel_weight)
-    except ValueError:
-        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}") from None
-
-
-def empty_anomaly_head(
-    backbone: torch.nn.Module, source: AnomalySource, stride: int = 1, context: int = 0, pixel_weight: float = 0.0
-) -> AnomalyHead:
-    """An anomaly head reading `source` features of `backbone`'s mid-level blocks, its bank still to fill."""
-    return AnomalyHead(torch.zeros(1, 1), anomaly_feature_blocks(len(backbone.blocks)), source=source, stride=stride,
-                       context=context, pixel_weight=pixel_weight)
-
-
-@torch.no_grad()
-def fill_memory_bank(
-    model: InspectionModel,
-    images: list[np.ndarray],
-    *,
-    tile: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    bank_size: int,
-    device: torch.device,
-    seed: int = 0,
-    neighbour_tiles: int = 0,
-    max_bank_tiles: int = MAX_BANK_TILES,
-) -> None:
-    """Fill `model.anomaly`'s memory bank with greedy coresets of the normal images' features.
-
-    The features are whatever the head reads (its source and stride). Images are tiled without
-    overlap. With `neighbour_tiles` 0 there is one bank of `bank_size` rows; otherwise each normal
-    tile keeps a bank of its own, of `bank_size // neighbour_tiles` rows, so that a query still meets
-    `bank_size` rows (see `training.models.anomaly`); at most `max_bank_tiles` tiles are kept, chosen
-    to cover the range of surfaces (k-center on their descriptors).
-    """
-    if neighbour_tiles:
-        _fill_tile_banks(model, images, tile=tile, mean=mean, std=std, bank_size=bank_size, device=device,
-                         neighbour_tiles=neighbour_tiles, max_bank_tiles=max_bank_tiles, seed=seed)
-        return
-    generator = torch.Generator().manual_seed(seed)
-    # Each image contributes at most its share of MAX_CANDIDATE_PATCHES rows (a random subset), so memory
-    # stays bounded however many high-resolution images there are and fine (2 px) features are.
-    per_image = max(1, MAX_CANDIDATE_PATCHES // max(len(images), 1))
-    rows = []
-    for features in _feature_tiles(model, images, tile=tile, mean=mean, std=std, device=device):
-        features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu()
-        if features.shape[0] > per_image:
-            features = features[torch.randperm(features.shape[0], generator=generator)[:per_image]]
-        rows.append(features)
-    candidates = torch.cat(rows)
-    chosen = greedy_coreset(candidates.to(device), bank_size, seed=seed).cpu()
-    log.info("memory bank (%s features): %d of %d normal positions", model.anomaly.source, len(chosen),
-             candidates.shape[0])
-    model.anomaly.set_memory_bank(candidates[chosen].to(device))
-
-
-def _feature_tiles(
-    model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
-    std: tuple[float, ...], device: torch.device, desc: str = "memory bank",
-) -> Iterator[torch.Tensor]:
-    """Per image, the anomaly features `[tiles, C, h, w]` of its non-overlapping tiles."""
-    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
-
-    for image in progress(images, desc):
-        boxes = plan_tiles(image.shape[0], image.shape[1], tile, 0)
-        tiles = torch.from_numpy(extract_tiles(normalise_image(image, mean, std), boxes, tile)).to(device)
-        yield model.anomaly_features(tiles)
-
-
-def _fill_tile_banks(
-    model: InspectionModel, images: list[np.ndarray], *, tile: int, mean: tuple[float, ...],
-    std: tuple[float, ...], bank_size: int, neighbour_tiles: int, max_bank_tiles: int, device: torch.device,
-    seed: int,
-) -> None:
-    """One coreset bank per normal tile, keyed by its descriptor (`fill_memory_bank` with neighbour tiles).
-
-    Two passes over the images: the first only describes every tile and picks the ones to keep, so
-    the coresets (the costly part) are built for kept tiles alone and no discarded bank is held.
-    """
-    features_of = partial(_feature_tiles, model, tile=tile, mean=mean, std=std, device=device)
-    descriptors = [tile_descriptor(features).cpu() for features in features_of(images, desc="memory bank: surfaces")]
-    keys = torch.cat(descriptors)
-    kept = torch.arange(len(keys))
-    if len(keys) > max_bank_tiles:  # thin them to the ones that cover the surfaces' variety
-        kept = greedy_coreset(keys.to(device), max_bank_tiles, seed=seed).cpu()
-    where = [(image, offset) for image, d in enumerate(descriptors) for offset in range(len(d))]
-    kept_of_image: dict[int, dict[int, int]] = defaultdict(dict)  # image → {tile offset in it: tile index}
-    for index in kept.tolist():
-        image, offset = where[index]
-        kept_of_image[image][offset] = index
-    banks: dict[int, torch.Tensor] = {}
-    wanted = sorted(kept_of_image)
-    for image, features in zip(wanted, features_of([images[i] for i in wanted], desc="memory bank: coresets")):
-        rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
-        for offset, index in kept_of_image[image].items():
-            rows = features[offset].flatten(1).t()
-            banks[index] = rows[greedy_coreset(rows, rows_per_tile, seed=seed).to(rows.device)].cpu()
-    neighbours = min(neighbour_tiles, len(kept))
-    tile_banks = torch.stack([banks[i] for i in kept.tolist()])
-    log.info("memory bank (%s features): %d normal tiles x %d positions, each query tile scored against "
-             "its %d nearest", model.anomaly.source, tile_banks.shape[0], tile_banks.shape[1], neighbours)
-    model.anomaly.set_memory_bank(tile_banks.to(device), keys[kept].to(device), neighbours)
-
-
-@torch.no_grad()
-def calibrate_on_normal(model: InspectionModel, predictor: TorchPredictor, normal_images: list[np.ndarray]) -> None:
-    """Fit the anomaly head's logistic on raw scores of held-out defect-free images."""
-    scores = [predictor.predict_outputs(image, model.anomaly_raw_score)[0]
-              for image in progress(normal_images, "calibration")]
-    model.anomaly.calibrate(torch.from_numpy(np.concatenate([s.ravel() for s in scores])))
-
-
 def normal_thresholds(
     predictor: TorchPredictor, held_out: list[np.ndarray], maps: list[np.ndarray], config: FitNormalConfig
 ) -> tuple[dict[str, float], ImageDecision]:
@@ -254,15 +80,6 @@ def normal_thresholds(
         top_pixels=config.image_top_pixels or default_top_pixels(config.image_size),
     )
     return {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}, decision
-
-
-def list_normal_images(root: Path) -> list[Path]:
-    """Defect-free images of a folder; in a labeled folder (images/ + masks/ or MVTec) only its defect-free ones."""
-    from training.data.labeled import load_labeled_set
-
-    if (root / "images").is_dir() or (root / "train").is_dir():
-        return [s.image for s in load_labeled_set(root).defect_free]
-    return list_images(root)
 
 
 def fit_normal(config: FitNormalConfig) -> dict[str, float]:
@@ -315,14 +132,3 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     )
     write_training_images(config.out, paths)
     return thresholds
-
-
-def sample_tiles(images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...], count: int = 4) -> torch.Tensor:
-    """A few real normalised tiles (top-left of each image) for export's parity check."""
-    from inspect_svc.engine.tiling import extract_tiles, plan_tiles
-
-    tiles = []
-    for image in images[:count]:
-        box = plan_tiles(image.shape[0], image.shape[1], tile, 0)[:1]
-        tiles.append(extract_tiles(normalise_image(image, mean, std), box, tile))
-    return torch.from_numpy(np.concatenate(tiles))

@@ -32,7 +32,8 @@ from training.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkp
 from training.data.device_views import EncodedBatch, collate_encoded
 from training.data.images import SkipCounter, list_images
 from training.data.photometric import PHOTOMETRIC_RECIPES
-from training.data.pretrain_dataset import MultiCropDataset, ResumableSampler, ViewBatch, collate_views
+from training.data.pretrain_dataset import MultiCropDataset, ResumableSampler, collate_views
+from training.data.view_batch import ViewBatch
 from training.distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -55,8 +56,8 @@ from training.monitors import (
     read_metrics,
 )
 from training.pretrain_config import PretrainConfig
-from training.progress import progress_bar
 from training.pretrain_step import StepParts, StepSettings, train_step
+from training.progress import progress_bar
 from training.schedules import TrainingSchedules
 
 log = logging.getLogger("training.pretrain")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from training.data.photometric import DINO_RECIPE, PhotometricRecipe, augment
-from training.data.pretrain_dataset import ViewBatch
+from training.data.view_batch import ViewBatch
 from training.losses.terms import LossTerms
 from training.models.self_distillation import GroupOutputs, SelfDistillationNet, ema_update
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from training.data.labeled import LabeledImages
 from training.data.synthetic_anomalies import add_synthetic_anomaly
-from training.finetune import CropSampler, LabeledImages, optimise_segmentation
-from training.hybrid import InspectionModel, TorchPredictor, fit_fusion_weight
+from training.finetune import CropSampler, optimise_segmentation
+from training.fusion import fit_fusion_weight
+from training.models.hybrid import InspectionModel
 from training.models.segmentation import SegmentationHead, default_feature_blocks, default_head_context
+from training.predictor import TorchPredictor
 
 # Share of training crops given a synthetic anomaly; the rest teach the head what normal looks like.
 SYNTHETIC_SHARE = 0.5

@@ -6,6 +6,7 @@ Each texture stands for one production line. `generate_demo_data` writes
     OUT/labeled/images/<stem>.png             defective and defect-free images
     OUT/labeled/masks/<stem>.png              255 = defect; no file for a defect-free image
     OUT/labeled/defects.json                  per stem: line, texture source, defect families
+                                              (the labeled layout: `inspect_svc.labeled_layout`)
     OUT/contact_sheet.png                     labeled images with their masks outlined
     OUT/demo-data.json                        the arguments and counts of the run
 
@@ -24,6 +25,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspect_svc.labeled_layout import (
+    MASKS_DIR,
+    DefectsFile,
+    SampleLabel,
+    image_path,
+    mask_path,
+    write_defects_file,
+)
 from training.data.defects import DEFECT_FAMILIES, DefectContext, apply_defect
 from training.data.textures import (
     SKIMAGE_TEXTURES,
@@ -36,7 +45,6 @@ from training.data.textures import (
 from training.errors import UserError
 
 RUN_RECORD = "demo-data.json"
-LABELS_FILE = "defects.json"
 CONTACT_SHEET = "contact_sheet.png"
 SECOND_DEFECT_PROBABILITY = 0.15
 # Textures loaded beyond the lines themselves, only as foreign material for blended-in defects.
@@ -132,7 +140,7 @@ def generate_demo_data(
 
     _write_unlabeled(out / "unlabeled", list(line_textures.values()), count, image_size, seed)
     samples = _write_labeled(out / "labeled", plan, line_textures, textures, image_size, seed)
-    _write_labels(out / "labeled" / LABELS_FILE, plan, line_textures, seed, image_size)
+    _write_labels(out / "labeled", plan, line_textures, seed, image_size)
     write_contact_sheet(out / CONTACT_SHEET, plan, samples)
 
     summary = DemoSummary(
@@ -257,33 +265,24 @@ def _write_labeled(
         sample = synthesize_sample(
             line_textures[entry.line], entry.families, size=size, rng=rng, foreign=foreign
         )
-        write_png(folder / "images" / f"{entry.stem}.png", sample.image)
+        write_png(folder / image_path(entry.stem, ".png"), sample.image)
         if entry.families:
-            write_png(folder / "masks" / f"{entry.stem}.png", sample.mask.astype(np.uint8) * 255)
+            write_png(folder / mask_path(entry.stem), sample.mask.astype(np.uint8) * 255)
         samples.append(sample)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    (folder / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     return samples
 
 
 def _write_labels(
-    path: Path, plan: list[LabeledPlanEntry], line_textures: dict[str, Texture], seed: int, image_size: int
+    folder: Path, plan: list[LabeledPlanEntry], line_textures: dict[str, Texture], seed: int, image_size: int
 ) -> None:
-    labels = {
-        "seed": seed,
-        "image_size": image_size,
-        "defect_families": list(DEFECT_FAMILIES),
-        "lines": {name: texture.source for name, texture in line_textures.items()},
-        "samples": {
-            entry.stem: {
-                "line": entry.line,
-                "texture": line_textures[entry.line].source,
-                "defects": list(entry.families),
-            }
-            for entry in plan
-        },
+    samples = {
+        entry.stem: SampleLabel(line=entry.line, texture=line_textures[entry.line].source, defects=list(entry.families))
+        for entry in plan
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(labels, indent=1) + "\n")
+    lines = {name: texture.source for name, texture in line_textures.items()}
+    write_defects_file(folder, DefectsFile(seed=seed, image_size=image_size, defect_families=list(DEFECT_FAMILIES),
+                                           lines=lines, samples=samples))
 
 
 def _write_run_record(path: Path, summary: DemoSummary, *, seed: int, image_size: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -25,10 +25,8 @@ from PIL import Image, UnidentifiedImageError
 
 from training.data.images import read_image_rgb, to_rgb8
 from training.data.multicrop import MultiCropConfig, ViewPlan, plan_views
+from training.data.view_batch import ViewBatch
 from training.errors import UserError
-
-if TYPE_CHECKING:
-    from training.data.pretrain_dataset import ViewBatch
 
 DecodeOn = Literal["workers", "device"]
 DECODE_ON: tuple[str, ...] = get_args(DecodeOn)
@@ -83,7 +81,6 @@ class EncodedBatch:
         return self  # a few MB of bytes: pinning would cost more than it saves
 
     def to(self, device: torch.device) -> ViewBatch:
-        from training.data.pretrain_dataset import ViewBatch  # late: pretrain_dataset imports this module
 
         decoded, skipped = decode_batch(self.items, device)
         stand_in = _first_decoded(decoded)

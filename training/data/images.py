@@ -6,6 +6,7 @@ They are counted and skipped, and the count is reported at the end of a run.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import cv2
 import numpy as np
 
 from training.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
@@ -75,3 +78,19 @@ class SkipCounter:
             return "all images were readable"
         examples = ", ".join(p.name for p in self.skipped[:3])
         return f"{len(self.skipped)} unreadable image(s) skipped (e.g. {examples})"
+
+
+def read_images(paths: list[Path]) -> tuple[list[np.ndarray], list[Path]]:
+    """Decode images, skipping unreadable files (logged once). Returns images and their paths."""
+    skipped = SkipCounter()
+    images, kept = [], []
+    for path in paths:
+        image = read_image_rgb(path)
+        if image is None:
+            skipped.add(path)
+            continue
+        images.append(image)
+        kept.append(path)
+    if skipped.skipped:
+        log.warning(skipped.summary())
+    return images, kept

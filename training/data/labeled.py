@@ -1,6 +1,7 @@
 """Labeled sets: images with per-pixel defect masks, in our layout or in the MVTec AD layout.
 
-Our layout (also what reviewed inspections export to)::
+Our layout (also what reviewed inspections export to), defined with the `defects.json` schema in
+`inspect_svc.labeled_layout`::
 
     ROOT/images/<stem>.<ext>     any readable image format; subfolders allowed (they become part of the stem)
     ROOT/masks/<stem>.png        non-zero = defect; no mask file = a defect-free image
@@ -16,7 +17,6 @@ each category then being a line::
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -26,10 +26,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data.images import IMAGE_SUFFIXES, list_images
+from inspect_svc.labeled_layout import (
+    IMAGES_DIR,
+    LABELS_FILE,
+    MASK_SUFFIX,
+    MASKS_DIR,
+    LabeledLayoutError,
+    SampleLabel,
+    read_defects_file,
+)
+from training.data.images import IMAGE_SUFFIXES, list_images, read_images
 from training.errors import UserError
 
-LABELS_FILE = "defects.json"
 UNSPECIFIED_DEFECT = "unspecified"  # the type of a masked image whose type no file names
 _MVTEC_GOOD = "good"
 
@@ -157,28 +165,28 @@ def read_mask(path: Path | str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _read_folders_layout(root: Path) -> list[LabeledSample]:
-    images_dir, masks_dir = root / "images", root / "masks"
+    images_dir, masks_dir = root / IMAGES_DIR, root / MASKS_DIR
     stems = _stems_of(list_images(images_dir), images_dir)
-    masks = _stems_of(list_images(masks_dir), masks_dir, suffixes={".png"}) if _has_files(masks_dir) else {}
+    masks = _stems_of(list_images(masks_dir), masks_dir, suffixes={MASK_SUFFIX}) if _has_files(masks_dir) else {}
     orphans = sorted(set(masks) - set(stems))
     if orphans:
         raise UserError(
             f"{len(orphans)} mask(s) in {masks_dir} match no image in {images_dir} "
             f"(e.g. {', '.join(orphans[:3])}); a mask must be named <image stem>.png"
         )
-    labels = _read_labels(root / LABELS_FILE)
+    labels = _read_labels(root)
     samples = []
     for stem, image in sorted(stems.items()):
         mask = masks.get(stem)
-        info = labels.get(stem, {})
-        types = tuple(info.get("defects", ())) if mask is not None else ()
+        info = labels.get(stem, SampleLabel())
+        types = tuple(info.defects or ()) if mask is not None else ()
         samples.append(
             LabeledSample(
                 stem=stem,
                 image=image,
                 mask=mask,
                 defect_types=types or ((UNSPECIFIED_DEFECT,) if mask is not None else ()),
-                line=info.get("line"),
+                line=info.line,
             )
         )
     return samples
@@ -201,17 +209,12 @@ def _stems_of(paths: Iterable[Path], folder: Path, suffixes: set[str] | None = N
     return stems
 
 
-def _read_labels(path: Path) -> dict[str, dict]:
-    """The per-stem entries of a defects.json, {} when there is none."""
-    if not path.is_file():
-        return {}
+def _read_labels(root: Path) -> dict[str, SampleLabel]:
+    """The per-stem entries of a folder's defects.json, {} when there is none."""
     try:
-        samples = json.loads(path.read_text())["samples"]
-        if not isinstance(samples, dict):
-            raise TypeError("'samples' is not an object")
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} is not a valid defects file ({error})") from None
-    return samples
+        return read_defects_file(root).samples
+    except LabeledLayoutError as error:
+        raise UserError(f"{root / LABELS_FILE} is not a valid defects file ({error})") from None
 
 
 def _is_mvtec_category(folder: Path) -> bool:
@@ -291,3 +294,36 @@ def pick_per_line(samples: Iterable[LabeledSample], per_line: int, seed: int) ->
         order = np.random.default_rng([seed, zlib.crc32(line.encode())]).permutation(len(by_line[line]))
         picked.extend(by_line[line][i] for i in order[:per_line])
     return picked
+
+
+def list_normal_images(root: Path) -> list[Path]:
+    """Defect-free images of a folder; in a labeled folder (images/ + masks/ or MVTec) only its defect-free ones."""
+    if (root / "images").is_dir() or (root / "train").is_dir():
+        return [s.image for s in load_labeled_set(root).defect_free]
+    return list_images(root)
+
+
+@dataclass
+class LabeledImages:
+    """Decoded images with bool masks (all-False for defect-free ones)."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    samples: list[LabeledSample] = field(default_factory=list)
+
+    def defective_indices(self) -> list[int]:
+        return [i for i, m in enumerate(self.masks) if m.any()]
+
+
+def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
+    """Decode the samples' images and masks; unreadable images are skipped, a bad mask is an error."""
+    images, paths = read_images([s.image for s in samples])
+    by_path = {s.image: s for s in samples}
+    data = LabeledImages()
+    for image, path in zip(images, paths):
+        sample = by_path[path]
+        mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
+        data.images.append(image)
+        data.masks.append(mask)
+        data.samples.append(sample)
+    return data

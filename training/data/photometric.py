@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from training.models.backbone import PIXEL_MEAN, PIXEL_STD
+from training.data.normalisation import normalize
 
 _LUMA = (0.299, 0.587, 0.114)
 BLUR_SIGMA = (0.1, 2.0)
@@ -70,13 +70,6 @@ def augment(views: torch.Tensor, policy: PhotometricPolicy, generator: torch.Gen
     images = _gaussian_blur(images, draw, policy.blur)
     images = torch.where(draw.coin(policy.solarize) & (images >= 0.5), 1.0 - images, images)
     return normalize(images)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalization of float images in [0, 1], returned channels-last."""
-    mean = images.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
-    return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 class _Draw:

@@ -23,12 +23,10 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from training.data.normalisation import PIXEL_MEAN, PIXEL_STD  # noqa: F401 - re-exported for research code
 from training.errors import UserError
 
 BACKBONE_FILE = "backbone.pt"
-# Every backbone of ours sees pixels normalised this way, in pretraining and downstream alike.
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 RANDOM_PREFIX = "random:"
 
 
