@@ -162,7 +162,7 @@ def _cached_or_run(regime: str, model: str, config: RunConfig, test: TestSet) ->
         "regime": regime,
         "model": model,
         "thresholds": thresholds,
-        **_score(maps, test, thresholds["image"]),
+        **_score(maps, test, thresholds["image"], int(thresholds.get("image_top_pixels", 1))),
         "seconds": time.perf_counter() - start,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,12 +177,12 @@ def _evaluated_indices(regime: str, test: TestSet) -> list[int]:
     return [i for i, types in enumerate(test.types) if not test.masks[i].any() or held & set(types)]
 
 
-def _score(maps: dict[int, np.ndarray], test: TestSet, image_threshold: float) -> dict:
+def _score(maps: dict[int, np.ndarray], test: TestSet, image_threshold: float, top_pixels: int) -> dict:
     per_surface = {}
     for surface in sorted({test.surfaces[i] for i in maps}):
         indices = [i for i in maps if test.surfaces[i] == surface]
         per_surface[surface] = score_surface([maps[i] for i in indices], [test.masks[i] for i in indices],
-                                             image_threshold)
+                                             image_threshold, top_pixels)
     mean, worst = mean_and_worst(per_surface)
     return {"per_surface": per_surface, "mean": mean, "worst": worst}
 
@@ -194,7 +194,7 @@ def _train(regime: str, model: str, config: RunConfig) -> tuple[Predict, dict[st
     """The trained model of one row as a whole-frame predictor, and its stored thresholds."""
     train_root = _training_folder(regime, config)
     if model == "no-learning":
-        return _no_learning(train_root)
+        return _no_learning(train_root, config)
     labels = HELD_OUT_LABELS if regime == "held-out-types" else int(regime)
     if model == "unet":
         return _unet(train_root, labels, config)
@@ -225,7 +225,8 @@ def _served_predictor(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[Pr
     bundle = load_bundle(bundle_dir)
     thresholds = bundle.manifest.thresholds
     predictor = Predictor(bundle, providers=["CPUExecutionProvider"], intra_op_threads=threads)
-    return predictor.predict, {"pixel": thresholds.pixel, "image": thresholds.image}
+    return predictor.predict, {"pixel": thresholds.pixel, "image": thresholds.image,
+                               "image_top_pixels": bundle.manifest.image_score.top_pixels}
 
 
 def _unet(train_root: Path, labels: int, config: RunConfig) -> tuple[Predict, dict[str, float]]:
@@ -248,12 +249,17 @@ def no_learning_map(image: np.ndarray) -> np.ndarray:
     return (np.abs(pixels - median).mean(axis=-1) / 255.0).astype(np.float32)
 
 
-def _no_learning(train_root: Path) -> tuple[Predict, dict[str, float]]:
+def _no_learning(train_root: Path, config: RunConfig) -> tuple[Predict, dict[str, float]]:
     from training.data.labeled import load_labeled_set
+    from training.decision import DEFAULT_TARGET_RECALL, default_top_pixels
     from training.fit_normal import normal_thresholds, read_images
 
     normal, _ = read_images([s.image for s in load_labeled_set(train_root).defect_free])
-    return no_learning_map, normal_thresholds([no_learning_map(image) for image in normal])
+    maps = [no_learning_map(image) for image in normal]
+    # Thresholded as fit-normal thresholds its maps, with the image score of the run's tile size.
+    thresholds, _ = normal_thresholds(no_learning_map, normal, maps, target_recall=DEFAULT_TARGET_RECALL,
+                                      top_pixels=default_top_pixels(config.image_size), seed=config.seed)
+    return no_learning_map, thresholds
 
 
 def _training_folder(regime: str, config: RunConfig) -> Path:

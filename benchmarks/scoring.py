@@ -40,12 +40,15 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def score_surface(maps: list[np.ndarray], masks: list[np.ndarray], image_threshold: float) -> dict[str, float]:
-    """Every metric of `METRIC_KEYS` on one surface's test images (defective and defect-free)."""
+def score_surface(
+    maps: list[np.ndarray], masks: list[np.ndarray], image_threshold: float, top_pixels: int = 1
+) -> dict[str, float]:
+    """Every metric of `METRIC_KEYS` on one surface's test images (defective and defect-free); images
+    are scored as the model's bundle scores them (the mean of its `top_pixels` hottest pixels)."""
     scores = np.concatenate([np.asarray(m, np.float32).ravel() for m in maps])
     labels = np.concatenate([np.asarray(m, bool).ravel() for m in masks])
     defective = np.asarray([bool(m.any()) for m in masks])
-    image = image_scores(maps)
+    image = image_scores(maps, top_pixels)
     flagged = image >= image_threshold
     true_pos = int(np.sum(flagged & defective))
     return {

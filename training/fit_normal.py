@@ -10,6 +10,7 @@ the held-out images (`training.decision`), and its false-alarm rate measured on 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +70,15 @@ class FitNormalConfig:
 
 
 def normal_thresholds(
-    predictor: TorchPredictor, held_out: list[np.ndarray], maps: list[np.ndarray], config: FitNormalConfig
+    predict: Callable[[np.ndarray], np.ndarray], held_out: list[np.ndarray], maps: list[np.ndarray], *,
+    target_recall: float, top_pixels: int, seed: int,
 ) -> tuple[dict[str, float], ImageDecision]:
     """Pixel threshold: a high quantile of the held-out normal maps. Image threshold: for the target
     recall of synthetic defects drawn on the held-out images (no real defect was ever seen)."""
     pixel = float(np.quantile(np.concatenate([m.ravel() for m in maps]), PIXEL_QUANTILE))
-    synthetic_images, _ = synthetic_defects(held_out, [], config.seed)
+    synthetic_images, _ = synthetic_defects(held_out, [], seed)
     decision = choose_image_threshold(
-        [], [predictor.predict(image) for image in synthetic_images], maps, target_recall=config.target_recall,
-        top_pixels=config.image_top_pixels or default_top_pixels(config.image_size),
+        [], [predict(image) for image in synthetic_images], maps, target_recall=target_recall, top_pixels=top_pixels
     )
     return {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}, decision
 
@@ -122,7 +123,10 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
 
         fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
     maps = [predictor.predict(image) for image in progress(held_out, "thresholds")]
-    thresholds, decision = normal_thresholds(predictor, held_out, maps, config)
+    thresholds, decision = normal_thresholds(
+        predictor.predict, held_out, maps, target_recall=config.target_recall,
+        top_pixels=config.image_top_pixels or default_top_pixels(config.image_size), seed=config.seed,
+    )
     metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
                "held_out_max_probability": float(max(m.max() for m in maps)), "decision": decision.as_dict()}
     save_run(
