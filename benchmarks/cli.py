@@ -1,4 +1,4 @@
-"""The benchmark's command line: `make-data`, `run-regimes`, `table`."""
+"""Command line: `make-data`, `run-regimes`, `table`; the research verbs `label-study` and `probe`."""
 
 from __future__ import annotations
 
@@ -98,3 +98,14 @@ def _json_object(text: str, flag: str) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{flag} must be a JSON object such as '{{\"steps\": 10}}'")
     return value
+
+
+def _register_research_verbs() -> None:
+    """`label-study` and `probe`: research verbs that live beside the benchmark, outside the product."""
+    from benchmarks import probe_cli, study_cli
+
+    for module in (study_cli, probe_cli):
+        module.register(app)
+
+
+_register_research_verbs()

@@ -14,7 +14,7 @@ The splits are written as labeled folders (`OUT/splits/`), each trained model ke
 (`OUT/runs/`) and its result (`OUT/runs/<job>/result.json`): rerunning the same command skips the
 jobs already done, so a long study can be continued after an interruption or a time limit.
 `run_seeded_studies` repeats the whole study over several seeds (`OUT/seed-N`) and summarises every
-row's mean and spread (`training.study_summary`): one test split of a few dozen images cannot tell
+row's mean and spread (`benchmarks.study_summary`): one test split of a few dozen images cannot tell
 0.96 from 0.97.
 """
 
@@ -36,6 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from benchmarks.study_report import write_study
+from benchmarks.study_summary import seed_folder, summarize_seeds, write_summary
 from training.data.labeled import (
     LABELS_FILE,
     LabeledSample,
@@ -51,8 +53,6 @@ from training.fit_normal import check_anomaly_options, data_fingerprint, holdout
 from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.models.segmentation import default_head_context
-from training.study_report import write_study
-from training.study_summary import seed_folder, summarize_seeds, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ EvalSet = Literal["test", "held-out-types"]
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Options of `run_study` (mirrors `train-pipeline label-study`).
+    """Options of `run_study` (mirrors `python -m benchmarks label-study`).
 
     Attributes:
         backbones: Backbone specs (pretrain run folder, backbone.pt, random:<arch>), one set of rows each.
@@ -443,7 +443,7 @@ def _train_zero_label(
 def _train_unet(
     config: StudyConfig, root: Path, samples: list[LabeledSample], device: torch.device
 ) -> Trained:
-    from training.baselines.unet import UNetConfig, train_unet
+    from benchmarks.baselines.unet import UNetConfig, train_unet
 
     result = train_unet(
         samples,

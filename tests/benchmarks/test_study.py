@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks.baselines.unet import UNet, UNetConfig, train_unet
+from benchmarks.cli import app
+from benchmarks.study import split_pool_and_test
+from benchmarks.study_summary import render_summary_markdown, summarize_seeds
 from tests.synthetic_labeled import TINY_BACKBONE, write_labeled_set
-from training.baselines.unet import UNet, UNetConfig, train_unet
-from training.cli import app
 from training.data.labeled import LabeledSample, load_labeled_set
-from training.study import split_pool_and_test
-from training.study_summary import render_summary_markdown, summarize_seeds
 
 runner = CliRunner()
 DEFECTIVE, NORMAL = 12, 8

@@ -2,8 +2,8 @@
 
 Reports numbers, asserts nothing. Usage:
 
-    python tests/bench/bench_engine.py --bundle BUNDLE_DIR --batch 1,16,64 --seconds 10
-    python tests/bench/bench_engine.py --bundle BUNDLE_DIR \
+    python -m benchmarks.speed.engine --bundle BUNDLE_DIR --batch 1,16,64 --seconds 10
+    python -m benchmarks.speed.engine --bundle BUNDLE_DIR \
         --providers CUDAExecutionProvider,CPUExecutionProvider --batch 64 --io-binding
 
 Each timed run feeds one batch of tiles of the bundle's input size. With `--io-binding` on CUDA the
@@ -48,7 +48,7 @@ def run_plain(predictor: Predictor, batch: np.ndarray) -> None:
 
 def make_bound_runner(predictor: Predictor, batch: np.ndarray):
     """A zero-argument callable running `batch` with input and output bound on the CUDA device."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     session = predictor.session
     device_input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)

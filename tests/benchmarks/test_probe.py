@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks.cli import app
+from benchmarks.probe import dense_probe, linear_probe, split_samples
 from tests.synthetic_labeled import write_labeled_set
-from training.cli import app
 from training.data.labeled import load_labeled_set
 from training.metrics import auroc
-from training.probe import dense_probe, linear_probe, split_samples
 
 
 def test_split_is_deterministic_disjoint_and_covers_every_group(tmp_path: Path) -> None:
