@@ -77,15 +77,14 @@ def run_regimes_command(
 
 
 @app.command("table")
-def table(results: Annotated[Path, typer.Argument(help="A results.json written by run-regimes.")]) -> None:
-    """Print the markdown tables of a results.json."""
-    from benchmarks.report import render_markdown
-    from training.errors import UserError
+def table(results: Annotated[list[Path], typer.Argument(
+    help="Result files: results.json (run-regimes), study.json, summary.json (label-study), probe.json (probe).",
+)]) -> None:
+    """Print the markdown tables of saved result files (several probe.json files make one table)."""
+    from benchmarks.tables import render_files
 
     with user_errors():
-        if not results.is_file():
-            raise UserError(f"{results} does not exist")
-        typer.echo(render_markdown(json.loads(results.read_text())), nl=False)
+        typer.echo(render_files(results), nl=False)
 
 
 def _json_object(text: str, flag: str) -> dict:

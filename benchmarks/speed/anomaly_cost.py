@@ -47,7 +47,8 @@ def with_context(model: InspectionModel, context: int, bank_size: int | None) ->
     rows = rows if bank_size is None else max(1, bank_size // neighbours)
     base = channels // 3 if old.context else channels
     width = base * (3 if context else 1)
-    head = AnomalyHead(torch.zeros(1, 1), old.feature_blocks, source=old.source, stride=old.stride, context=context)
+    head = AnomalyHead(torch.zeros(1, 1), old.feature_blocks, source=old.source, stride=old.stride, context=context,
+                       pixel_weight=old.pixel_weight)  # the run's pixels stay in the rows: they set the width
     head.set_memory_bank(torch.randn(tiles, rows, width), torch.randn(tiles, 2 * width), neighbours)
     return InspectionModel(model.backbone, segmentation=model.segmentation, anomaly=head.eval()).eval()
 
