@@ -3,6 +3,7 @@ among the product's command-line verbs."""
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def test_the_wheel_holds_the_product_and_no_research() -> None:
     research = [name for name in modules if any(word in name.lower() for word in RESEARCH_WORDS)]
     assert research == []
     assert not any(name.startswith(("benchmarks", "tests")) for name in modules)
+
+
+def test_the_product_never_imports_research_or_tests() -> None:
+    """An installed wheel has no `benchmarks` or `tests`: a product import of either would fail there."""
+    offenders = []
+    for name in wheel_modules():
+        path = CHECKOUT.joinpath(*name.split(".")).with_suffix(".py")
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported = [node.module]
+            offenders += [f"{name}: {module}" for module in imported if module.split(".")[0] in ("benchmarks", "tests")]
+    assert offenders == []
 
 
 def test_the_product_cli_has_no_research_verbs() -> None:
