@@ -1,24 +1,13 @@
-"""Tiny inputs shared by the benches' smoke tests: a one-line labeled set and a hybrid run trained on it."""
+"""Shared by the benches' smoke tests: a hybrid run trained for a few steps on a tiny one-line labeled set."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
-
-
-def one_line_set(root: Path, *, size: int = 48) -> Path:
-    """The synthetic labeled set with its defect-free images on the defects' line (benches work per line)."""
-    data = write_labeled_set(root, defective=4, normal=4, size=size)
-    labels = json.loads((data / "defects.json").read_text())
-    for image in (data / "images").iterdir():
-        labels["samples"].setdefault(image.stem, {"line": "synthetic", "defects": []})
-    (data / "defects.json").write_text(json.dumps(labels))
-    return data
+from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, one_line_set
 
 
 @pytest.fixture(scope="session")

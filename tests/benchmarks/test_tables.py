@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.cli import app
-from tests.benchmarks.conftest import one_line_set
+from tests.synthetic_labeled import one_line_set
 
 runner = CliRunner()
 
