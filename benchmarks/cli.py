@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from benchmarks import probe_cli, study_cli
 from training.cli._common import user_errors
 
 app = typer.Typer(
@@ -99,12 +100,6 @@ def _json_object(text: str, flag: str) -> dict:
     return value
 
 
-def _register_research_verbs() -> None:
-    """`label-study` and `probe`: research verbs that live beside the benchmark, outside the product."""
-    from benchmarks import probe_cli, study_cli
-
-    for module in (study_cli, probe_cli):
-        module.register(app)
-
-
-_register_research_verbs()
+# The research verbs, beside the benchmark and outside the product: each module parses its own options.
+for module in (study_cli, probe_cli):
+    module.register(app)
