@@ -1,4 +1,4 @@
-"""`python -m benchmarks …`: build a split's data, run every regime on it, render its tables."""
+"""`python -m benchmarks …`: a split's data, every regime on it, tables from results, label-study, probe."""
 
 from benchmarks.cli import app
 

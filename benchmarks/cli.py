@@ -1,4 +1,4 @@
-"""The benchmark's command line: `make-data`, `run-regimes`, `table`."""
+"""Command line: `make-data`, `run-regimes`, `table`; the research verbs `label-study` and `probe`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from benchmarks import probe_cli, study_cli
 from training.cli._common import user_errors
 
 app = typer.Typer(
@@ -77,15 +78,14 @@ def run_regimes_command(
 
 
 @app.command("table")
-def table(results: Annotated[Path, typer.Argument(help="A results.json written by run-regimes.")]) -> None:
-    """Print the markdown tables of a results.json."""
-    from benchmarks.report import render_markdown
-    from training.errors import UserError
+def table(results: Annotated[list[Path], typer.Argument(
+    help="Result files: results.json (run-regimes), study.json, summary.json (label-study), probe.json (probe).",
+)]) -> None:
+    """Print the markdown tables of saved result files (several probe.json files make one table)."""
+    from benchmarks.tables import render_files
 
     with user_errors():
-        if not results.is_file():
-            raise UserError(f"{results} does not exist")
-        typer.echo(render_markdown(json.loads(results.read_text())), nl=False)
+        typer.echo(render_files(results), nl=False)
 
 
 def _json_object(text: str, flag: str) -> dict:
@@ -98,3 +98,8 @@ def _json_object(text: str, flag: str) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{flag} must be a JSON object such as '{{\"steps\": 10}}'")
     return value
+
+
+# The research verbs, beside the benchmark and outside the product: each module parses its own options.
+for module in (study_cli, probe_cli):
+    module.register(app)

@@ -6,7 +6,7 @@ of the types not in `HELD_OUT_TYPES`; tested only on held-out-type defects and t
 images). Each product model is exported to a bundle and run by the service's own `Predictor` on ONNX
 Runtime, with the stored thresholds. Beside it, on the same images:
 
-- `unet`: the from-scratch U-Net (`training.baselines.unet`) on exactly the same labeled images;
+- `unet`: the from-scratch U-Net (`benchmarks.baselines.unet`) on exactly the same labeled images;
 - `no-learning`: |pixel − the image's per-channel median|, averaged over channels, / 255; its
   thresholds come from the defect-free training images as `fit-normal` sets them.
 
@@ -230,7 +230,7 @@ def _served_predictor(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[Pr
 
 
 def _unet(train_root: Path, labels: int, config: RunConfig) -> tuple[Predict, dict[str, float]]:
-    from training.baselines.unet import UNetConfig, train_unet
+    from benchmarks.baselines.unet import UNetConfig, train_unet
     from training.finetune import FinetuneConfig, select_samples
 
     # finetune's own selection, so the U-Net trains on exactly the hybrid's images.
@@ -250,9 +250,10 @@ def no_learning_map(image: np.ndarray) -> np.ndarray:
 
 
 def _no_learning(train_root: Path, config: RunConfig) -> tuple[Predict, dict[str, float]]:
+    from training.data.images import read_images
     from training.data.labeled import load_labeled_set
     from training.decision import DEFAULT_TARGET_RECALL, default_top_pixels
-    from training.fit_normal import normal_thresholds, read_images
+    from training.fit_normal import normal_thresholds
 
     normal, _ = read_images([s.image for s in load_labeled_set(train_root).defect_free])
     maps = [no_learning_map(image) for image in normal]
@@ -267,8 +268,8 @@ def _training_folder(regime: str, config: RunConfig) -> Path:
     train = config.data / "train"
     if regime != "held-out-types":
         return train
+    from benchmarks.study import write_labeled_folder
     from training.data.labeled import load_labeled_set, split_by_defect_type
-    from training.study import write_labeled_folder
 
     samples = load_labeled_set(train).samples
     seen, _ = split_by_defect_type(samples, HELD_OUT_TYPES)

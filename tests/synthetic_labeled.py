@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -50,3 +51,13 @@ def model_cli():
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 TINY_FINETUNE_ARGS = ["--image-size", "32", "--steps", "3", "--batch-size", "4", "--bank-size", "32"]
+
+
+def one_line_set(root: Path, *, size: int = 48) -> Path:
+    """The synthetic labeled set with its defect-free images on the defects' line (benches work per line)."""
+    data = write_labeled_set(root, defective=4, normal=4, size=size)
+    labels = json.loads((data / "defects.json").read_text())
+    for image in (data / "images").iterdir():
+        labels["samples"].setdefault(image.stem, {"line": "synthetic", "defects": []})
+    (data / "defects.json").write_text(json.dumps(labels))
+    return data

@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks.study import StudyConfig
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.data.labeled import LabeledSample
 from training.errors import UserError
 from training.finetune import FinetuneConfig, focal_dice_loss, split_train_val
 from training.models.memory_bank import check_anomaly_options
 from training.runs import load_run
-from training.study import StudyConfig
 
 runner = CliRunner()
 

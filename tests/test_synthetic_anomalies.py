@@ -11,8 +11,8 @@ from tests.synthetic_labeled import TINY_BACKBONE, write_labeled_set
 from training.data.synthetic_anomalies import SYNTHETIC_KINDS, add_synthetic_anomaly
 from training.errors import UserError
 from training.finetune import CropSampler, LabeledImages
-from training.hybrid import load_run
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD
+from training.runs import load_run
 
 
 def _normal(size: int = 64, seed: int = 0) -> np.ndarray:

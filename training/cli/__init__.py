@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from training.cli import demo, model, pretrain, probe, reviews, study
+from training.cli import demo, model, pretrain, reviews
 
 app = typer.Typer(
     name="train-pipeline",
@@ -18,5 +18,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (demo, pretrain, model, probe, reviews, study):
+for module in (demo, pretrain, model, reviews):
     module.register(app)

@@ -14,7 +14,9 @@ from training.finetune import (
     select_samples,
     split_train_val,
 )
-from training.hybrid import InspectionModel, RunModel, TorchPredictor, default_overlap, load_run
+from training.models.hybrid import InspectionModel
+from training.predictor import TorchPredictor, default_overlap
+from training.runs import RunModel, load_run
 
 
 def run_split_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -7,25 +7,23 @@ exactly over images, from either side: each defect pixel's share of normal pixel
 shares name the images to look at. The run's two branches are then re-fused at other weights, with
 and without averaging the 8 turns and flips of each frame (8 passes: a cost, not a default).
 
-    python tests/bench/bench_hybrid_errors.py --run runs/ls-insp/runs/hybrid-runs-pt-insp-k5 \
+    python -m benchmarks.accuracy.hybrid_errors --run runs/ls-insp/runs/hybrid-runs-pt-insp-k5 \
         --data runs/ls-insp/splits/test [--only-types scratch,crack] [--tta]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.bench.run_split import load_hybrid_run, predictor_of
+from benchmarks.accuracy.run_split import load_hybrid_run, predictor_of
 from training.data.labeled import load_labeled_set
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
-from training.hybrid import TorchPredictor, fuse_branches
+from training.models.hybrid import fuse_branches
+from training.predictor import TorchPredictor
 
 Branches = tuple[np.ndarray, np.ndarray]  # (p_head, p_anomaly) of one frame
 
@@ -65,14 +63,14 @@ def per_type(maps: list[np.ndarray], data: LabeledImages, thresholds: dict[str, 
                       for name, m in groups.items())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a hybrid run folder (finetune's --out)")
     parser.add_argument("--data", type=Path, required=True, help="labeled test folder")
     parser.add_argument("--only-types", default="", help="keep defective images of these types (and every normal one)")
     parser.add_argument("--tta", action="store_true", help="also score the 8-view dihedral average")
     parser.add_argument("--top", type=int, default=8, help="images listed per side")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     run = load_hybrid_run(args.run, "needs a hybrid one")
     wanted = {t for t in args.only_types.split(",") if t}

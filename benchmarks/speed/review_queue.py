@@ -5,9 +5,9 @@ versions, a few percent flagged, some of those reviewed), then times `queries.qu
 dashboard's own query code — for the queue's main filter combinations. Reports milliseconds, asserts
 nothing. Usage:
 
-    python tests/bench/bench_review_queue.py                       # SQLite file in a temp folder
-    python tests/bench/bench_review_queue.py --db sqlite:///queue.db --keep
-    python tests/bench/bench_review_queue.py --db postgresql+psycopg://user@host/db --rows 1000000
+    python -m benchmarks.speed.review_queue                       # SQLite file in a temp folder
+    python -m benchmarks.speed.review_queue --db sqlite:///queue.db --keep
+    python -m benchmarks.speed.review_queue --db postgresql+psycopg://user@host/db --rows 1000000
 
 The schema comes from the Alembic migrations (the indexes under test are the real ones). The database
 must be empty, or already hold a filled `inspections` table from an earlier `--keep` run, which is

@@ -4,14 +4,14 @@ Starts `inspect-svc serve` on 127.0.0.1 (a free port, a fresh SQLite database in
 the given bundle) in its own process, or attaches to one already running with `--url`. Then, for each
 concurrency level, that many clients post the same image (a new `frame_id` each time, so nothing is
 an idempotent replay) for at most `--seconds` or `--max-requests`, whichever comes first. Before the
-server starts and after it stops, `bench_engine.py` measures the bare ONNX Runtime session on the same
+server starts and after it stops, `benchmarks.speed.engine` measures the bare ONNX Runtime session on the same
 bundle at the batch size the service runs, so the two numbers share the machine but never compete for
 it (the faster engine measurement is the reference).
 Reports numbers, asserts nothing. Usage:
 
-    python tests/bench/load_test.py --bundle BUNDLE --image part.png
-    python tests/bench/load_test.py --bundle BUNDLE --image part.png --max-batch 1 --concurrency 1,8
-    python tests/bench/load_test.py --bundle BUNDLE --image part.png --url http://127.0.0.1:8000 --api-key KEY
+    python -m benchmarks.speed.load_test --bundle BUNDLE --image part.png
+    python -m benchmarks.speed.load_test --bundle BUNDLE --image part.png --max-batch 1 --concurrency 1,8
+    python -m benchmarks.speed.load_test --bundle BUNDLE --image part.png --url http://127.0.0.1:8000 --api-key KEY
 
 Throughput counts 200 answers only. 503 answers (the engine queue is full: backpressure) are expected
 at high concurrency and are counted apart from other failures; a client that gets one waits its
@@ -48,7 +48,8 @@ from inspect_svc.engine.tiling import plan_tiles
 from inspect_svc.imaging import ImageRejected, decode_image
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-BENCH_ENGINE = Path(__file__).with_name("bench_engine.py")
+# The engine bench runs as a module from the checkout that holds this package, wherever the caller stands.
+CHECKOUT = Path(__file__).resolve().parents[2]
 DEMO_KEY_LINE = re.compile(r"API key \(shown once\): (\S+)")
 REQUEST_TIMEOUT_S = 30.0  # a request outliving this counts as a client-side error, never hangs a level
 SERVER_START_TIMEOUT_S = 180.0  # loading and warming a bundle on a small CPU takes a while
@@ -301,14 +302,15 @@ async def sweep(target: Target, levels: list[int], seconds: float, max_requests:
 
 
 def engine_images_per_s(bundle: Path, batch: int, seconds: float) -> float:
-    """Tiles per second of the bare ORT session at `batch`, from `bench_engine.py` in its own process."""
+    """Tiles per second of the bare ORT session at `batch`, from `benchmarks.speed.engine` in its own process."""
     command = [
-        sys.executable, str(BENCH_ENGINE), "--bundle", str(bundle), "--batch", str(batch),
+        sys.executable, "-m", "benchmarks.speed.engine", "--bundle", str(bundle), "--batch", str(batch),
         "--seconds", str(seconds), "--json",
     ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 120, check=False)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 120, check=False,
+                              cwd=CHECKOUT)
     if finished.returncode != 0:
-        raise LoadTestError(f"bench_engine.py failed: {finished.stderr.strip()}")
+        raise LoadTestError(f"the engine bench failed: {finished.stderr.strip()}")
     last = [line for line in finished.stdout.splitlines() if line.startswith("{")][-1]
     return float(json.loads(last)["images_per_s"])
 

@@ -7,7 +7,7 @@ bank of the run's tile count filled with random rows, and the segmentation head 
 shapes only, not on the values. Settings alternate within each repeat, so load from other processes hits them alike; the
 median is printed, with its ratio to the first setting.
 
-    python tests/bench/bench_anomaly_cost.py --run runs/ms/seed-0/runs/hybrid-runs-pt-insp-k5 \
+    python -m benchmarks.speed.anomaly_cost --run runs/ms/seed-0/runs/hybrid-runs-pt-insp-k5 \
         --context 0,7 --bank-sizes 2048,1024 [--head-context 0,11]
 """
 
@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from training.hybrid import InspectionModel, load_run
 from training.models.anomaly import AnomalyHead, TileRetrievalScorer
+from training.models.hybrid import InspectionModel
 from training.models.segmentation import SegmentationHead
+from training.runs import load_run
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
     parser.add_argument("--context", default="0,7", help="context windows to compare (0: the 3x3 mean alone)")
@@ -38,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=9, help="tiles per forward pass (9: a 256 px frame at 128 px tiles)")
     parser.add_argument("--repeats", type=int, default=6, help="timed passes per setting (the first is dropped)")
     parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def with_context(model: InspectionModel, context: int, bank_size: int | None) -> InspectionModel:
@@ -50,7 +48,8 @@ def with_context(model: InspectionModel, context: int, bank_size: int | None) ->
     rows = rows if bank_size is None else max(1, bank_size // neighbours)
     base = channels // 3 if old.context else channels
     width = base * (3 if context else 1)
-    head = AnomalyHead(torch.zeros(1, 1), old.feature_blocks, source=old.source, stride=old.stride, context=context)
+    head = AnomalyHead(torch.zeros(1, 1), old.feature_blocks, source=old.source, stride=old.stride, context=context,
+                       pixel_weight=old.pixel_weight)  # the run's pixels stay in the rows: they set the width
     head.set_memory_bank(torch.randn(tiles, rows, width), torch.randn(tiles, 2 * width), neighbours)
     return InspectionModel(model.backbone, segmentation=model.segmentation, anomaly=head.eval()).eval()
 
@@ -63,8 +62,8 @@ def with_head_context(model: InspectionModel, window: int) -> InspectionModel:
 
 
 @torch.no_grad()
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     run = load_run(args.run)
     if run.model.kind != "hybrid" or not isinstance(run.model.anomaly.scorer, TileRetrievalScorer):

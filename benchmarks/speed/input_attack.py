@@ -12,8 +12,8 @@ again 10 ms later.
 Peak memory is the server process's VmHWM (Linux), read after each phase. `--server-path` runs the
 server from another source tree (for a before/after comparison). Reports numbers, asserts nothing:
 
-    python tests/bench/bench_input_attack.py --bundle demo/bundle --image demo/part.png
-    python tests/bench/bench_input_attack.py --bundle demo/bundle --image demo/part.png --server-path OLD_TREE
+    python -m benchmarks.speed.input_attack --bundle demo/bundle --image demo/part.png
+    python -m benchmarks.speed.input_attack --bundle demo/bundle --image demo/part.png --server-path OLD_TREE
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import asyncio
 import io
 import os
 import statistics
-import sys
 import time
 import tracemalloc
 import uuid
@@ -35,8 +34,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import started_server
+from benchmarks.speed.load_test import started_server
 
 ADMIN_TOKEN = "bench-admin-token"
 MAX_RETRY_WAIT_S = 2.0

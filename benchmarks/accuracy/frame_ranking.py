@@ -9,7 +9,7 @@ not to what it sees. With `--own-line-bank` the anomaly branch is also rebuilt f
 training images of the frame's own line only (the run's options otherwise): if that changes
 nothing, retrieving the wrong surface's tiles is not the cause either.
 
-    python tests/bench/bench_frame_ranking.py --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
+    python -m benchmarks.accuracy.frame_ranking --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
         --data runs/s900/seed-1/splits/pool --labeled-defects 5 --seed 1 \
         --test runs/s900/seed-1/splits/test --only-types foreign_blend --own-line-bank
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -26,16 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.bench.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split
+from benchmarks.accuracy.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split
 from training.data.labeled import load_labeled_set
 from training.finetune import add_anomaly_branch, load_images_with_masks
-from training.hybrid import RunModel, TorchPredictor
 from training.metrics import auroc
+from training.predictor import TorchPredictor
+from training.runs import RunModel
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
     parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
@@ -49,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="with --own-line-bank: as given to finetune")
     parser.add_argument("--bank-size", type=int, default=2048,
                         help="with --own-line-bank: as given to finetune")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchPredictor]:
@@ -80,8 +78,8 @@ def frame_cells(probability: np.ndarray, defect: np.ndarray) -> str:
 
 
 @torch.no_grad()
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     run = load_hybrid_run(args.run, "compares a hybrid's branches")
     types = {t for t in args.only_types.split(",") if t}
     samples = [s for s in load_labeled_set(args.test).samples

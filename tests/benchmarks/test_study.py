@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks.baselines.unet import UNet, UNetConfig, train_unet
+from benchmarks.cli import app
+from benchmarks.study import split_pool_and_test
+from benchmarks.study_summary import render_summary_markdown, summarize_seeds
 from tests.synthetic_labeled import TINY_BACKBONE, write_labeled_set
-from training.baselines.unet import UNet, UNetConfig, train_unet
-from training.cli import app
 from training.data.labeled import LabeledSample, load_labeled_set
-from training.study import split_pool_and_test
-from training.study_summary import render_summary_markdown, summarize_seeds
 
 runner = CliRunner()
 DEFECTIVE, NORMAL = 12, 8
@@ -150,7 +150,7 @@ def test_a_job_alone_gives_the_row_it_gives_within_the_study(
 ) -> None:
     """Each job seeds its own training, so one job run alone (here the held-out-type hybrid, with the
     other jobs skipped) scores exactly as it does after the jobs before it."""
-    from training import study
+    from benchmarks import study
 
     data, out, _ = study_run
     whole = json.loads((out / "study.json").read_text())["rows"]
@@ -343,3 +343,23 @@ def test_summary_reports_decision_metrics_and_the_worst_line_by_hand() -> None:
     # pixel AP, verdict recall (worst: the lowest), false-alarm rate (worst: the highest).
     assert "| 0.400 ± 0.000 (0.400) | 0.900 ± 0.141 (0.800) | 0.200 ± 0.141 (0.300) |" in markdown
     assert "| hybrid · dino, 5 labels/line | all defect types | wood 0.700 | — | — | tile 0.600 |" in markdown
+
+
+def test_table_regenerates_study_md_from_study_json(study_run: tuple[Path, Path, str]) -> None:
+    _, out, _ = study_run
+    result = runner.invoke(app, ["table", str(out / "study.json")])
+    assert result.exit_code == 0, result.output
+    assert result.output == (out / "study.md").read_text()
+
+
+def test_table_regenerates_summary_md_from_summary_json(tmp_path: Path) -> None:
+    data = two_line_set(tmp_path / "data")
+    out = tmp_path / "multi"
+    result = invoke_study(data, out, "--labels", "1", "--held-out-types", "", "--no-include-unet",
+                          "--no-include-zero-label", "--steps", "1", "--batch-size", "4", "--image-size", "32",
+                          "--device", "cpu", "--seed", "0", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    table = runner.invoke(app, ["table", str(out / "summary.json"), str(out / "seed-1" / "study.json")])
+    assert table.exit_code == 0, table.output
+    expected = (out / "summary.md").read_text() + "\n" + (out / "seed-1" / "study.md").read_text()
+    assert table.output == expected

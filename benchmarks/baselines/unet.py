@@ -26,9 +26,9 @@ from training.finetune import (
     optimise_segmentation,
     split_train_val,
 )
-from training.hybrid import TorchPredictor, default_overlap
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD
 from training.models.segmentation import ConvBlock
+from training.predictor import TorchPredictor, default_overlap
 
 log = logging.getLogger(__name__)
 

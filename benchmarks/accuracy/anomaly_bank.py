@@ -12,7 +12,7 @@ KxK window (`finetune --anomaly-context K`); `--pixel-weights` whether the image
 the features, and at which weight (`finetune --anomaly-pixel-weight W`).
 Prints a table and writes JSON.
 
-    python tests/bench/bench_anomaly_bank.py \
+    python -m benchmarks.accuracy.anomaly_bank \
         --run runs/ls/runs/hybrid-runs-demo-bundle-pretrain-k5 --data runs/ls/splits/pool \
         --labeled-defects 5 --test runs/ls/splits/test --neighbour-tiles 0,1,2,4,8 --blur 2
 """
@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.bench.run_split import (
+from benchmarks.accuracy.run_split import (
     fused_and_branches,
     load_hybrid_run,
     predictor_of,
@@ -44,7 +41,7 @@ from training.finetune import add_anomaly_branch, load_images_with_masks
 from training.models import anomaly as anomaly_module
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_split_parser(__doc__)
     parser.add_argument("--only-types", default="", help="score only these defect types (+ defect-free images)")
     parser.add_argument("--neighbour-tiles", default="0,4", help="settings to compare, e.g. 0,1,2,4,8")
@@ -55,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pixel-weights", default="",
                         help="weights of the image's pixels in the bank rows to compare, e.g. 0,2,4 (default: the run's)")
     parser.add_argument("--out", type=Path, default=None)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 Setting = tuple[int, int, float | None, int, float]  # neighbour tiles, bank rows, blur, context, pixel weight
@@ -74,8 +71,8 @@ def cells(metrics: dict) -> str:
 
 
 @torch.no_grad()
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     run = load_hybrid_run(args.run, "rebuilds a hybrid's anomaly branch")
     config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     normal_train = [image for image, mask in zip(train.images, train.masks, strict=True) if not mask.any()]

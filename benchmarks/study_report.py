@@ -1,6 +1,6 @@
 """The label-efficiency study's outputs: `study.json` and the Markdown tables of `study.md`.
 
-Everything here reads the study record that `training.study.run_study` builds (plain dicts, as
+Everything here reads the study record that `benchmarks.study.run_study` builds (plain dicts, as
 `study.json` holds them), so the tables can be re-rendered from a saved `study.json` alone.
 """
 

@@ -1,4 +1,4 @@
-"""`train-pipeline probe`: frozen-feature dense probes of a backbone (linear and nearest neighbour)."""
+"""`python -m benchmarks probe`: frozen-feature dense probes of a backbone (linear and nearest neighbour)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def probe(
     device: DeviceOpt = "auto",
 ) -> None:
     """Measure how much defect information frozen patch features carry (pixel AUROC, AUPRO)."""
-    from training.probe import dense_probe, write_probe_result
+    from benchmarks.probe import dense_probe, write_probe_result
 
     with user_errors():
         result = dense_probe(backbone, data, image_size=image_size, steps=steps, seed=seed, device=resolved_device(device))

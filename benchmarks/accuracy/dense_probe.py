@@ -3,12 +3,12 @@
 Generates demo data, pretrains one backbone per objective (densedino, densedino-crr, dino) for the
 same number of steps with the same views and batch, then probes each of them and a random init of
 the same architecture (same ViT settings, so the comparison isolates the training) with the same
-linear and nearest-neighbour probes (training/probe.py) at each probe size. Prints a table, each
+linear and nearest-neighbour probes (benchmarks/probe.py) at each probe size. Prints a table, each
 run's collapse verdict, and writes OUT/dense_probe.json.
 
-    python tests/bench/bench_dense_probe.py --steps 600 --device cuda --out runs/probe-study
+    python -m benchmarks.accuracy.dense_probe --steps 600 --device cuda --out runs/probe-study
     # CPU scale (the demo model's ViT):
-    python tests/bench/bench_dense_probe.py --out runs/probe-cpu --arch test_vit3 --device cpu --workers 2 \\
+    python -m benchmarks.accuracy.dense_probe --out runs/probe-cpu --arch test_vit3 --device cpu --workers 2 \\
         --unlabeled 300 --labeled 180 --global-size 128 --local-size 64 --points 4 --batch-size 32 \\
         --prototypes 4096 --head-hidden-dim 512 --steps 300 --layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99 \\
         --probe-sizes 128,256 --seed 7
@@ -18,27 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
+from benchmarks.probe import dense_probe
 from training.data.demo import generate_demo_data
 from training.data.textures import UFOAI_TEXTURE_ARCHIVE
 from training.models.backbone import create_vit, save_backbone
 from training.pretrain import run_pretrain
 from training.pretrain_config import PretrainConfig
-from training.probe import dense_probe
 
 OBJECTIVES = ("densedino", "densedino-crr", "dino")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data"
     if not (data / "labeled").is_dir():
@@ -100,7 +97,7 @@ def parse_sizes(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/probe-study"))
     parser.add_argument("--arch", default="vit_small_patch16_224")
@@ -126,7 +123,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,16 @@ Prints, for a run or a bundle on a labeled test folder:
 - for a bundle with per-line calibrations (`train-pipeline calibrate`), the verdicts of each
   calibrated line at its own threshold.
 
-    python tests/bench/bench_decisions.py --model runs/ft --data runs/demo-test/labeled --top-pixels 1,16,64
+    python -m benchmarks.accuracy.decisions --model runs/ft --data runs/demo-test/labeled --top-pixels 1,16,64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from inspect_svc.bundle import load_bundle
 from training.data.labeled import load_labeled_set
@@ -44,12 +41,12 @@ def verdict_line(name: str, scores: np.ndarray, labels: np.ndarray, threshold: f
             f"({v.false_positives}/{v.false_positives + v.true_negatives})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="run folder or bundle folder")
     parser.add_argument("--data", type=Path, required=True, help="labeled test folder")
     parser.add_argument("--top-pixels", default="1,16,64", help="k values of the image score to compare")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = load_model(args.model)
     loaded = load_images_with_masks(load_labeled_set(args.data).samples)

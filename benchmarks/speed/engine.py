@@ -2,8 +2,8 @@
 
 Reports numbers, asserts nothing. Usage:
 
-    python tests/bench/bench_engine.py --bundle BUNDLE_DIR --batch 1,16,64 --seconds 10
-    python tests/bench/bench_engine.py --bundle BUNDLE_DIR \
+    python -m benchmarks.speed.engine --bundle BUNDLE_DIR --batch 1,16,64 --seconds 10
+    python -m benchmarks.speed.engine --bundle BUNDLE_DIR \
         --providers CUDAExecutionProvider,CPUExecutionProvider --batch 64 --io-binding
 
 Each timed run feeds one batch of tiles of the bundle's input size. With `--io-binding` on CUDA the

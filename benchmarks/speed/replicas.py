@@ -13,8 +13,8 @@ latency test serves the tests' tiny pixel-wise model unless `--latency-bundle` i
 storage difference is not lost in the noise of a real model's inference time on a busy machine.
 Reports numbers, asserts nothing. Usage:
 
-    python tests/bench/bench_replicas.py
-    python tests/bench/bench_replicas.py --bundle demo/bundle --image demo/part.png --seconds 30
+    python -m benchmarks.speed.replicas
+    python -m benchmarks.speed.replicas --bundle demo/bundle --image demo/part.png --seconds 30
 """
 
 from __future__ import annotations
@@ -33,14 +33,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
+from inspect_svc.storage import migrations
+from tests.utils.onnx_models import make_test_bundle
+from tests.utils.replicas import Replica
+from tests.utils.seaweed import S3Server
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
-
-from inspect_svc.storage import migrations  # noqa: E402
-from tests.utils.onnx_models import make_test_bundle  # noqa: E402
-from tests.utils.replicas import Replica  # noqa: E402
-from tests.utils.seaweed import S3Server  # noqa: E402
-
 ADMIN_TOKEN = "bench-admin-token"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -14,7 +14,7 @@ The splits are written as labeled folders (`OUT/splits/`), each trained model ke
 (`OUT/runs/`) and its result (`OUT/runs/<job>/result.json`): rerunning the same command skips the
 jobs already done, so a long study can be continued after an interruption or a time limit.
 `run_seeded_studies` repeats the whole study over several seeds (`OUT/seed-N`) and summarises every
-row's mean and spread (`training.study_summary`): one test split of a few dozen images cannot tell
+row's mean and spread (`benchmarks.study_summary`): one test split of a few dozen images cannot tell
 0.96 from 0.97.
 """
 
@@ -36,6 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from benchmarks.study_report import write_study
+from benchmarks.study_summary import seed_folder, summarize_seeds, write_summary
 from training.data.labeled import (
     LABELS_FILE,
     LabeledSample,
@@ -43,16 +45,16 @@ from training.data.labeled import (
     pick_per_line,
     split_by_defect_type,
 )
+from training.data.splits import holdout_split
 from training.decision import DECISION_RULE
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, check_head_options, load_images_with_masks
-from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
 from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
+from training.models.memory_bank import check_anomaly_options
 from training.models.segmentation import default_head_context
-from training.study_report import write_study
-from training.study_summary import seed_folder, summarize_seeds, write_summary
+from training.runs import data_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ EvalSet = Literal["test", "held-out-types"]
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Options of `run_study` (mirrors `train-pipeline label-study`).
+    """Options of `run_study` (mirrors `python -m benchmarks label-study`).
 
     Attributes:
         backbones: Backbone specs (pretrain run folder, backbone.pt, random:<arch>), one set of rows each.
@@ -443,7 +445,7 @@ def _train_zero_label(
 def _train_unet(
     config: StudyConfig, root: Path, samples: list[LabeledSample], device: torch.device
 ) -> Trained:
-    from training.baselines.unet import UNetConfig, train_unet
+    from benchmarks.baselines.unet import UNetConfig, train_unet
 
     result = train_unet(
         samples,
@@ -478,7 +480,8 @@ def _load_run_predictor(
     run_dir: Path, device: torch.device
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, float], str]:
     """A saved run, back on `device`, predicting through the service's tiling (as `evaluate` does)."""
-    from training.hybrid import TorchPredictor, default_overlap, load_run
+    from training.predictor import TorchPredictor, default_overlap
+    from training.runs import load_run
 
     run = load_run(run_dir)
     predictor = TorchPredictor(
@@ -690,8 +693,8 @@ def _check_config(config: StudyConfig) -> None:
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:
     """Short names for the tables ('densedino:vit_small_patch16_224'); loads each backbone once to fail early."""
-    from training.hybrid import backbone_recipe
     from training.models.backbone import load_backbone
+    from training.models.hybrid import backbone_recipe
 
     sources = {}
     for spec in specs:

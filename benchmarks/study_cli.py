@@ -1,4 +1,4 @@
-"""`train-pipeline label-study`: label efficiency and unseen defect types, against a from-scratch U-Net."""
+"""`python -m benchmarks label-study`: label efficiency and unseen defect types, against a from-scratch U-Net."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def label_study(
 
     The test split is fixed for all rows; rerunning the same command skips the models already done.
     """
-    from training.study import StudyConfig, parse_labels, parse_types, run_seeded_studies, run_study
+    from benchmarks.study import StudyConfig, parse_labels, parse_types, run_seeded_studies, run_study
 
     seeds = seed or [0]
 

@@ -3,19 +3,16 @@
 Prints ms/step, images/s and model FLOP utilization (FLOPs of one step counted with
 `torch.utils.flop_counter`, over the GPU's peak). Without --data it writes a folder of JPEGs first.
 
-    python tests/bench/bench_pretrain.py --arch vit_small_patch16_224 --batch-size 64 \
+    python -m benchmarks.speed.pretrain --arch vit_small_patch16_224 --batch-size 64 \
         --global-size 224 --local-size 224 --local-crops 4 --points 2 --compile
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, no install needed
 
 import cv2
 import numpy as np
@@ -29,7 +26,7 @@ from training.pretrain_config import PretrainConfig
 from training.pretrain_step import train_step
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="vit_small_patch16_224")
     parser.add_argument("--objective", default="densedino", choices=["densedino", "densedino-crr", "dino"])
@@ -56,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also profile 5 model-only steps: print the top operators, write a trace to DIR")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def write_jpegs(root: Path, count: int, height: int, width: int) -> Path:
@@ -124,8 +121,8 @@ def report(name: str, seconds: float, batch_size: int, flops: float, peak_tflops
     print(f"{name:<22} {seconds * 1e3:8.1f} ms/step {batch_size / seconds:9.1f} images/s   MFU {mfu:6.1%}")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_pretrain_"))
     data = args.data or write_jpegs(tmp / "images", args.num_images, *args.image_size)

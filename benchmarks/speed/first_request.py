@@ -1,17 +1,14 @@
 """Latency of the first /inspect after start-up against the steady state (the cost of anything cold).
 
-    python tests/bench/bench_first_request.py --bundle demo/bundle --image demo/part.png --requests 5
+    python -m benchmarks.speed.first_request --bundle demo/bundle --image demo/part.png --requests 5
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fastapi.testclient import TestClient
 
@@ -19,12 +16,12 @@ from inspect_svc.main import create_app
 from inspect_svc.settings import Settings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("demo/bundle"))
     parser.add_argument("--image", type=Path, default=Path("demo/part.png"))
     parser.add_argument("--requests", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="first_request_"))
     settings = Settings(database_url=f"sqlite:///{root}/inspect.db", data_dir=root, model=args.bundle,
                         require_api_key=False)

@@ -13,38 +13,34 @@ The remap is fitted three ways and each is scored on the test folder:
 - "oracle": the test frames' own normal pixels, the best any such remap can do;
 - "pooled": one remap for all lines, a sanity row (monotone, so it must not change any AUROC).
 
-    python tests/bench/bench_line_calibration.py --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
+    python -m benchmarks.accuracy.line_calibration --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
         --data runs/s900/seed-1/splits/pool --labeled-defects 5 --seed 1 --test runs/s900/seed-1/splits/test
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.bench.run_split import predictor_of, rebuild_split, run_split_parser
+from benchmarks.accuracy.run_split import predictor_of, rebuild_split, run_split_parser
 from training.data.labeled import load_labeled_set
 from training.finetune import load_images_with_masks
-from training.hybrid import load_run
 from training.metrics import aupro, auroc, image_scores
+from training.runs import load_run
 
 EPS = 1e-6
 LOGIT_AT_LOW = float(np.log(0.05 / 0.95))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_split_parser(__doc__)
     parser.add_argument("--quantiles", default="0.5:0.99,0.5:0.999,0.9:0.999",
                         help="low:high normal quantile pairs to try")
     parser.add_argument("--margin", type=int, default=4, help="pixels the masks are dilated by before their outside counts as normal")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -99,8 +95,8 @@ def line_remaps(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str
 
 
 @torch.no_grad()
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     run = load_run(args.run)
     predictor = predictor_of(run)
     _, _, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)

@@ -6,7 +6,7 @@ the same shape — calibrates it on held-out defect-free images, and scores the 
 fused (noisy-OR, weight 1) with the run's head on a test folder. The ViT-token branch the run may
 carry is scored too, as the reference. Prints a table and writes JSON.
 
-    python tests/bench/bench_anomaly_features.py \
+    python -m benchmarks.accuracy.anomaly_features \
         --run runs/label-study-cpu-conv/runs/hybrid-runs-demo-bundle-pretrain-k5-seen-types \
         --train runs/label-study-cpu-conv/splits/pool-without-held-out-types \
         --test runs/label-study-cpu-conv/splits/test --only-types scratch,crack --out runs/anomaly-features.json
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,22 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 from training.data.labeled import load_labeled_set
+from training.data.normalisation import normalise_image
+from training.data.splits import holdout_split
 from training.finetune import load_images_with_masks
-from training.fit_normal import holdout_split
-from training.hybrid import TorchPredictor, default_overlap, load_run, normalise_image
 from training.metrics import aupro, auroc, image_scores
 from training.models.anomaly import AnomalyHead, greedy_coreset
 from training.models.segmentation import SegmentationHead, vit_feature_maps
+from training.predictor import TorchPredictor, default_overlap
+from training.runs import load_run
 
 STAGES = ("enc_full", "enc_half", "enc_quarter", "fuse_quarter", "dec_half", "dec_full")
 MAX_ROWS = 60_000
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finetune run folder (hybrid or supervised)")
     parser.add_argument("--train", type=Path, required=True, help="labeled folder the run trained on")
@@ -50,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strides", default="1", help="query strides to compare, e.g. 1,2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 class StageFeatures:
@@ -111,8 +110,8 @@ def _probability(run_forward, features: StageFeatures, stage: str, head: Anomaly
 
 
 @torch.no_grad()
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.manual_seed(args.seed)
     run = load_run(args.run)
     model = run.model.eval()

@@ -4,7 +4,7 @@ One seed draws one test split, one pick of labeled images and one training run. 
 images a single defect can move pixel AUROC by 0.01 and another split by 0.05, so a claim such as
 "reaches 0.97" needs the study over several seeds, and the spread says how far one run can fall.
 
-Everything here reads the per-seed study records (`study.json`, as `training.study.run_study`
+Everything here reads the per-seed study records (`study.json`, as `benchmarks.study.run_study`
 writes them), so a summary can be re-rendered from saved studies alone.
 """
 
@@ -15,8 +15,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from benchmarks.study_report import MODEL_ORDER, row_name, write_files
 from training.evaluate import THIN_DEFECT_TYPES
-from training.study_report import MODEL_ORDER, row_name, write_files
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.synthetic_labeled import write_labeled_set
-from training.cli import app
+from benchmarks.cli import app
+from benchmarks.probe import dense_probe, linear_probe, split_samples
+from tests.synthetic_labeled import one_line_set, write_labeled_set
 from training.data.labeled import load_labeled_set
 from training.metrics import auroc
-from training.probe import dense_probe, linear_probe, split_samples
 
 
 def test_split_is_deterministic_disjoint_and_covers_every_group(tmp_path: Path) -> None:
@@ -37,18 +36,8 @@ def test_linear_probe_separates_linearly_separable_features() -> None:
     assert auroc(probs.numpy().ravel(), masks.numpy().ravel()) > 0.95
 
 
-def _one_line_set(root: Path) -> Path:
-    """The synthetic set with its defect-free images on the same line (the NN probe works per line)."""
-    data = write_labeled_set(root, defective=4, normal=4, size=32)
-    labels = json.loads((data / "defects.json").read_text())
-    for image in (data / "images").iterdir():
-        labels["samples"].setdefault(image.stem, {"line": "synthetic", "defects": []})
-    (data / "defects.json").write_text(json.dumps(labels))
-    return data
-
-
 def test_dense_probe_runs_end_to_end_on_a_tiny_backbone(tmp_path: Path) -> None:
-    data = _one_line_set(tmp_path / "set")
+    data = one_line_set(tmp_path / "set", size=32)
     result = dense_probe("random:test_vit", data, image_size=32, steps=5)
     for value in (result.linear_pixel_auroc, result.linear_aupro, result.nn_pixel_auroc, result.nn_aupro):
         assert 0.0 <= value <= 1.0
