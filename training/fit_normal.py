@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -22,13 +22,12 @@ import torch
 
 from training.data.images import SkipCounter, list_images, read_image_rgb
 from training.decision import (
-    DEFAULT_TARGET_RECALL,
     ImageDecision,
-    check_target_recall,
     choose_image_threshold,
     default_top_pixels,
     synthetic_defects,
 )
+from training.distributed import torch_device
 from training.errors import UserError
 from training.hybrid import (
     InspectionModel,
@@ -38,19 +37,18 @@ from training.hybrid import (
     normalise_image,
     save_run,
 )
+from training.model_config import FitNormalConfig
 from training.models.anomaly import (
-    ANOMALY_SOURCES,
     AnomalyHead,
     AnomalySource,
     anomaly_feature_blocks,
-    check_context,
-    check_pixel_weight,
     greedy_coreset,
     tile_descriptor,
 )
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import fix_input_size
 from training.progress import progress
+from training.run_config import write_config
 from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
@@ -60,26 +58,6 @@ MAX_CANDIDATE_PATCHES = 200_000
 # Normal tiles that keep a bank of their own (retrieval mode); more are thinned to cover their variety.
 MAX_BANK_TILES = 96
 PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
-
-
-@dataclass(frozen=True)
-class FitNormalConfig:
-    """Options of `fit_normal` (mirrors `train-pipeline fit-normal`)."""
-
-    backbone: str
-    data: Path
-    out: Path
-    image_size: int = 224
-    bank_size: int = 2048
-    neighbour_tiles: int = 4  # see training.models.anomaly; 0: one bank for every tile
-    holdout_fraction: float = 0.2
-    batch_size: int = 16
-    target_recall: float = DEFAULT_TARGET_RECALL  # of synthetic defects on held-out images, at the image threshold
-    image_top_pixels: int | None = None  # k of the image score; None: from the tile (see training.decision)
-    # > 0: also train a head on the normal images with synthetic anomalies (training.synthetic_discriminator)
-    discriminator_steps: int = 0
-    device: str = "cpu"
-    seed: int = 0
 
 
 def data_fingerprint(paths: list[Path], root: Path) -> str:
@@ -113,26 +91,6 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
     order = np.random.default_rng(seed).permutation(count)
     held = min(max(1, round(count * fraction)), count - 1)
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
-
-
-def check_anomaly_options(
-    features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0, pixel_weight: float = 0.0
-) -> None:
-    """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
-    if features not in ANOMALY_SOURCES:
-        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
-    if stride < 1:
-        raise UserError(f"--anomaly-stride must be at least 1, got {stride}")
-    if neighbour_tiles < 0:
-        raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
-    try:
-        check_context(context)
-    except ValueError:
-        raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
-    try:
-        check_pixel_weight(pixel_weight)
-    except ValueError:
-        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}") from None
 
 
 def empty_anomaly_head(
@@ -271,12 +229,8 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     Raises:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
-    check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
-    check_target_recall(config.target_recall)
-    if config.discriminator_steps < 0:
-        raise UserError(f"--discriminator-steps must be 0 (off) or more, got {config.discriminator_steps}")
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
-    device = torch.device(config.device)
+    device = torch_device(config.device)
     images, paths = read_images(list_normal_images(config.data))
     if len(images) < 2:
         raise UserError(f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2")
@@ -314,6 +268,7 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
     write_training_images(config.out, paths)
+    write_config(replace(config, device=str(device)), config.out)
     return thresholds
 
 

@@ -46,8 +46,9 @@ from training.data.labeled import (
 from training.decision import DECISION_RULE
 from training.errors import UserError
 from training.evaluate import metrics_by_group
-from training.finetune import LabeledImages, check_head_options, load_images_with_masks
-from training.fit_normal import check_anomaly_options, data_fingerprint, holdout_split
+from training.finetune import LabeledImages, load_images_with_masks
+from training.fit_normal import data_fingerprint, holdout_split
+from training.model_config import check_anomaly_options, check_head_options
 from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
 from training.models.segmentation import default_head_context
