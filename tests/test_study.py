@@ -343,3 +343,22 @@ def test_summary_reports_decision_metrics_and_the_worst_line_by_hand() -> None:
     # pixel AP, verdict recall (worst: the lowest), false-alarm rate (worst: the highest).
     assert "| 0.400 ± 0.000 (0.400) | 0.900 ± 0.141 (0.800) | 0.200 ± 0.141 (0.300) |" in markdown
     assert "| hybrid · dino, 5 labels/line | all defect types | wood 0.700 | — | — | tile 0.600 |" in markdown
+
+
+def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path: Path) -> None:
+    from training.finetune import LabeledImages
+    from training.model_config import FinetuneConfig
+    from training.study import Job, StudyConfig, StudyData, _run_settings
+
+    config = StudyConfig(backbones=(TINY_BACKBONE,), data=tmp_path, out=tmp_path / "out", device="cpu")
+    data = StudyData(pool_dir=tmp_path / "pool", test_dir=tmp_path / "test", seen_pool_dir=None, test=LabeledImages(),
+                     held_out_indices=[], lines=[])
+    hybrid = Job(model="hybrid", backbone=TINY_BACKBONE, labels=5, trained_on="pool", evaluations=("test",))
+    settings = _run_settings(hybrid, config, data, torch.device("cpu"))
+    # The study has no option for these: finetune's defaults train its hybrids, and a new default makes them stale.
+    defaults = FinetuneConfig(backbone="", data=tmp_path, out=tmp_path)
+    for name in ("lr", "unfreeze_last", "anomaly_stride", "val_fraction", "target_recall"):
+        assert settings[name] == getattr(defaults, name)
+    assert settings["labeled_defects"] == 5 and "out" not in settings
+    unet = Job(model="unet", backbone=None, labels=5, trained_on="pool", evaluations=("test",))
+    assert _run_settings(unet, config, data, torch.device("cpu")) is None
