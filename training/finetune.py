@@ -24,15 +24,15 @@ import torch.nn.functional as F
 
 from training.data.copy_paste import DefectPiece, cut_defect_pieces, paste_piece
 from training.data.labeled import LabeledSample, load_labeled_sets, pick_per_line, read_mask
+from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.decision import (
     DEFAULT_TARGET_RECALL,
     choose_image_threshold,
     default_top_pixels,
     synthetic_defects,
 )
-from training.data.synthetic_anomalies import add_synthetic_anomaly
-from training.errors import UserError
 from training.distributed import torch_device
+from training.errors import UserError
 from training.fit_normal import (
     calibrate_on_normal,
     data_fingerprint,
@@ -51,8 +51,8 @@ from training.hybrid import (
     save_run,
 )
 from training.metrics import best_f1_threshold, segmentation_summary
-from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.model_config import FinetuneConfig
+from training.models.backbone import PIXEL_MEAN, PIXEL_STD, load_backbone
 from training.models.segmentation import SegmentationHead, default_feature_blocks, fix_input_size
 from training.progress import progress, progress_bar
 from training.run_config import write_config

@@ -16,65 +16,55 @@ from pathlib import Path
 
 from training.decision import DEFAULT_TARGET_RECALL, check_target_recall
 from training.errors import UserError
-from training.run_config import setting
-
-BACKBONE_HELP = "Pretrain run folder, backbone.pt, or random:<timm arch>."
-DEVICE_HELP = "auto (CUDA when present, else the CPU), cuda or cpu."
-
-
-def _backbone() -> str:
-    return setting(help=BACKBONE_HELP)
-
-
-def _out() -> Path:
-    return setting(help="Run folder to write (model, thresholds, metrics, config.json).")
-
-
-def _image_size() -> int:
-    # The tile size the accuracies of docs/BENCHMARKS.md §3 were measured at (larger tiles measured worse there).
-    return setting(128, help="Tile side in pixels (the model's input size; the measured recipe is 128).")
-
-
-def _bank_size() -> int:
-    return setting(2048, help="Memory-bank rows a query is compared with.")
-
-
-def _neighbour_tiles() -> int:
-    return setting(4, help="Score each tile against the banks of its N most similar normal tiles "
-                           "(0: one bank for all tiles).")
-
-
-def _target_recall() -> float:
-    return setting(DEFAULT_TARGET_RECALL, help="The image threshold catches this share of validation defects "
-                   "(real ones plus synthetic ones drawn on defect-free validation images); the false-alarm rate "
-                   "it costs is measured and stored in the bundle.")
-
-
-def _image_top_pixels() -> int | None:
-    return setting(None, help="k of the image score (the mean of the k hottest pixels). Default: about "
-                              "1/1024 of the tile's area.")
-
-
-def _device() -> str:
-    return setting("auto", help=DEVICE_HELP)
-
-
-def _seed() -> int:
-    return setting(0, help="Seed of splits, crops and coreset.")
+from training.run_config import help_of, setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class ModelRunConfig:
+    """The settings finetune and fit-normal share (each verb adds its own `data`, `batch_size` and more)."""
+
+    backbone: str = setting(help="Pretrain run folder, backbone.pt, or random:<timm arch>.")
+    out: Path = setting(help="Run folder to write (model, thresholds, metrics, config.json).")
+    # The tile size the accuracies of docs/BENCHMARKS.md §3 were measured at (larger tiles measured worse there).
+    image_size: int = setting(128, help="Tile side in pixels (the model's input size; the measured recipe is 128).")
+    batch_size: int = setting(8, help="Tiles per step.")
+    bank_size: int = setting(2048, help="Memory-bank rows a query is compared with.")
+    neighbour_tiles: int = setting(4, help="Score each tile against the banks of its N most similar normal tiles "
+                                           "(0: one bank for all tiles).")
+    target_recall: float = setting(DEFAULT_TARGET_RECALL, help=(
+        "The image threshold catches this share of validation defects (real ones plus synthetic ones drawn on "
+        "defect-free validation images); the false-alarm rate it costs is measured and stored in the bundle."))
+    image_top_pixels: int | None = setting(
+        None, help="k of the image score (the mean of the k hottest pixels). Default: about 1/1024 of the tile's area.")
+    device: str = setting("auto", help="auto (CUDA when present, else the CPU), cuda or cpu.")
+    seed: int = setting(0, help="Seed of splits, crops and coreset.")
+
+    def _check_shared(self) -> None:
+        """Check the shared settings (messages name the CLI flags) and resolve the image score's k."""
+        from training.decision import default_top_pixels
+
+        object.__setattr__(self, "out", Path(self.out))
+        for flag, value in (("--image-size", self.image_size), ("--batch-size", self.batch_size),
+                            ("--bank-size", self.bank_size), ("--image-top-pixels", self.image_top_pixels)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+        check_target_recall(self.target_recall)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UserError(f"--device must be cpu, cuda or auto, not {self.device!r}")
+        check_anomaly_options(neighbour_tiles=self.neighbour_tiles)
+        # Resolved once here, so everything downstream (and the saved run) sees a plain number.
+        if self.image_top_pixels is None:
+            object.__setattr__(self, "image_top_pixels", default_top_pixels(self.image_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(ModelRunConfig):
     """Settings of `finetune` (the hybrid model: a supervised head fused with a memory-bank branch)."""
 
-    backbone: str = _backbone()
     data: Path | tuple[Path, ...] = setting(
         help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders.")
-    out: Path = _out()
-    image_size: int = _image_size()
     steps: int | None = setting(500, help="Optimisation steps (ignored when --epochs is given).")
     epochs: int | None = setting(None, help="Passes of one crop per training image.")
-    batch_size: int = setting(8, help="Tiles per step.")
     lr: float = setting(1e-3, help="Head learning rate; unfrozen blocks get --backbone-lr-scale of it.")
     backbone_lr_scale: float = setting(0.1, help="Learning rate of the unfrozen backbone blocks, as a share of --lr.")
     unfreeze_last: int = setting(2, help="Backbone blocks fine-tuned (0 = frozen).")
@@ -89,35 +79,23 @@ class FinetuneConfig:
     anomaly_pixel_weight: float | None = setting(None, help=(
         "Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale stains and "
         "colour changes that learned features miss. Default: 4 on conv features, 0 on vit."))
-    bank_size: int = _bank_size()
     head_context: int | None = setting(None, help=(
         "The head compares each 1/4-resolution position with the mean and std of the KxK window around it and "
         "with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11."))
-    neighbour_tiles: int = _neighbour_tiles()
     copy_paste: float = setting(
         0.0, help="Share of training crops that get one of the labeled defects pasted in (0: off).")
     synthetic_anomalies: float = setting(
         0.0, help="Share of training crops that get a generic synthetic anomaly drawn in (0: off).")
     labeled_defects: int | None = setting(None, help="Use only N labeled defect images per line.")
     val_fraction: float = setting(0.2, help="Share of the labeled images held out to choose fusion and thresholds.")
-    target_recall: float = _target_recall()
-    image_top_pixels: int | None = _image_top_pixels()
-    device: str = _device()
-    seed: int = _seed()
 
     def __post_init__(self) -> None:
-        from training.decision import default_top_pixels
         from training.models.anomaly import default_context, default_pixel_weight
         from training.models.segmentation import default_head_context
 
         data = (Path(self.data),) if isinstance(self.data, (str, Path)) else tuple(Path(d) for d in self.data)
         object.__setattr__(self, "data", data[0] if len(data) == 1 else data)
-        object.__setattr__(self, "out", Path(self.out))
-        check_run_options(self.image_size, self.batch_size, self.bank_size, self.target_recall, self.image_top_pixels,
-                          self.device)
-        # Resolved once here, so everything downstream (and the saved run) sees a plain number.
-        if self.image_top_pixels is None:
-            object.__setattr__(self, "image_top_pixels", default_top_pixels(self.image_size))
+        self._check_shared()
         object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
         object.__setattr__(self, "anomaly_pixel_weight",
                            default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
@@ -148,53 +126,24 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitNormalConfig:
+class FitNormalConfig(ModelRunConfig):
     """Settings of `fit_normal` (zero-label mode: a memory bank of defect-free images)."""
 
-    backbone: str = _backbone()
     data: Path = setting(help="Folder of defect-free images (or a labeled folder).")
-    out: Path = _out()
-    image_size: int = _image_size()
-    bank_size: int = _bank_size()
-    neighbour_tiles: int = _neighbour_tiles()
     holdout_fraction: float = setting(
         0.2, help="Share of the defect-free images held out to calibrate the map and set the thresholds.")
-    batch_size: int = setting(16, help="Tiles per step.")
-    target_recall: float = _target_recall()
-    image_top_pixels: int | None = _image_top_pixels()
+    batch_size: int = setting(16, help=help_of(ModelRunConfig, "batch_size"))
     discriminator_steps: int = setting(0, help=(
         "Also train a head on the normal images with synthetic anomalies drawn in, for this many steps, and fuse "
         "it with the memory bank (0: memory bank only)."))
-    device: str = _device()
-    seed: int = _seed()
 
     def __post_init__(self) -> None:
-        from training.decision import default_top_pixels
-
         object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        check_run_options(self.image_size, self.batch_size, self.bank_size, self.target_recall, self.image_top_pixels,
-                          self.device)
-        if self.image_top_pixels is None:
-            object.__setattr__(self, "image_top_pixels", default_top_pixels(self.image_size))
-        check_anomaly_options(neighbour_tiles=self.neighbour_tiles)
+        self._check_shared()
         if not 0.0 < self.holdout_fraction < 1.0:
             raise UserError(f"--holdout-fraction must lie between 0 and 1, got {self.holdout_fraction}")
         if self.discriminator_steps < 0:
             raise UserError(f"--discriminator-steps must be 0 (off) or more, got {self.discriminator_steps}")
-
-
-def check_run_options(
-    image_size: int, batch_size: int, bank_size: int, target_recall: float, image_top_pixels: int | None, device: str
-) -> None:
-    """The options finetune and fit-normal share, checked before any work (messages name the CLI flags)."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise UserError(f"--device must be cpu, cuda or auto, not {device!r}")
-    for flag, value in (("--image-size", image_size), ("--batch-size", batch_size), ("--bank-size", bank_size),
-                        ("--image-top-pixels", image_top_pixels)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    check_target_recall(target_recall)
 
 
 def check_anomaly_options(
