@@ -134,6 +134,20 @@ def test_a_finetune_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path) 
     assert load_bundle(bundle).manifest.training_config == saved
 
 
+def test_a_fit_normal_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=0, normal=4, size=64)
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", "random:test_vit3", "--data", str(data), "--out",
+                                         str(run), "--image-size", "64", "--bank-size", "16", "--holdout-fraction",
+                                         "0.5", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / CONFIG_FILE).read_text())
+    assert set(saved) == {f.name for f in dataclasses.fields(FitNormalConfig)}
+    assert (saved["holdout_fraction"], saved["bank_size"], saved["device"]) == (0.5, 16, "cpu")
+    assert runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(bundle)]).exit_code == 0
+    assert load_bundle(bundle).manifest.training_config == saved
+
+
 def test_a_bundle_without_training_config_still_loads(tmp_path: Path) -> None:
     from inspect_svc.bundle import BundleManifest
 

@@ -129,10 +129,12 @@ class PretrainConfig:
         for flag, number in above_zero.items():
             if not number > 0:
                 raise UserError(f"{flag} must be positive, got {number}")
-        shares = {"--warmup": self.warmup, "--drop-path": self.drop_path, "--center-momentum": self.center_momentum}
+        shares = {"--warmup": self.warmup, "--drop-path": self.drop_path}
         for flag, number in shares.items():
             if not 0.0 <= number < 1.0:
                 raise UserError(f"{flag} must lie in [0, 1), got {number}")
+        if not 0.0 <= self.center_momentum <= 1.0:  # 1: the center never moves (no centering)
+            raise UserError(f"--center-momentum must lie in [0, 1], got {self.center_momentum}")
         if self.min_lr < 0 or min(self.weight_decay) < 0:
             raise UserError(f"--min-lr and --weight-decay cannot be negative, got {self.min_lr} and {self.weight_decay}")
         if not 0.0 <= self.momentum[0] <= self.momentum[1] <= 1.0:
