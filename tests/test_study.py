@@ -362,3 +362,9 @@ def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path:
     assert settings["labeled_defects"] == 5 and "out" not in settings
     unet = Job(model="unet", backbone=None, labels=5, trained_on="pool", evaluations=("test",))
     assert _run_settings(unet, config, data, torch.device("cpu")) is None
+
+
+def test_copy_paste_outside_zero_to_one_is_refused_before_any_training(tmp_path: Path) -> None:
+    result = invoke_study(tmp_path, tmp_path / "out", "--copy-paste", "1.5")
+    assert result.exit_code == 2 and "--copy-paste must be a share between 0 and 1, got 1.5" in result.output
+    assert not (tmp_path / "out").exists()

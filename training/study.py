@@ -683,6 +683,8 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
+    if not 0.0 <= config.copy_paste <= 1.0:
+        raise UserError(f"--copy-paste must be a share between 0 and 1, got {config.copy_paste}")
     check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context,
                           pixel_weight=config.anomaly_pixel_weight)
     check_head_options(config.head_context)
