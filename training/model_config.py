@@ -99,11 +99,15 @@ class FinetuneConfig(ModelRunConfig):
         data = (Path(self.data),) if isinstance(self.data, (str, Path)) else tuple(Path(d) for d in self.data)
         object.__setattr__(self, "data", data[0] if len(data) == 1 else data)
         self._check_shared()
-        object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
-        object.__setattr__(self, "anomaly_pixel_weight",
-                           default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
-        object.__setattr__(self, "head_context", default_head_context(self.head_context))
+        context = default_context(self.anomaly_features, self.anomaly_context)
+        pixel_weight = default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight)
+        head_context = default_head_context(self.head_context)
+        for name, value in (("anomaly_context", context), ("anomaly_pixel_weight", pixel_weight),
+                            ("head_context", head_context)):
+            object.__setattr__(self, name, value)
         self._validate()
+        check_anomaly_options(self.anomaly_features, self.anomaly_stride, self.neighbour_tiles, context, pixel_weight)
+        check_head_options(head_context)
 
     def _validate(self) -> None:
         at_least = {"--steps": (self.steps, 1), "--epochs": (self.epochs, 1), "--unfreeze-last": (self.unfreeze_last, 0),
@@ -119,9 +123,6 @@ class FinetuneConfig(ModelRunConfig):
         if self.lr <= 0 or self.backbone_lr_scale < 0:
             raise UserError(f"--lr must be positive and --backbone-lr-scale 0 or more, got {self.lr} and "
                             f"{self.backbone_lr_scale}")
-        check_anomaly_options(self.anomaly_features, self.anomaly_stride, self.neighbour_tiles, self.anomaly_context,
-                              self.anomaly_pixel_weight)
-        check_head_options(self.head_context)
 
     @property
     def data_roots(self) -> tuple[Path, ...]:
