@@ -49,11 +49,12 @@ from training.data.splits import holdout_split
 from training.decision import DECISION_RULE
 from training.errors import UserError
 from training.evaluate import metrics_by_group
-from training.finetune import LabeledImages, check_head_options, load_images_with_masks
+from training.finetune import LabeledImages, load_images_with_masks
+from training.model_config import FinetuneConfig, FitNormalConfig, check_anomaly_options, check_head_options
 from training.models.anomaly import default_context, default_pixel_weight
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
-from training.models.memory_bank import check_anomaly_options
 from training.models.segmentation import default_head_context
+from training.run_config import config_json
 from training.runs import data_fingerprint
 
 log = logging.getLogger(__name__)
@@ -375,28 +376,9 @@ def _train_hybrid(
     run_dir: Path,
     device: torch.device,
 ) -> Trained:
-    from training.finetune import FinetuneConfig, finetune
+    from training.finetune import finetune
 
-    validation = finetune(
-        FinetuneConfig(
-            backbone=job.backbone or "",
-            data=root,
-            out=run_dir,
-            image_size=config.image_size,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            labeled_defects=job.labels,
-            anomaly_features=config.anomaly_features,
-            neighbour_tiles=config.neighbour_tiles,
-            anomaly_context=config.anomaly_context,
-            anomaly_pixel_weight=config.anomaly_pixel_weight,
-            head_context=config.head_context,
-            bank_size=config.bank_size,
-            copy_paste=config.copy_paste,
-            device=str(device),
-            seed=config.seed,
-        )
-    )
+    validation = finetune(_hybrid_config(job, config, root, run_dir, device))
     predict, thresholds, run_fingerprint = _load_run_predictor(run_dir, device)
     fingerprint = _fingerprint(samples, root)
     if run_fingerprint != fingerprint:  # the U-Net rows would then not be trained on the same labels
@@ -415,19 +397,9 @@ def _train_hybrid(
 def _train_zero_label(
     job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device
 ) -> Trained:
-    from training.fit_normal import FitNormalConfig, fit_normal
+    from training.fit_normal import fit_normal
 
-    fit_normal(
-        FitNormalConfig(
-            backbone=job.backbone or "",
-            data=root,
-            out=run_dir,
-            image_size=config.image_size,
-            neighbour_tiles=config.neighbour_tiles,
-            device=str(device),
-            seed=config.seed,
-        )
-    )
+    fit_normal(_zero_label_config(job, config, root, run_dir, device))
     predict, thresholds, fingerprint = _load_run_predictor(run_dir, device)
     normal = load_labeled_set(root).defect_free
     validation = json.loads((run_dir / "metrics.json").read_text()).get("validation", {})
@@ -440,6 +412,31 @@ def _train_zero_label(
         labeled_defects=0,
         fingerprint=fingerprint,
     )
+
+
+def _hybrid_config(job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device) -> FinetuneConfig:
+    """The finetune settings of a hybrid job; those the study has no option for keep finetune's defaults."""
+    return FinetuneConfig(
+        backbone=job.backbone or "", data=root, out=run_dir, image_size=config.image_size, steps=config.steps,
+        batch_size=config.batch_size, labeled_defects=job.labels, anomaly_features=config.anomaly_features,
+        neighbour_tiles=config.neighbour_tiles, anomaly_context=config.anomaly_context,
+        anomaly_pixel_weight=config.anomaly_pixel_weight, head_context=config.head_context, bank_size=config.bank_size,
+        copy_paste=config.copy_paste, device=str(device), seed=config.seed,
+    )
+
+
+def _zero_label_config(job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device) -> FitNormalConfig:
+    return FitNormalConfig(backbone=job.backbone or "", data=root, out=run_dir, image_size=config.image_size,
+                           neighbour_tiles=config.neighbour_tiles, device=str(device), seed=config.seed)
+
+
+def _run_settings(job: Job, config: StudyConfig, data: StudyData, device: torch.device) -> dict | None:
+    """Every setting of the job's finetune or fit-normal run (defaults included; paths and device are elsewhere)."""
+    if job.model == "unet":
+        return None
+    build = _hybrid_config if job.model == "hybrid" else _zero_label_config
+    settings = config_json(build(job, config, _training_root(job, data), config.out / "runs" / job.key, device))
+    return {name: value for name, value in settings.items() if name not in ("data", "out", "device")}
 
 
 def _train_unet(
@@ -662,6 +659,8 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),
         # How image thresholds are chosen and images scored: results chosen another way are stale.
         "decision_rule": DECISION_RULE,
+        # A default finetune or fit-normal changes (its lr, say) makes the saved results stale too.
+        "run_settings": _run_settings(job, config, data, device),
     }
 
 
@@ -686,6 +685,8 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
+    if not 0.0 <= config.copy_paste <= 1.0:
+        raise UserError(f"--copy-paste must be a share between 0 and 1, got {config.copy_paste}")
     check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context,
                           pixel_weight=config.anomaly_pixel_weight)
     check_head_options(config.head_context)

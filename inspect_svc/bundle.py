@@ -5,7 +5,8 @@ A bundle is a directory (or a .zip of one) holding `model.onnx` and `model.json`
 
 Fields added after the first bundles were written all have defaults that mean what those bundles
 did, so an old `model.json` still loads and decides as before: `image_score.top_pixels` = 1 (the
-map's maximum) and no `line_calibration`. `metrics["decision"]`, when training wrote it, records
+map's maximum), no `line_calibration` and no `training_config` (the settings the run was trained
+with, for people: the service never reads them). `metrics["decision"]`, when training wrote it, records
 how the image threshold was chosen: `target_recall`, and the `expected_recall` and
 `expected_false_alarm_rate` measured on validation at that threshold (see `training.decision`).
 """
@@ -108,6 +109,9 @@ class BundleManifest(BaseModel):
     tiling: Tiling
     metrics: dict[str, float | int | str | dict[str, Any]] = Field(default_factory=dict)
     data_fingerprint: str = ""
+    training_config: dict[str, Any] | None = Field(
+        None, description="the resolved settings of the training run (its config.json); none in older bundles"
+    )
     onnx_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")

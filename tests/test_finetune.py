@@ -15,7 +15,7 @@ from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli
 from training.data.labeled import LabeledSample
 from training.errors import UserError
 from training.finetune import FinetuneConfig, focal_dice_loss, split_train_val
-from training.models.memory_bank import check_anomaly_options
+from training.model_config import check_anomaly_options
 from training.runs import load_run
 
 runner = CliRunner()

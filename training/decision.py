@@ -26,8 +26,8 @@ import numpy as np
 from training.data.copy_paste import DefectPiece, paste_piece
 from training.data.defects import DEFECT_FAMILIES, DefectContext, apply_defect
 from training.metrics import binary_scores, image_scores, threshold_for_false_alarm_rate, threshold_for_recall
+from training.model_config import DEFAULT_TARGET_RECALL
 
-DEFAULT_TARGET_RECALL = 0.95
 # k of the image score as a share of the tile's area: a few dozen pixels at the usual tiles, below the
 # smallest defect the synthesis draws, well above one hot pixel.
 TOP_PIXELS_TILE_SHARE = 1 / 1024

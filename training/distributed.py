@@ -41,6 +41,11 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def torch_device(choice: str) -> torch.device:
+    """A config's device: `auto`, `cpu` and `cuda` as `resolve_device` reads them, or an explicit `cuda:N`."""
+    return resolve_device(choice) if choice in {"cpu", "cuda", "auto"} else torch.device(choice)
+
+
 def init_distributed(device_choice: str) -> DistributedContext:
     """Join the process group when launched by torchrun; otherwise describe a single process."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

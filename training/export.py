@@ -42,6 +42,7 @@ from training.export_variants import (
     timing_batch,
 )
 from training.predictor import default_overlap
+from training.run_config import read_config
 from training.runs import RunModel, load_run, load_sample_tiles
 from training.training_data import copy_training_images
 
@@ -159,6 +160,7 @@ def _manifest(run: RunModel, onnx_path: Path, metrics: dict, precision: Precisio
         tiling=Tiling(tile=run.tile, overlap=default_overlap(run.tile)),
         metrics=metrics,
         data_fingerprint=run.data_fingerprint,
+        training_config=read_config(run.root),
         onnx_sha256=hashlib.sha256(b"").hexdigest(),  # replaced by write_bundle
     )
 

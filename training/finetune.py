@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,32 +35,30 @@ from training.data.splits import holdout_split
 from training.data.synthetic_anomalies import add_synthetic_anomaly
 from training.decision import (
     DEFAULT_TARGET_RECALL,
-    check_target_recall,
     choose_image_threshold,
     default_top_pixels,
     synthetic_defects,
 )
+from training.distributed import torch_device
 from training.errors import UserError
 from training.fusion import fit_fusion_weight
 from training.metrics import best_f1_threshold, segmentation_summary
-from training.models.anomaly import default_context, default_pixel_weight
+from training.model_config import FinetuneConfig
 from training.models.backbone import load_backbone
 from training.models.hybrid import InspectionModel, backbone_recipe
 from training.models.memory_bank import (
     calibrate_on_normal,
-    check_anomaly_options,
     empty_anomaly_head,
     fill_memory_bank,
 )
 from training.models.segmentation import (
     SegmentationHead,
-    check_head_context,
     default_feature_blocks,
-    default_head_context,
     fix_input_size,
 )
 from training.predictor import TorchPredictor, default_overlap
 from training.progress import progress, progress_bar
+from training.run_config import write_config
 from training.runs import data_fingerprint, sample_tiles, save_run
 from training.training_data import write_training_images
 
@@ -69,52 +67,6 @@ log = logging.getLogger(__name__)
 DEFECT_CROP_PROBABILITY = 0.7  # share of crops centred near a defect pixel
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Options of `finetune` (mirrors `train-pipeline finetune`)."""
-
-    backbone: str
-    data: Path | tuple[Path, ...]  # one labeled folder, or several read as one set
-    out: Path
-    image_size: int = 224
-    steps: int | None = 500
-    epochs: int | None = None
-    batch_size: int = 8
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    unfreeze_last: int = 2
-    anomaly_branch: bool = True
-    anomaly_features: str = "conv"  # "vit": patch tokens, as in zero-label mode (see models/anomaly.py)
-    anomaly_stride: int = 1  # 2: score every other position of the feature map (4x fewer distances)
-    # K: bank rows also carry KxK texture statistics (large low-contrast defects); None: DEFAULT_CONTEXT of the features
-    anomaly_context: int | None = None
-    # w > 0: bank rows also carry the image's pixels, weighted by w (pale stains); None: DEFAULT_PIXEL_WEIGHT
-    anomaly_pixel_weight: float | None = None
-    bank_size: int = 2048
-    head_context: int | None = None  # the head's TextureContext window at 1/4 resolution (0: none; None: the default)
-    neighbour_tiles: int = 4  # score each tile against the banks of its 4 most similar normal tiles (0: one bank)
-    copy_paste: float = 0.0  # share of training crops that get a labeled defect pasted in
-    # share of training crops that get a synthetic anomaly (training.data.synthetic_anomalies) drawn in
-    synthetic_anomalies: float = 0.0
-    labeled_defects: int | None = None
-    val_fraction: float = 0.2
-    target_recall: float = DEFAULT_TARGET_RECALL  # the image threshold catches this share of validation defects
-    image_top_pixels: int | None = None  # k of the image score (mean of the k hottest pixels); None: from the tile
-    device: str = "cpu"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # Resolved once here, so everything downstream (and the saved run) sees a plain number.
-        if self.image_top_pixels is None:
-            object.__setattr__(self, "image_top_pixels", default_top_pixels(self.image_size))
-        object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
-        object.__setattr__(self, "anomaly_pixel_weight",
-                           default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
-        object.__setattr__(self, "head_context", default_head_context(self.head_context))
-
-    @property
-    def data_roots(self) -> tuple[Path, ...]:
-        return (self.data,) if isinstance(self.data, Path) else tuple(self.data)
 
 
 def split_train_val(samples: list[LabeledSample], fraction: float, seed: int) -> tuple[list[LabeledSample], list[LabeledSample]]:
@@ -297,12 +249,8 @@ def finetune(config: FinetuneConfig) -> dict:
     Raises:
         UserError: no defective image in the labeled set, masks that do not fit their images, a bad backbone.
     """
-    check_anomaly_options(config.anomaly_features, config.anomaly_stride, config.neighbour_tiles, config.anomaly_context,
-                          config.anomaly_pixel_weight)
-    check_head_options(config.head_context)
-    check_target_recall(config.target_recall)
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    device = torch_device(config.device)
     samples = select_samples(config)
     train_samples, val_samples = split_train_val(samples, config.val_fraction, config.seed)
     train, val = load_images_with_masks(train_samples), load_images_with_masks(val_samples)
@@ -333,15 +281,8 @@ def finetune(config: FinetuneConfig) -> dict:
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
     write_training_images(config.out, [s.image for s in samples])
+    write_config(replace(config, device=str(device)), config.out)
     return metrics
-
-
-def check_head_options(head_context: int) -> None:
-    """Turn a bad head option into the CLI's one-line error before any data is read."""
-    try:
-        check_head_context(head_context)
-    except ValueError as error:
-        raise UserError(f"--head-context: {error}") from None
 
 
 def select_samples(config: FinetuneConfig) -> list[LabeledSample]:

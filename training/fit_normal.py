@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -22,25 +21,25 @@ from training.data.labeled import list_normal_images
 from training.data.normalisation import PIXEL_MEAN, PIXEL_STD
 from training.data.splits import holdout_split
 from training.decision import (
-    DEFAULT_TARGET_RECALL,
     ImageDecision,
-    check_target_recall,
     choose_image_threshold,
     default_top_pixels,
     synthetic_defects,
 )
+from training.distributed import torch_device
 from training.errors import UserError
+from training.model_config import FitNormalConfig
 from training.models.backbone import load_backbone
 from training.models.hybrid import InspectionModel, backbone_recipe
 from training.models.memory_bank import (
     calibrate_on_normal,
-    check_anomaly_options,
     empty_anomaly_head,
     fill_memory_bank,
 )
 from training.models.segmentation import fix_input_size
 from training.predictor import TorchPredictor, default_overlap
 from training.progress import progress
+from training.run_config import write_config
 from training.runs import data_fingerprint, sample_tiles, save_run
 from training.training_data import write_training_images
 
@@ -49,24 +48,6 @@ log = logging.getLogger(__name__)
 PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
 
 
-@dataclass(frozen=True)
-class FitNormalConfig:
-    """Options of `fit_normal` (mirrors `train-pipeline fit-normal`)."""
-
-    backbone: str
-    data: Path
-    out: Path
-    image_size: int = 224
-    bank_size: int = 2048
-    neighbour_tiles: int = 4  # see training.models.anomaly; 0: one bank for every tile
-    holdout_fraction: float = 0.2
-    batch_size: int = 16
-    target_recall: float = DEFAULT_TARGET_RECALL  # of synthetic defects on held-out images, at the image threshold
-    image_top_pixels: int | None = None  # k of the image score; None: from the tile (see training.decision)
-    # > 0: also train a head on the normal images with synthetic anomalies (training.synthetic_discriminator)
-    discriminator_steps: int = 0
-    device: str = "cpu"
-    seed: int = 0
 
 
 def normal_thresholds(
@@ -89,12 +70,8 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     Raises:
         UserError: fewer than two readable defect-free images, or a bad backbone spec.
     """
-    check_anomaly_options(neighbour_tiles=config.neighbour_tiles)
-    check_target_recall(config.target_recall)
-    if config.discriminator_steps < 0:
-        raise UserError(f"--discriminator-steps must be 0 (off) or more, got {config.discriminator_steps}")
     torch.manual_seed(config.seed)  # a random-init backbone is then the same on every run
-    device = torch.device(config.device)
+    device = torch_device(config.device)
     images, paths = read_images(list_normal_images(config.data))
     if len(images) < 2:
         raise UserError(f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2")
@@ -135,4 +112,5 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
     write_training_images(config.out, paths)
+    write_config(replace(config, device=str(device)), config.out)
     return thresholds

@@ -363,3 +363,27 @@ def test_table_regenerates_summary_md_from_summary_json(tmp_path: Path) -> None:
     assert table.exit_code == 0, table.output
     expected = (out / "summary.md").read_text() + "\n" + (out / "seed-1" / "study.md").read_text()
     assert table.output == expected
+def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path: Path) -> None:
+    from benchmarks.study import Job, StudyConfig, StudyData, _run_settings
+
+    from training.finetune import LabeledImages
+    from training.model_config import FinetuneConfig
+
+    config = StudyConfig(backbones=(TINY_BACKBONE,), data=tmp_path, out=tmp_path / "out", device="cpu")
+    data = StudyData(pool_dir=tmp_path / "pool", test_dir=tmp_path / "test", seen_pool_dir=None, test=LabeledImages(),
+                     held_out_indices=[], lines=[])
+    hybrid = Job(model="hybrid", backbone=TINY_BACKBONE, labels=5, trained_on="pool", evaluations=("test",))
+    settings = _run_settings(hybrid, config, data, torch.device("cpu"))
+    # The study has no option for these: finetune's defaults train its hybrids, and a new default makes them stale.
+    defaults = FinetuneConfig(backbone="", data=tmp_path, out=tmp_path)
+    for name in ("lr", "unfreeze_last", "anomaly_stride", "val_fraction", "target_recall"):
+        assert settings[name] == getattr(defaults, name)
+    assert settings["labeled_defects"] == 5 and "out" not in settings
+    unet = Job(model="unet", backbone=None, labels=5, trained_on="pool", evaluations=("test",))
+    assert _run_settings(unet, config, data, torch.device("cpu")) is None
+
+
+def test_copy_paste_outside_zero_to_one_is_refused_before_any_training(tmp_path: Path) -> None:
+    result = invoke_study(tmp_path, tmp_path / "out", "--copy-paste", "1.5")
+    assert result.exit_code == 2 and "--copy-paste must be a share between 0 and 1, got 1.5" in result.output
+    assert not (tmp_path / "out").exists()

@@ -10,34 +10,18 @@ from typing import Annotated
 import typer
 
 from training.errors import UserError
+from training.model_config import FinetuneConfig
+from training.run_config import help_of
 
-CopyPasteOpt = Annotated[float, typer.Option(
-    "--copy-paste", min=0.0, max=1.0,
-    help="Share of training crops that get one of the labeled defects pasted in (0: off).",
-)]
-
+# Options the model verbs share with the label study; their help is declared with `FinetuneConfig`'s fields.
+CopyPasteOpt = Annotated[float, typer.Option("--copy-paste", help=help_of(FinetuneConfig, "copy_paste"))]
 AnomalyContextOpt = Annotated[int | None, typer.Option(
-    "--anomaly-context", min=0, show_default=False,
-    help="Hybrid memory-bank rows also carry the KxK mean and std of the features around them "
-    "(odd K; 0: off). Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit.",
-)]
-
+    "--anomaly-context", show_default=False, help=help_of(FinetuneConfig, "anomaly_context"))]
 AnomalyPixelWeightOpt = Annotated[float | None, typer.Option(
-    "--anomaly-pixel-weight", min=0.0, show_default=False,
-    help="Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale "
-    "stains and colour changes that learned features miss. Default: 4 on conv features, 0 on vit.",
-)]
-
+    "--anomaly-pixel-weight", show_default=False, help=help_of(FinetuneConfig, "anomaly_pixel_weight"))]
 HeadContextOpt = Annotated[int | None, typer.Option(
-    "--head-context", min=0, show_default=False,
-    help="The head compares each 1/4-resolution position with the mean and std of the KxK window around "
-    "it and with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11.",
-)]
-
-
-DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto (CUDA when present, else the CPU), cuda or cpu.",
-)]
+    "--head-context", show_default=False, help=help_of(FinetuneConfig, "head_context"))]
+DeviceOpt = Annotated[str, typer.Option("--device", help=help_of(FinetuneConfig, "device"))]
 
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No progress bars (they are drawn only when stderr is a terminal anyway).",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,89 +19,60 @@ from training.cli._common import (
     talking,
     user_errors,
 )
+from training.model_config import FinetuneConfig, FitNormalConfig
+from training.run_config import default_of, from_options, help_of
 
-BackboneOpt = Annotated[str, typer.Option("--backbone", help="Pretrain run folder, backbone.pt, or random:<timm arch>.")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Run folder to write.")]
-ImageSizeOpt = Annotated[int, typer.Option(
-    "--image-size", min=1, help="Tile side in pixels (the model's input size; the measured recipe is 128).",
-)]
-# The tile size the accuracies of docs/BENCHMARKS.md §3 were measured at (larger tiles measured worse there).
-DEFAULT_TILE = 128
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of splits, crops and coreset.")]
-BankOpt = Annotated[int, typer.Option("--bank-size", min=1, help="Memory-bank rows a query is compared with.")]
-TargetRecallOpt = Annotated[float, typer.Option(
-    "--target-recall", min=0.0, max=1.0,
-    help="The image threshold catches this share of validation defects (real ones plus synthetic ones drawn "
-    "on defect-free validation images); the false-alarm rate it costs is measured and stored in the bundle.",
-)]
-NeighbourTilesOpt = Annotated[int, typer.Option(
-    "--neighbour-tiles", min=0,
-    help="Score each tile against the banks of its N most similar normal tiles (0: one bank for all tiles).",
-)]
+F, N = FinetuneConfig, FitNormalConfig
+
+
+def opt(config_class: type, name: str, *flags: str) -> Any:
+    """The option of the field `name` of `config_class`, with the help text declared there."""
+    return typer.Option(*flags, help=help_of(config_class, name))
 
 
 def finetune(
-    backbone: BackboneOpt,
-    data: Annotated[
-        list[Path],
-        typer.Option("--data", help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders."),
-    ],
-    out: OutOpt,
-    image_size: ImageSizeOpt = DEFAULT_TILE,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps (ignored when --epochs is given).")] = 500,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Passes of one crop per training image.")] = None,
-    batch_size: BatchOpt = 8,
-    lr: Annotated[float, typer.Option("--lr", help="Head learning rate; unfrozen blocks get a tenth.")] = 1e-3,
-    unfreeze_last: Annotated[int, typer.Option("--unfreeze-last", min=0, help="Backbone blocks fine-tuned (0 = frozen).")] = 2,
+    backbone: Annotated[str, opt(F, "backbone", "--backbone")],
+    data: Annotated[list[Path], opt(F, "data", "--data")],
+    out: Annotated[Path, opt(F, "out", "--out")],
+    image_size: Annotated[int, opt(F, "image_size")] = default_of(F, "image_size"),
+    steps: Annotated[int, opt(F, "steps")] = default_of(F, "steps"),
+    epochs: Annotated[int | None, opt(F, "epochs")] = default_of(F, "epochs"),
+    batch_size: Annotated[int, opt(F, "batch_size")] = default_of(F, "batch_size"),
+    lr: Annotated[float, opt(F, "lr")] = default_of(F, "lr"),
+    backbone_lr_scale: Annotated[float, opt(F, "backbone_lr_scale")] = default_of(F, "backbone_lr_scale"),
+    unfreeze_last: Annotated[int, opt(F, "unfreeze_last")] = default_of(F, "unfreeze_last"),
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Same as --unfreeze-last 0.")] = False,
-    anomaly_branch: Annotated[
-        bool, typer.Option("--anomaly-branch/--no-anomaly-branch", help="Fuse a zero-label anomaly map (hybrid model).")
-    ] = True,
-    anomaly_features: Annotated[str, typer.Option(
-        "--anomaly-features", help="conv: the head's encoder at 1/2 resolution (thin defects); vit: patch tokens.",
-    )] = "conv",
-    anomaly_stride: Annotated[int, typer.Option(
-        "--anomaly-stride", help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).",
-    )] = 1,
-    anomaly_context: AnomalyContextOpt = None,
-    anomaly_pixel_weight: AnomalyPixelWeightOpt = None,
-    head_context: HeadContextOpt = None,
-    bank_size: BankOpt = 2048,
-    neighbour_tiles: NeighbourTilesOpt = 4,
-    copy_paste: CopyPasteOpt = 0.0,
-    synthetic_anomalies: Annotated[float, typer.Option(
-        "--synthetic-anomalies", min=0.0, max=1.0,
-        help="Share of training crops that get a generic synthetic anomaly (foreign material, curve, blob, blur, "
-        "noise), so the head also learns 'different from normal' (0: off).",
-    )] = 0.0,
-    labeled_defects: Annotated[
-        int | None, typer.Option("--labeled-defects", min=1, help="Use only N labeled defect images per line.")
-    ] = None,
-    target_recall: TargetRecallOpt = 0.95,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    anomaly_branch: Annotated[bool, opt(F, "anomaly_branch", "--anomaly-branch/--no-anomaly-branch")] = (
+        default_of(F, "anomaly_branch")),
+    anomaly_features: Annotated[str, opt(F, "anomaly_features")] = default_of(F, "anomaly_features"),
+    anomaly_stride: Annotated[int, opt(F, "anomaly_stride")] = default_of(F, "anomaly_stride"),
+    anomaly_context: AnomalyContextOpt = default_of(F, "anomaly_context"),
+    anomaly_pixel_weight: AnomalyPixelWeightOpt = default_of(F, "anomaly_pixel_weight"),
+    head_context: HeadContextOpt = default_of(F, "head_context"),
+    bank_size: Annotated[int, opt(F, "bank_size")] = default_of(F, "bank_size"),
+    neighbour_tiles: Annotated[int, opt(F, "neighbour_tiles")] = default_of(F, "neighbour_tiles"),
+    copy_paste: CopyPasteOpt = default_of(F, "copy_paste"),
+    synthetic_anomalies: Annotated[float, opt(F, "synthetic_anomalies")] = default_of(F, "synthetic_anomalies"),
+    labeled_defects: Annotated[int | None, opt(F, "labeled_defects")] = default_of(F, "labeled_defects"),
+    val_fraction: Annotated[float, opt(F, "val_fraction")] = default_of(F, "val_fraction"),
+    target_recall: Annotated[float, opt(F, "target_recall")] = default_of(F, "target_recall"),
+    image_top_pixels: Annotated[int | None, opt(F, "image_top_pixels")] = default_of(F, "image_top_pixels"),
+    device: DeviceOpt = default_of(F, "device"),
+    seed: Annotated[int, opt(F, "seed")] = default_of(F, "seed"),
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split.
 
     The defaults are the measured recipe (128 px tiles, docs/BENCHMARKS.md §3). On the demo data
     (240 labeled 256 px images) they take about 10 minutes on a 2-core CPU (docs/BENCHMARKS.md §9);
-    on a GPU much less (not measured yet).
+    on a GPU much less (not measured yet). The run folder keeps the resolved settings in config.json.
     """
-    from training.finetune import FinetuneConfig
+    options = dict(locals())
     from training.finetune import finetune as run_finetune
 
-    device = resolved_device(device)
-    config = FinetuneConfig(
-        backbone=backbone, data=tuple(data), out=out, image_size=image_size, steps=steps, epochs=epochs,
-        batch_size=batch_size, lr=lr, unfreeze_last=0 if freeze_backbone else unfreeze_last,
-        anomaly_branch=anomaly_branch, anomaly_features=anomaly_features, anomaly_stride=anomaly_stride,
-        anomaly_context=anomaly_context, anomaly_pixel_weight=anomaly_pixel_weight, head_context=head_context,
-        bank_size=bank_size, neighbour_tiles=neighbour_tiles, copy_paste=copy_paste,
-        synthetic_anomalies=synthetic_anomalies, labeled_defects=labeled_defects, target_recall=target_recall,
-        device=device, seed=seed,
-    )
+    with user_errors():
+        config = from_options(F, options, data=tuple(data), unfreeze_last=0 if freeze_backbone else unfreeze_last,
+                              device=resolved_device(device))
     with user_errors(), talking(quiet):
         metrics = run_finetune(config)
     typer.echo(f"{metrics['kind']} model in {out}: validation pixel AUROC {metrics['pixel_auroc']:.4f}, "
@@ -109,35 +80,32 @@ def finetune(
 
 
 def fit_normal(
-    backbone: BackboneOpt,
-    data: Annotated[Path, typer.Option("--data", help="Folder of defect-free images (or a labeled folder).")],
-    out: OutOpt,
-    image_size: ImageSizeOpt = DEFAULT_TILE,
-    bank_size: BankOpt = 2048,
-    neighbour_tiles: NeighbourTilesOpt = 4,
-    batch_size: BatchOpt = 16,
-    discriminator_steps: Annotated[int, typer.Option(
-        "--discriminator-steps", min=0,
-        help="Also train a per-pixel head for N steps on the defect-free images with synthetic anomalies and "
-        "fuse it with the nearest-neighbour map (0: nearest-neighbour map only).",
-    )] = 0,
-    target_recall: TargetRecallOpt = 0.95,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    backbone: Annotated[str, opt(N, "backbone", "--backbone")],
+    data: Annotated[Path, opt(N, "data", "--data")],
+    out: Annotated[Path, opt(N, "out", "--out")],
+    image_size: Annotated[int, opt(N, "image_size")] = default_of(N, "image_size"),
+    bank_size: Annotated[int, opt(N, "bank_size")] = default_of(N, "bank_size"),
+    neighbour_tiles: Annotated[int, opt(N, "neighbour_tiles")] = default_of(N, "neighbour_tiles"),
+    holdout_fraction: Annotated[float, opt(N, "holdout_fraction")] = default_of(N, "holdout_fraction"),
+    batch_size: Annotated[int, opt(N, "batch_size")] = default_of(N, "batch_size"),
+    target_recall: Annotated[float, opt(N, "target_recall")] = default_of(N, "target_recall"),
+    image_top_pixels: Annotated[int | None, opt(N, "image_top_pixels")] = default_of(N, "image_top_pixels"),
+    discriminator_steps: Annotated[int, opt(N, "discriminator_steps")] = default_of(N, "discriminator_steps"),
+    device: DeviceOpt = default_of(N, "device"),
+    seed: Annotated[int, opt(N, "seed")] = default_of(N, "seed"),
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-label mode: anomaly model from defect-free images only.
 
     With the defaults, about a minute of CPU time for the demo data's 60 defect-free images on a
-    2-core CPU (docs/BENCHMARKS.md §9); less on a GPU (not measured yet).
+    2-core CPU (docs/BENCHMARKS.md §9); less on a GPU (not measured yet). The run folder keeps the
+    resolved settings in config.json.
     """
-    from training.fit_normal import FitNormalConfig
+    options = dict(locals())
     from training.fit_normal import fit_normal as run_fit_normal
 
-    device = resolved_device(device)
-    config = FitNormalConfig(backbone=backbone, data=data, out=out, image_size=image_size, bank_size=bank_size,
-                             neighbour_tiles=neighbour_tiles, batch_size=batch_size, target_recall=target_recall,
-                             discriminator_steps=discriminator_steps, device=device, seed=seed)
+    with user_errors():
+        config = from_options(N, options, device=resolved_device(device))
     with user_errors(), talking(quiet):
         thresholds = run_fit_normal(config)
     typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")

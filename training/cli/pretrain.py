@@ -3,65 +3,69 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from training.cli._common import DeviceOpt, QuietOpt, flowing, talking, user_errors
+from training.cli._common import QuietOpt, flowing, talking, user_errors
+from training.pretrain_config import PretrainConfig
+from training.run_config import default_of, from_options, help_of
 
-Opt = typer.Option
+P = PretrainConfig
+
+
+def opt(name: str, *flags: str, **kwargs: Any) -> Any:
+    """The option of the `PretrainConfig` field `name`, with the help text declared there."""
+    return typer.Option(*flags, help=help_of(P, name), **kwargs)
 
 
 def pretrain(
-    data: Annotated[Path, Opt("--data", help="Folder tree of unlabeled images.")],
-    out: Annotated[Path, Opt("--out", help="Run folder (config, metrics, checkpoint.pt, backbone.pt).")],
-    arch: Annotated[str, Opt(help="timm ViT name, e.g. vit_small_patch16_224.")] = "vit_small_patch16_224",
-    objective: Annotated[str, Opt(help="densedino, densedino-crr (coding rate) or dino (image level).")] = "densedino",
-    global_size: Annotated[int, Opt("--global-size", help="Side of global views (px).")] = 224,
-    local_size: Annotated[int, Opt("--local-size", help="Side of local views (px).")] = 96,
-    global_crops: Annotated[int, Opt("--global-crops", help="Global views per image.")] = 2,
-    local_crops: Annotated[int, Opt("--local-crops", help="Local views per image.")] = 4,
-    points: Annotated[int, Opt("--points", help="Reference points k per (global, view) pair.")] = 2,
-    batch_size: Annotated[int, Opt("--batch-size", help="Images per process.")] = 64,
-    epochs: Annotated[int, Opt(help="Passes over the data (ignored when --steps is given).")] = 100,
-    steps: Annotated[int | None, Opt(help="Total optimization steps.")] = None,
-    lr: Annotated[float, Opt(help="Learning rate per 256 images (scaled by the global batch).")] = 5e-4,
-    teacher_momentum: Annotated[float, Opt(
-        "--teacher-momentum", help="EMA momentum of the teacher at the start (cosine to 1 at the end); it "
-        "averages about 1/(1 − m) steps, so a run of a few hundred steps needs 0.99 rather than 0.996."
-    )] = 0.996,
-    alpha: Annotated[float, Opt(help="Weight of the image-level loss; 1 − alpha goes to points.")] = 0.5,
-    prototypes: Annotated[int, Opt("--prototypes", help="DINO head prototypes.")] = 65536,
-    point_prototypes: Annotated[int | None, Opt(
-        "--point-prototypes", help="Prototypes of the point head (default: --prototypes)."
+    data: Annotated[Path, opt("data", "--data")],
+    out: Annotated[Path, opt("out", "--out")],
+    arch: Annotated[str, opt("arch")] = default_of(P, "arch"),
+    objective: Annotated[str, opt("objective")] = default_of(P, "objective"),
+    global_size: Annotated[int, opt("global_size")] = default_of(P, "global_size"),
+    local_size: Annotated[int, opt("local_size")] = default_of(P, "local_size"),
+    global_crops: Annotated[int, opt("global_crops")] = default_of(P, "global_crops"),
+    local_crops: Annotated[int, opt("local_crops")] = default_of(P, "local_crops"),
+    global_scale: Annotated[tuple[float, float], opt("global_scale")] = default_of(P, "global_scale"),
+    local_scale: Annotated[tuple[float, float], opt("local_scale")] = default_of(P, "local_scale"),
+    points: Annotated[int, opt("points")] = default_of(P, "points"),
+    batch_size: Annotated[int, opt("batch_size")] = default_of(P, "batch_size"),
+    epochs: Annotated[int, opt("epochs")] = default_of(P, "epochs"),
+    steps: Annotated[int | None, opt("steps")] = default_of(P, "steps"),
+    lr: Annotated[float, opt("lr")] = default_of(P, "lr"),
+    min_lr: Annotated[float, opt("min_lr")] = default_of(P, "min_lr"),
+    warmup: Annotated[float, opt("warmup")] = default_of(P, "warmup"),
+    weight_decay: Annotated[tuple[float, float], opt("weight_decay")] = default_of(P, "weight_decay"),
+    # The flag sets the schedule's start; its end stays 1 (the teacher freezes as training ends).
+    momentum: Annotated[float, opt("momentum", "--teacher-momentum")] = default_of(P, "momentum")[0],
+    clip_grad: Annotated[float, opt("clip_grad")] = default_of(P, "clip_grad"),
+    drop_path: Annotated[float, opt("drop_path")] = default_of(P, "drop_path"),
+    alpha: Annotated[float, opt("alpha")] = default_of(P, "alpha"),
+    num_prototypes: Annotated[int, opt("num_prototypes", "--prototypes")] = default_of(P, "num_prototypes"),
+    point_prototypes: Annotated[int | None, opt("point_prototypes")] = default_of(P, "point_prototypes"),
+    projection_dim: Annotated[int, opt("projection_dim")] = default_of(P, "projection_dim"),
+    head_hidden_dim: Annotated[int, opt("head_hidden_dim")] = default_of(P, "head_hidden_dim"),
+    student_temp: Annotated[float, opt("student_temp")] = default_of(P, "student_temp"),
+    teacher_temp: Annotated[float, opt("teacher_temp")] = default_of(P, "teacher_temp"),
+    center_momentum: Annotated[float, opt("center_momentum")] = default_of(P, "center_momentum"),
+    eps_sq: Annotated[float, opt("eps_sq")] = default_of(P, "eps_sq"),
+    learned_ref_content: Annotated[bool, opt("learned_ref_content")] = default_of(P, "learned_ref_content"),
+    layer_scale_init: Annotated[float | None, opt("layer_scale_init")] = default_of(P, "layer_scale_init"),
+    photometric: Annotated[str, opt("photometric")] = default_of(P, "photometric"),
+    device: Annotated[str, opt("device")] = default_of(P, "device"),
+    workers: Annotated[int | None, typer.Option(
+        help=f"{help_of(P, 'workers')}  [default: one per CPU, at most 8]", show_default=False,
     )] = None,
-    head_hidden_dim: Annotated[int, Opt("--head-hidden-dim", help="Hidden width of the heads.")] = 2048,
-    layer_scale_init: Annotated[float | None, Opt(
-        "--layer-scale-init", help="Initial LayerScale of the ViT's blocks (default: the architecture's own; "
-        "give 1.0 for test_vit3, whose 1e-5 cannot learn in a short run)."
-    )] = None,
-    photometric: Annotated[str, Opt(
-        "--photometric", help="Augmentation: inspection (colour jitter only: blur and grayscale would teach the "
-        "features to ignore scratches and stains) or dino (colour jitter, grayscale, blur, solarize)."
-    )] = "inspection",
-    device: DeviceOpt = "auto",
-    workers: Annotated[int | None, Opt(
-        help="Data-loading worker processes.  [default: one per CPU, at most 8]", show_default=False,
-    )] = None,
-    seed: Annotated[int, Opt(help="Seed of weights, views and augmentation.")] = 0,
-    checkpoint_every: Annotated[int, Opt("--checkpoint-every", help="Save the training state every N steps.")] = 1000,
-    log_every: Annotated[int, Opt("--log-every", help="Write metrics every N steps.")] = 20,
-    compile: Annotated[bool, Opt("--compile", help="torch.compile the networks.")] = False,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    overwrite: Annotated[bool, Opt(
-        "--overwrite", help="Replace the run already in --out (without it, or --resume, an existing run is refused)."
-    )] = False,
-    reference_attention: Annotated[str, Opt(
-        "--reference-attention", help="split (fast, flash-eligible) or masked: the same maths two ways."
-    )] = "split",
-    decode: Annotated[str, Opt(
-        "--decode", help="workers (OpenCV in the data workers) or device (JPEGs decoded and cropped on the GPU)."
-    )] = "workers",
+    seed: Annotated[int, opt("seed")] = default_of(P, "seed"),
+    checkpoint_every: Annotated[int, opt("checkpoint_every")] = default_of(P, "checkpoint_every"),
+    log_every: Annotated[int, opt("log_every")] = default_of(P, "log_every"),
+    compile: Annotated[bool, opt("compile", "--compile")] = default_of(P, "compile"),
+    resume: Annotated[bool, opt("resume", "--resume")] = default_of(P, "resume"),
+    overwrite: Annotated[bool, opt("overwrite", "--overwrite")] = default_of(P, "overwrite"),
+    reference_attention: Annotated[str, opt("reference_attention")] = default_of(P, "reference_attention"),
+    decode: Annotated[str, opt("decode")] = default_of(P, "decode"),
     quiet: QuietOpt = False,
 ) -> None:
     """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs.
@@ -71,20 +75,11 @@ def pretrain(
     CPU machine (a 2-core, 23 GB one ran out of memory in the first step); on a CPU use the README's
     recipe (test_vit3 at 128 px, 300 steps), about 5 minutes on 2 cores.
     """
+    options = dict(locals())
     from training.pretrain import run_pretrain  # torch/timm only when the verb runs
-    from training.pretrain_config import PretrainConfig, default_workers
 
     with user_errors(), talking(quiet):
-        config = PretrainConfig(
-            data=data, out=out, arch=arch, objective=objective, global_size=global_size, local_size=local_size,
-            global_crops=global_crops, local_crops=local_crops, points=points, batch_size=batch_size,
-            epochs=epochs, steps=steps, lr=lr, momentum=(teacher_momentum, 1.0), alpha=alpha, num_prototypes=prototypes,
-            point_prototypes=point_prototypes, layer_scale_init=layer_scale_init, photometric=photometric,
-            head_hidden_dim=head_hidden_dim, device=device, workers=default_workers() if workers is None else workers,
-            seed=seed, checkpoint_every=checkpoint_every, log_every=log_every, compile=compile, resume=resume,
-            overwrite=overwrite,
-            reference_attention=reference_attention, decode=decode,
-        )
+        config = from_options(P, options, momentum=(momentum, 1.0), progress=not quiet)
         try:
             result = run_pretrain(config)
         except KeyboardInterrupt:

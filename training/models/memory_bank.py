@@ -17,14 +17,10 @@ import numpy as np
 import torch
 
 from training.data.normalisation import normalise_image
-from training.errors import UserError
 from training.models.anomaly import (
-    ANOMALY_SOURCES,
     AnomalyHead,
     AnomalySource,
     anomaly_feature_blocks,
-    check_context,
-    check_pixel_weight,
     greedy_coreset,
     tile_descriptor,
 )
@@ -43,26 +39,6 @@ class MapPredictor(Protocol):
     """What calibration needs of a whole-frame predictor (`training.predictor.TorchPredictor`)."""
 
     def predict_outputs(self, image_rgb: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]: ...
-
-
-def check_anomaly_options(
-    features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0, pixel_weight: float = 0.0
-) -> None:
-    """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
-    if features not in ANOMALY_SOURCES:
-        raise UserError(f"--anomaly-features must be one of {', '.join(ANOMALY_SOURCES)}, not {features!r}")
-    if stride < 1:
-        raise UserError(f"--anomaly-stride must be at least 1, got {stride}")
-    if neighbour_tiles < 0:
-        raise UserError(f"--neighbour-tiles must be 0 (one bank) or more, got {neighbour_tiles}")
-    try:
-        check_context(context)
-    except ValueError:
-        raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
-    try:
-        check_pixel_weight(pixel_weight)
-    except ValueError:
-        raise UserError(f"--anomaly-pixel-weight must be 0 (off) or positive, got {pixel_weight:g}") from None
 
 
 def empty_anomaly_head(

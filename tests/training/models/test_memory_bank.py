@@ -6,11 +6,11 @@ import torch
 
 from training.data.normalisation import PIXEL_MEAN, PIXEL_STD, normalise_image
 from training.errors import UserError
+from training.model_config import check_anomaly_options
 from training.models.backbone import load_backbone
 from training.models.hybrid import InspectionModel
 from training.models.memory_bank import (
     calibrate_on_normal,
-    check_anomaly_options,
     empty_anomaly_head,
     fill_memory_bank,
 )
