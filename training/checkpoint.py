@@ -61,7 +61,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         # The payload holds RNG states (Python tuples, numpy arrays), hence weights_only=False; the
         # file is one this product wrote into the run folder.
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a truncated file
+    except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
 
 

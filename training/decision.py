@@ -26,11 +26,11 @@ import numpy as np
 from training.data.copy_paste import DefectPiece, paste_piece
 from training.data.defects import DEFECT_FAMILIES, DefectContext, apply_defect
 from training.metrics import binary_scores, image_scores, threshold_for_false_alarm_rate, threshold_for_recall
-from training.model_config import DEFAULT_TARGET_RECALL
+from training.model_config import (  # the rule's constants live with the settings they default
+    DEFAULT_TARGET_RECALL,
+    TOP_PIXELS_TILE_SHARE,
+)
 
-# k of the image score as a share of the tile's area: a few dozen pixels at the usual tiles, below the
-# smallest defect the synthesis draws, well above one hot pixel.
-TOP_PIXELS_TILE_SHARE = 1 / 1024
 # Synthetic defects added to validation: at least this many, at most this many per defect-free image.
 MIN_SYNTHETIC_DEFECTS = 24
 MAX_SYNTHETIC_PER_IMAGE = 6
@@ -65,19 +65,6 @@ class ImageDecision:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-
-def default_top_pixels(tile: int) -> int:
-    """k of the image score for a model with `tile`-pixel tiles."""
-    return max(1, round(TOP_PIXELS_TILE_SHARE * tile * tile))
-
-
-def check_target_recall(target: float) -> None:
-    """Turn a bad `--target-recall` into the CLI's one-line error."""
-    from training.errors import UserError
-
-    if not 0.0 < target <= 1.0:
-        raise UserError(f"--target-recall must be in (0, 1], got {target}")
 
 
 def synthetic_defects(

@@ -21,6 +21,21 @@ from training.run_config import help_of, setting
 # its rule). Declared here, not there: the CLI reads these defaults and must not wait for that module.
 DEFAULT_TARGET_RECALL = 0.95
 
+# k of the image score as a share of the tile's area: a few dozen pixels at the usual tiles, below the
+# smallest defect the synthesis draws, well above one hot pixel.
+TOP_PIXELS_TILE_SHARE = 1 / 1024
+
+
+def default_top_pixels(tile: int) -> int:
+    """k of the image score for a model with `tile`-pixel tiles."""
+    return max(1, round(TOP_PIXELS_TILE_SHARE * tile * tile))
+
+
+def check_target_recall(target: float) -> None:
+    """Turn a bad `--target-recall` into the CLI's one-line error."""
+    if not 0.0 < target <= 1.0:
+        raise UserError(f"--target-recall must be in (0, 1], got {target}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelRunConfig:
@@ -44,8 +59,6 @@ class ModelRunConfig:
 
     def _check_shared(self) -> None:
         """Check the shared settings (messages name the CLI flags) and resolve the image score's k."""
-        from training.decision import check_target_recall, default_top_pixels
-
         object.__setattr__(self, "out", Path(self.out))
         for flag, value in (("--image-size", self.image_size), ("--batch-size", self.batch_size),
                             ("--bank-size", self.bank_size), ("--image-top-pixels", self.image_top_pixels)):

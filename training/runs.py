@@ -92,7 +92,7 @@ def load_run(root: Path | str) -> RunModel:
         raise UserError(f"{root} is not a model run (no {MODEL_FILE}); run finetune or fit-normal first")
     try:
         payload = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
+    except Exception as error:
         raise UserError(f"{model_path} is not readable ({type(error).__name__})") from None
     tile = int(payload["tile"])
     recipe = BackboneRecipe(payload["backbone"]["arch"], payload["backbone"]["model_kwargs"], payload["backbone"]["source"])

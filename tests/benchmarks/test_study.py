@@ -365,7 +365,6 @@ def test_table_regenerates_summary_md_from_summary_json(tmp_path: Path) -> None:
     assert table.output == expected
 def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path: Path) -> None:
     from benchmarks.study import Job, StudyConfig, StudyData, _run_settings
-
     from training.finetune import LabeledImages
     from training.model_config import FinetuneConfig
 

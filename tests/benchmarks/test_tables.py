@@ -31,7 +31,7 @@ def test_probe_files_make_one_table_with_a_row_each(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| random:test_vit |")]
     assert len(rows) == 2 and result.output.count("# Frozen-feature dense probes") == 1
-    for row, probe in zip(rows, written):
+    for row, probe in zip(rows, written, strict=True):
         assert f"{probe['linear_pixel_auroc']:.4f} | {probe['linear_aupro']:.4f}" in row
         assert f"{probe['nn_pixel_auroc']:.4f} | {probe['nn_aupro']:.4f}" in row
 

@@ -135,7 +135,7 @@ def _backbone_path(path: Path) -> Path:
 def _read_backbone_file(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
+    except Exception as error:
         raise UserError(f"{path} is not a readable backbone file ({type(error).__name__})") from None
     missing = {"arch", "img_size", "state_dict"} - set(payload if isinstance(payload, dict) else ())
     if missing:
