@@ -5,7 +5,7 @@
 # build a few minutes on 2 cores; a plant trains vit_small_patch16_224 on a GPU instead.
 # This pretraining collapses (test_vit3's LayerScale starts at 1e-5; pretrain warns), and is kept on
 # purpose: at this scale the hybrid built on it ranks whole images better than on any backbone that
-# learned (docs/BENCHMARKS.md §2-§3); `--layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99`
+# learned (docs/BENCHMARKS.md §3); `--layer-scale-init 1.0 --lr 2e-3 --teacher-momentum 0.99`
 # gives one that learns. Its bank keeps the plain rows (`--anomaly-context 0`, not the hybrid's
 # default of 15): a 10 MB bundle instead of about 23 MB in the repository, and a quarter less CPU time
 # per tile. Its head has no texture-context block either (`--head-context 0`): the bundle predates that

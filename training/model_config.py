@@ -43,7 +43,7 @@ class ModelRunConfig:
 
     backbone: str = setting(help="Pretrain run folder, backbone.pt, or random:<timm arch>.")
     out: Path = setting(help="Run folder to write (model, thresholds, metrics, config.json).")
-    # The tile size the accuracies of docs/BENCHMARKS.md §3 were measured at (larger tiles measured worse there).
+    # The tile size the accuracies of docs/BENCHMARKS.md §1-§2 were measured at (larger tiles measured worse).
     image_size: int = setting(128, help="Tile side in pixels (the model's input size; the measured recipe is 128).")
     batch_size: int = setting(8, help="Tiles per step.")
     bank_size: int = setting(2048, help="Memory-bank rows a query is compared with.")

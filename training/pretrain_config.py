@@ -92,7 +92,7 @@ class PretrainConfig:
         False, help="Replace the run already in --out (without it, or --resume, an existing run is refused).")
     progress: bool = setting(True, help="Progress bars (on a terminal).")
     # A tiny LayerScale (test_vit3 has 1e-5) leaves the blocks nearly off for a short run: every image then
-    # gets the same class token, and DINO's centering turns the teacher uniform (docs/BENCHMARKS.md §2).
+    # gets the same class token, and DINO's centering turns the teacher uniform (docs/BENCHMARKS.md §3, journal §2).
     layer_scale_init: float | None = setting(None, help=(
         "Initial LayerScale of the ViT's blocks (default: the architecture's own; give 1.0 for test_vit3, whose "
         "1e-5 cannot learn in a short run)."))

@@ -1,7 +1,7 @@
 """Would a per-line calibration of the served map raise the pooled metrics, and what does it need?
 
 Pooled pixel AUROC asks a defect pixel to outscore the normal pixels of every surface. One model
-serving several lines puts their normal levels at different heights (docs/BENCHMARKS.md §3), so a
+serving several lines puts their normal levels at different heights (docs/archive/benchmarks-journal.md §3), so a
 defect that its own frame ranks first can still sit below a coarser surface's normal pixels. A
 monotone remap per line keeps each line's own ranking and moves the lines' normal levels together:
 here an affine map in logit space that sends the line's normal quantiles `low` and `high` to the

@@ -63,8 +63,8 @@ def finetune(
 ) -> None:
     """Fine-tune the per-pixel defect head; thresholds are chosen on a validation split.
 
-    The defaults are the measured recipe (128 px tiles, docs/BENCHMARKS.md §3). On the demo data
-    (240 labeled 256 px images) they take about 10 minutes on a 2-core CPU (docs/BENCHMARKS.md §9);
+    The defaults are the measured recipe (128 px tiles, docs/BENCHMARKS.md §2). On the demo data
+    (240 labeled 256 px images) they take about 10 minutes on a 2-core CPU (docs/BENCHMARKS.md §11);
     on a GPU much less (not measured yet). The run folder keeps the resolved settings in config.json.
     """
     options = dict(locals())
@@ -98,7 +98,7 @@ def fit_normal(
     """Zero-label mode: anomaly model from defect-free images only.
 
     With the defaults, about a minute of CPU time for the demo data's 60 defect-free images on a
-    2-core CPU (docs/BENCHMARKS.md §9); less on a GPU (not measured yet). The run folder keeps the
+    2-core CPU (docs/BENCHMARKS.md §11); less on a GPU (not measured yet). The run folder keeps the
     resolved settings in config.json.
     """
     options = dict(locals())

@@ -71,7 +71,7 @@ def pretrain(
     """Pretrain a ViT backbone without labels (DenseDINO); torchrun launches it on several GPUs.
 
     The defaults are the GPU recipe (ViT-S/16, 100 epochs of batch 64). On one H100 a step takes
-    about 0.15 s (docs/BENCHMARKS.md §1): 1,000 images take about 4 minutes. They do not fit a small
+    about 0.15 s (docs/BENCHMARKS.md §5): 1,000 images take about 4 minutes. They do not fit a small
     CPU machine (a 2-core, 23 GB one ran out of memory in the first step); on a CPU use the README's
     recipe (test_vit3 at 128 px, 300 steps), about 5 minutes on 2 cores.
     """

@@ -11,8 +11,8 @@ Two feature sources:
   zero-label mode has before any label exists.
 - "conv": the fine-tuned head's conv encoder at 1/2 resolution, one feature per 2 px. A thin scratch
   fills a few percent of a 16 px patch but a whole 2 px cell, and the encoder, trained on the labeled
-  defect types, describes local structure that also tells unlabeled types apart (measured in
-  docs/BENCHMARKS.md §3). The hybrid model uses it.
+  defect types, describes local structure that also tells unlabeled types apart (docs/BENCHMARKS.md
+  §2, journal §3). The hybrid model uses it.
 
 One bank for everything is the textbook form, but one model often serves several surfaces (lines,
 materials): a patch of line B's material pasted into line A's part is then perfectly "normal", since
@@ -26,7 +26,7 @@ A bank row describes a position's 3x3 neighbourhood. That sees a scratch or a pi
 low-contrast defect (a foreign texture blended in, a cut-and-paste patch): inside it every 3x3 window
 looks like some normal window. With `context` K a row also carries the mean and standard deviation
 of the features over the surrounding KxK window, i.e. the local texture statistics, which such a
-defect does change (measured in docs/BENCHMARKS.md §3).
+defect does change.
 
 Learned features describe structure. A defect that only changes brightness or colour, such as a pale
 stain on gravel, leaves edge-like filters nearly unmoved, and was missed by both branches (frame AUROC
@@ -61,11 +61,10 @@ ANOMALY_SOURCES: tuple[str, ...] = get_args(AnomalySource)
 # Smoothing of the upsampled distance map, in pixels: about a quarter of a 16 px patch, one conv cell.
 DEFAULT_BLUR = {"vit": 4.0, "conv": 2.0}
 
-# The hybrid's default texture context (docs/BENCHMARKS.md §3): on the head's conv features, bank rows
-# that also carry the texture statistics of a KxK window raised pixel AUROC and AUPRO on every head
-# measured, the more the wider the window up to 15 cells (30 px at 1/2 resolution; 19 and 23 were not better),
-# at about 1.4x the CPU time per tile for any of them; `--anomaly-context 0` keeps the plain rows.
-# ViT tokens (one per 16 px) were never measured with it, so they keep the plain 3x3 rows.
+# The hybrid's default texture context (chosen on the demo data's label study, docs/BENCHMARKS.md §2):
+# on the head's conv features, the texture statistics of a wide window (30 px at 1/2 resolution) let
+# large low-contrast defects stand out; wider windows did no better. `--anomaly-context 0` keeps the
+# plain rows. ViT tokens (one per 16 px) were never measured with it, so they keep the plain 3x3 rows.
 DEFAULT_CONTEXT: dict[str, int] = {"conv": 15, "vit": 0}
 
 
@@ -74,10 +73,10 @@ def default_context(features: str, context: int | None) -> int:
     return DEFAULT_CONTEXT.get(features, 0) if context is None else context
 
 
-# The hybrid's default weight of the image's own pixels in the bank rows (`AnomalyHead.with_pixels`;
-# docs/BENCHMARKS.md §3): on conv features pixel AUROC rose with the weight (0.958 → 0.965 / 0.970 / 0.971
-# at 0 / 2 / 4 / 8) while AUPRO fell (0.912 → 0.910 / 0.907 / 0.901); 4 keeps most of the one and AUPRO
-# well above 0.90. ViT tokens were never measured with them, so they keep none; `--anomaly-pixel-weight 0` is off.
+# The hybrid's default weight of the image's own pixels in the bank rows (`AnomalyHead.with_pixels`):
+# brightness-only defects (pale stains) that edge-like features miss stand out, while a larger weight
+# starts to trade overlap (AUPRO) for ranking (docs/BENCHMARKS.md §2, journal §3). ViT tokens were
+# never measured with them, so they keep none; `--anomaly-pixel-weight 0` is off.
 DEFAULT_PIXEL_WEIGHT: dict[str, float] = {"conv": 4.0, "vit": 0.0}
 
 

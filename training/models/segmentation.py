@@ -77,8 +77,8 @@ def separable_window_mean(maps: torch.Tensor, window: int, stride: int) -> torch
     return F.avg_pool2d(columns, kernel_size=(1, window), stride=(1, stride), padding=(0, half), count_include_pad=False)
 
 
-# The head's TextureContext window, in 1/4-resolution cells (44 px). Measured at CPU scale on five heads
-# (docs/BENCHMARKS.md §3): all defect types +0.010 pixel AUROC and +0.018 AUPRO on average.
+# The head's TextureContext window, in 1/4-resolution cells (44 px): wide enough to see a surface's
+# texture around a defect, chosen on the demo data's label study (docs/BENCHMARKS.md §2).
 DEFAULT_HEAD_CONTEXT = 11
 
 
