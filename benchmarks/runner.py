@@ -252,8 +252,8 @@ def no_learning_map(image: np.ndarray) -> np.ndarray:
 def _no_learning(train_root: Path, config: RunConfig) -> tuple[Predict, dict[str, float]]:
     from training.data.images import read_images
     from training.data.labeled import load_labeled_set
-    from training.decision import DEFAULT_TARGET_RECALL, default_top_pixels
     from training.fit_normal import normal_thresholds
+    from training.model_config import DEFAULT_TARGET_RECALL, default_top_pixels
 
     normal, _ = read_images([s.image for s in load_labeled_set(train_root).defect_free])
     maps = [no_learning_map(image) for image in normal]

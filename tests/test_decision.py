@@ -17,7 +17,8 @@ from inspect_svc.engine.regions import image_score, summarize
 from tests.synthetic_labeled import model_cli, texture
 from tests.utils.onnx_models import make_test_bundle
 from training.data.copy_paste import cut_defect_pieces
-from training.decision import calibrate_line, choose_image_threshold, default_top_pixels, synthetic_defects
+from training.decision import calibrate_line, choose_image_threshold, synthetic_defects
+from training.model_config import default_top_pixels
 
 runner = CliRunner()
 

@@ -33,17 +33,12 @@ from training.data.labeled import (
 from training.data.normalisation import PIXEL_MEAN, PIXEL_STD
 from training.data.splits import holdout_split
 from training.data.synthetic_anomalies import add_synthetic_anomaly
-from training.decision import (
-    DEFAULT_TARGET_RECALL,
-    choose_image_threshold,
-    default_top_pixels,
-    synthetic_defects,
-)
+from training.decision import choose_image_threshold, synthetic_defects
 from training.distributed import torch_device
 from training.errors import UserError
 from training.fusion import fit_fusion_weight
 from training.metrics import best_f1_threshold, segmentation_summary
-from training.model_config import FinetuneConfig
+from training.model_config import DEFAULT_TARGET_RECALL, FinetuneConfig, default_top_pixels
 from training.models.backbone import load_backbone
 from training.models.hybrid import InspectionModel, backbone_recipe
 from training.models.memory_bank import (

@@ -23,12 +23,11 @@ from training.data.splits import holdout_split
 from training.decision import (
     ImageDecision,
     choose_image_threshold,
-    default_top_pixels,
     synthetic_defects,
 )
 from training.distributed import torch_device
 from training.errors import UserError
-from training.model_config import FitNormalConfig
+from training.model_config import FitNormalConfig, default_top_pixels
 from training.models.backbone import load_backbone
 from training.models.hybrid import InspectionModel, backbone_recipe
 from training.models.memory_bank import (
