@@ -68,7 +68,9 @@ def test_fit_normal_with_a_discriminator_saves_a_fused_model(tmp_path: Path) -> 
     run = load_run(tmp_path / "disc")
     assert run.model.segmentation is not None and run.model.anomaly is not None
     assert 0.0 < float(run.model.fusion_weight) <= 1.0
-    assert 0.0 <= thresholds["pixel"] <= thresholds["image"] <= 1.0
+    # The image threshold follows the target-recall rule on synthetic defects, so it may sit below the
+    # pixel threshold (a part flagged with no region drawn); both are probabilities.
+    assert 0.0 <= thresholds["pixel"] <= 1.0 and 0.0 <= thresholds["image"] <= 1.0
 
 
 def test_negative_discriminator_steps_are_a_user_error(tmp_path: Path) -> None:
