@@ -122,8 +122,8 @@ def nearest_neighbour_maps(train: _Split, train_feats: torch.Tensor, test: _Spli
     size = test.masks.shape[-1]
     maps = torch.zeros(test.masks.shape, dtype=torch.float32)
     for line in sorted(set(test.lines)):
-        normal = [i for i, l in enumerate(train.lines) if l == line and not train.masks[i].any()]
-        queries = [i for i, l in enumerate(test.lines) if l == line]
+        normal = [i for i, name in enumerate(train.lines) if name == line and not train.masks[i].any()]
+        queries = [i for i, name in enumerate(test.lines) if name == line]
         if not normal:
             raise UserError(f"line {line!r} has no defect-free training image for the nearest-neighbour probe")
         bank = train_feats[normal].permute(0, 2, 3, 1).reshape(-1, train_feats.shape[1])

@@ -154,7 +154,7 @@ def _evaluate(
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     cases = [Case(s.stem, img, m, p, s.defect_types)
-             for s, img, m, p in zip(loaded.samples, loaded.images, loaded.masks, maps)]
+             for s, img, m, p in zip(loaded.samples, loaded.images, loaded.masks, maps, strict=True)]
     write_report(out, cases, metrics, model.thresholds["pixel"], count=report_count)
     return metrics
 

@@ -259,7 +259,7 @@ def finetune(config: FinetuneConfig) -> dict:
     losses = train_head(model, sampler, config, device)
 
     predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
-    normal_train = [img for img, m in zip(train.images, train.masks) if not m.any()]
+    normal_train = [img for img, m in zip(train.images, train.masks, strict=True) if not m.any()]
     if config.anomaly_branch and len(normal_train) >= 2:
         add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
     elif config.anomaly_branch:
@@ -310,7 +310,7 @@ def add_anomaly_branch(
     visibly lowers false alarms) and the calibration the validation split's defect-free images,
     which the bank never saw. Without any, a fifth of the training ones is held out for it instead.
     """
-    calibration = [img for img, m in zip(val.images, val.masks) if not m.any()]
+    calibration = [img for img, m in zip(val.images, val.masks, strict=True) if not m.any()]
     bank = normal_train
     if not calibration:
         bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
@@ -340,12 +340,12 @@ def choose_thresholds(
     scores = np.concatenate([m.ravel() for m in maps])
     labels = np.concatenate([m.ravel() for m in val.masks])
     pixel = float(min(best_f1_threshold(scores, labels).threshold, 1.0))
-    normal_images = [image for image, mask in zip(val.images, val.masks) if not mask.any()]
+    normal_images = [image for image, mask in zip(val.images, val.masks, strict=True) if not mask.any()]
     synthetic_images, _ = synthetic_defects(normal_images, pieces, seed)
     decision = choose_image_threshold(
-        [m for m, mask in zip(maps, val.masks) if mask.any()],
+        [m for m, mask in zip(maps, val.masks, strict=True) if mask.any()],
         [predictor.predict(image) for image in synthetic_images],
-        [m for m, mask in zip(maps, val.masks) if not mask.any()],
+        [m for m, mask in zip(maps, val.masks, strict=True) if not mask.any()],
         target_recall=target_recall, top_pixels=top_pixels or default_top_pixels(predictor.tile),
     )
     thresholds = {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}

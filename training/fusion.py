@@ -21,7 +21,7 @@ def fit_fusion_weight(
         return 1.0
     best_weight, best_score = candidates[-1], -np.inf
     for weight in candidates:
-        fused = [fuse_branches(h, a, weight) for h, a in zip(p_head, p_anomaly)]
+        fused = [fuse_branches(h, a, weight) for h, a in zip(p_head, p_anomaly, strict=True)]
         score = auroc(np.concatenate([f.ravel() for f in fused]), labels) + np.nan_to_num(aupro(fused, masks))
         if score > best_score:
             best_weight, best_score = weight, score

@@ -259,7 +259,7 @@ def _region_weights(
     connectivity = np.ones((3, 3), dtype=bool)
     all_scores, all_areas, all_normal = [], [], []
     n_regions = 0
-    for score_map, mask in zip(score_maps, masks):
+    for score_map, mask in zip(score_maps, masks, strict=True):
         mask = np.asarray(mask).astype(bool)
         if np.shape(score_map) != mask.shape:
             raise ValueError(f"score map {np.shape(score_map)} and mask {mask.shape} differ in shape")

@@ -50,11 +50,11 @@ class UNet(nn.Module):
         self.widths = tuple(int(w) for w in widths)
         self.encoders = nn.ModuleList(
             [ConvBlock(3, self.widths[0])]
-            + [ConvBlock(w_in, w_out, stride=2) for w_in, w_out in zip(self.widths, self.widths[1:])]
+            + [ConvBlock(w_in, w_out, stride=2) for w_in, w_out in zip(self.widths, self.widths[1:], strict=False)]
         )
         # decoders[i] merges level i+1 (upsampled) into level i.
         self.decoders = nn.ModuleList(
-            [ConvBlock(w_deep + w_skip, w_skip) for w_skip, w_deep in zip(self.widths, self.widths[1:])]
+            [ConvBlock(w_deep + w_skip, w_skip) for w_skip, w_deep in zip(self.widths, self.widths[1:], strict=False)]
         )
         self.to_logit = nn.Conv2d(self.widths[0], 1, 1)
 

@@ -46,7 +46,7 @@ def cut_defect_pieces(images: list[np.ndarray], masks: list[np.ndarray]) -> list
         masks: bool `[H, W]` defect masks, one per image.
     """
     pieces: list[DefectPiece] = []
-    for image, mask in zip(images, masks):
+    for image, mask in zip(images, masks, strict=True):
         if not mask.any():
             continue
         size = 2 * GROUPING_DISTANCE + 1

@@ -85,7 +85,7 @@ class EncodedBatch:
         decoded, skipped = decode_batch(self.items, device)
         stand_in = _first_decoded(decoded)
         # An image nothing could decode is replaced by a decodable one, plan and all: the batch keeps its size.
-        items = [item if image is not None else self.items[stand_in] for item, image in zip(self.items, decoded)]
+        items = [item if image is not None else self.items[stand_in] for item, image in zip(self.items, decoded, strict=True)]
         images = [image if image is not None else decoded[stand_in] for image in decoded]
         plans = [item.plan for item in items]
         globals_ = range(self.config.global_crops)
@@ -118,7 +118,7 @@ def decode_batch(items: list[EncodedImage], device: torch.device) -> tuple[list[
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device) if encoded else []
     except RuntimeError:
         decoded = [_decode_one(tensor, device) for tensor in encoded]
-    for i, image in zip(jpeg_indices, decoded):
+    for i, image in zip(jpeg_indices, decoded, strict=True):
         images[i] = image
     skipped = []
     for i, item in enumerate(items):

@@ -320,7 +320,7 @@ def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
     images, paths = read_images([s.image for s in samples])
     by_path = {s.image: s for s in samples}
     data = LabeledImages()
-    for image, path in zip(images, paths):
+    for image, path in zip(images, paths, strict=True):
         sample = by_path[path]
         mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
         data.images.append(image)

@@ -209,7 +209,7 @@ def plan_views(height: int, width: int, rng: np.random.Generator, config: MultiC
 def make_views(image: np.ndarray, rng: np.random.Generator, config: MultiCropConfig) -> MultiCropSample:
     """All views of one `[H, W, 3]` uint8 image with their boxes, flips and reference points."""
     plan = plan_views(image.shape[0], image.shape[1], rng, config)
-    views = [render_view(image, box, size, flip) for box, size, flip in zip(plan.boxes, plan.sizes(config), plan.flipped)]
+    views = [render_view(image, box, size, flip) for box, size, flip in zip(plan.boxes, plan.sizes(config), plan.flipped, strict=True)]
     local_shape = (0, 3, config.local_size, config.local_size)
     return MultiCropSample(
         global_crops=np.stack(views[: config.global_crops]),

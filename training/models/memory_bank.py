@@ -128,7 +128,7 @@ def _fill_tile_banks(
         kept_of_image[image][offset] = index
     banks: dict[int, torch.Tensor] = {}
     wanted = sorted(kept_of_image)
-    for image, features in zip(wanted, features_of([images[i] for i in wanted], desc="memory bank: coresets")):
+    for image, features in zip(wanted, features_of([images[i] for i in wanted], desc="memory bank: coresets"), strict=True):
         rows_per_tile = max(1, min(bank_size // neighbour_tiles, features.shape[2] * features.shape[3]))
         for offset, index in kept_of_image[image].items():
             rows = features[offset].flatten(1).t()

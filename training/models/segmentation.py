@@ -43,7 +43,7 @@ def vit_feature_maps(backbone: VisionTransformer, images: torch.Tensor, blocks: 
     """Patch-token maps `[N, D, H/p, W/p]` of the given blocks, keyed by block index, in one forward pass."""
     wanted = sorted(set(blocks))
     maps = backbone.forward_intermediates(images, indices=wanted, output_fmt="NCHW", intermediates_only=True)
-    return dict(zip(wanted, maps))
+    return dict(zip(wanted, maps, strict=True))
 
 
 class EncodedImage(NamedTuple):
