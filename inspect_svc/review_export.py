@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from inspect_svc.schemas import INVALID_IMAGE
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
 from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
@@ -165,6 +166,8 @@ def _mask_png(defect: np.ndarray) -> bytes:
 def _label_for(entry: _Reviewed, blobs: BlobStorage) -> tuple[bytes | None, str] | str:
     """(mask PNG or None, mask source), or the reason the inspection cannot be exported."""
     review, inspection = entry.review, entry.inspection
+    if inspection.verdict == INVALID_IMAGE:
+        return "a damaged frame (invalid_image), never scored: not a training image"
     if review.mask_key is not None and review.verdict != "reject":
         corrected = thresholded_png(blobs.read(review.mask_key), 0.5)
         if not corrected.any():

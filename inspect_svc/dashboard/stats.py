@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from inspect_svc.dashboard.auth import Viewer, page_context
 from inspect_svc.dashboard.charts import line_chart
 from inspect_svc.dashboard.deps import TEMPLATES, DbSession
+from inspect_svc.schemas import INVALID_IMAGE
 from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
 
 router = APIRouter(prefix="/dashboard")
@@ -82,7 +83,10 @@ def window_end(session: Session) -> datetime:
 def defect_rate_per_hour(
     session: Session, *, start: datetime, end: datetime
 ) -> dict[str, list[tuple[datetime, float]]]:
-    """line -> [(hour, share of inspections judged defective)], hours without inspections left out."""
+    """line -> [(hour, share of scored inspections judged defective)], hours without any left out.
+
+    Damaged frames (invalid_image) were never scored: they count neither as defects nor as good parts.
+    """
     bucket = _hour_bucket(session).label("hour")
     statement = (
         select(
@@ -92,6 +96,7 @@ def defect_rate_per_hour(
             func.sum(case((InspectionDB.verdict == "defect", 1), else_=0)).label("defects"),
         )
         .where(InspectionDB.created_at >= start, InspectionDB.created_at < end)
+        .where(InspectionDB.verdict != INVALID_IMAGE)
         .group_by(InspectionDB.line, bucket)
         .order_by(bucket)
     )
@@ -112,6 +117,7 @@ def precision_by_model(session: Session) -> list[ModelPrecision]:
         select(InspectionDB.model_version, InspectionDB.verdict, ReviewDB.verdict, func.count())
         .join(ReviewDB, ReviewDB.inspection_id == InspectionDB.id)
         .join(latest, latest.c.review_id == ReviewDB.id)
+        .where(InspectionDB.verdict != INVALID_IMAGE)  # not a decision of the model
         .group_by(InspectionDB.model_version, InspectionDB.verdict, ReviewDB.verdict)
     )
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
