@@ -117,6 +117,8 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
             assert ready["status"] == "ok" and ready["checks"]["database"] is False
             assert client.get("/inspections", headers=key).status_code == 503
         wait_for_empty_spool(client)
+        # Replayed, the result keeps the time it was inspected at, not the time it reached the database.
+        assert client.get(f"/inspections/{answered['f0']}", headers=key).json()["created_at"] == spooled.json()["created_at"]
         stored = rows_by_frame(client)
         assert {frame: ids for frame, ids in stored.items() if frame != "before"} == {
             frame: [answered[frame]] for frame in frames

@@ -28,7 +28,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_input_attack import ADMIN_TOKEN, MAX_RETRY_WAIT_S, Phase  # the camera is the victim, the login clients attack
+from bench_input_attack import (  # the camera is the victim, the login clients attack
+    ADMIN_TOKEN,
+    MAX_RETRY_WAIT_S,
+    Phase,
+)
 from load_test import started_server
 
 USERNAME, PASSWORD = "flood-user", "bench-password-123"

@@ -5,8 +5,9 @@ acknowledged result survives a power cut). This posts the same frame (a new `fra
 the app in this process (no HTTP), `--frames` per round, in alternating rounds of FULL and NORMAL (so
 a drift of the machine's load hits both alike), each round on a fresh database in `--dir` (put it on
 the disk the service would use: a tmpfs makes every sync free). Only the main database's setting
-changes; the local files beside the spool (acknowledged-frame index, spool) stay FULL in both. Reports
-numbers, asserts nothing:
+changes; the local files beside the spool (acknowledged-frame index, spool) stay FULL in both. Then,
+in the same round, `--commits` inspection rows are committed alone (no inference, no blobs), which is
+where the setting acts; a busy machine hides it in the whole request. Reports numbers, asserts nothing:
 
     python tests/bench/bench_sqlite_sync.py --bundle demo/bundle --image demo/part.png --dir /var/tmp
 """
@@ -25,10 +26,12 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from inspect_svc.main import create_app
 from inspect_svc.settings import Settings
-from inspect_svc.storage import db
+from inspect_svc.storage import db, repositories
+from inspect_svc.storage.db import session_scope
 
 SYNC_LEVELS = {"FULL": 2, "NORMAL": 1}  # what PRAGMA synchronous reads back
 
@@ -49,7 +52,7 @@ def main_database_sync(level: str) -> Iterator[None]:
         db._sqlite_pragmas = original
 
 
-def one_round(args: argparse.Namespace, level: str, body: bytes) -> list[float]:
+def one_round(args: argparse.Namespace, level: str, body: bytes) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="inspect-sync-") as workdir, main_database_sync(level):
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -72,7 +75,22 @@ def one_round(args: argparse.Namespace, level: str, body: bytes) -> list[float]:
                 response = client.post(f"/inspect?camera_id=bench&frame_id={uuid.uuid4().hex}", **post)
                 response.raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000.0)
-            return latencies
+            return latencies, row_commits(service.sessions, response.json()["id"], args.commits)
+
+
+def row_commits(sessions: sessionmaker[Session], inspection_id: str, count: int) -> list[float]:
+    """Milliseconds per commit of one inspection row (a copy of a stored one), as the service writes it."""
+    with session_scope(sessions) as session:
+        stored = repositories.get_inspection_record(session, inspection_id=inspection_id)
+    assert stored is not None
+    latencies = []
+    for _ in range(count):
+        copy = stored.model_copy(update={"id": str(uuid.uuid4()), "frame_id": uuid.uuid4().hex})
+        started = time.perf_counter()
+        with session_scope(sessions) as session:
+            repositories.insert_inspection(session, inspection=copy)
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    return latencies
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=40, help="frames per round")
+    parser.add_argument("--commits", type=int, default=200, help="row commits per round, timed alone")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per setting, alternating")
     parser.add_argument("--dir", type=Path, default=None, help="where the databases go (default: the temp dir)")
     return parser.parse_args(argv)
@@ -88,19 +107,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     body = args.image.read_bytes()
-    results: dict[str, list[float]] = {level: [] for level in SYNC_LEVELS}
+    posted: dict[str, list[float]] = {level: [] for level in SYNC_LEVELS}
+    committed: dict[str, list[float]] = {level: [] for level in SYNC_LEVELS}
     for _ in range(args.rounds):
         for level in SYNC_LEVELS:
-            results[level] += one_round(args, level, body)
+            frames, commits = one_round(args, level, body)
+            posted[level] += frames
+            committed[level] += commits
     print(f"{os.cpu_count()} CPUs; load average at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
-    print(f"databases in {args.dir or tempfile.gettempdir()}; {args.rounds} rounds x {args.frames} frames per setting")
-    for level, latencies in results.items():
-        print(
-            f"synchronous={level:<7} median {statistics.median(latencies):7.1f} ms   "
-            f"p90 {statistics.quantiles(latencies, n=10)[-1]:7.1f} ms   ({len(latencies)} frames)"
-        )
-    cost = statistics.median(results["FULL"]) - statistics.median(results["NORMAL"])
-    print(f"FULL - NORMAL, median per inspection: {cost:+.1f} ms")
+    print(f"databases in {args.dir or tempfile.gettempdir()}; {args.rounds} rounds per setting")
+    for what, results in (("POST /inspect", posted), ("row commit", committed)):
+        for level, latencies in results.items():
+            print(
+                f"{what:<14} synchronous={level:<7} median {statistics.median(latencies):7.1f} ms   "
+                f"p90 {statistics.quantiles(latencies, n=10)[-1]:7.1f} ms   ({len(latencies)})"
+            )
+        cost = statistics.median(results["FULL"]) - statistics.median(results["NORMAL"])
+        print(f"{what:<14} FULL - NORMAL, medians: {cost:+.1f} ms")
     return 0
 
 
