@@ -113,9 +113,11 @@ def test_flagged_frames_are_shown_as_such_and_kept_out_of_rates_and_exports(flag
         repositories.add_review(
             session, review=ReviewCreate(inspection_id=flagged["id"], reviewer_id=reviewer_id, verdict="reject")
         )
-    assert sum(rate for _hour, rate in rates["line-a"]) == pytest.approx(
-        sum(item["verdict"] == "defect" for item in scored) / len(scored)
-    )
+    by_hour: dict[datetime, list[bool]] = {}
+    for item in scored:
+        hour = datetime.fromisoformat(item["created_at"]).replace(minute=0, second=0, microsecond=0)
+        by_hour.setdefault(hour, []).append(item["verdict"] == "defect")
+    assert dict(rates["line-a"]) == pytest.approx({hour: sum(d) / len(d) for hour, d in by_hour.items()})
 
     written: dict[str, bytes] = {}
     with session_scope(service.sessions) as session:
