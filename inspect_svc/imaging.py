@@ -122,6 +122,9 @@ _CONTENT_TYPES = {
 _UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
 _PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tiff": "TIFF"}
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff")
+# Refusals that mean "a frame of a supported format, damaged on the way" (a camera glitch, a cut upload),
+# as opposed to a body that is not a frame at all: with INSPECT_DAMAGED_FRAMES=flag these are recorded.
+DAMAGE_REASONS = frozenset({"corrupt", "truncated"})
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -42,7 +42,8 @@ class ResultNotice:
 
     @property
     def result(self) -> str:
-        return "NG" if self.verdict == "defect" else "OK"
+        # Only a scored good part passes: a defect and a damaged frame (invalid_image) both stop it.
+        return "OK" if self.verdict == "ok" else "NG"
 
     def payload(self) -> bytes:
         return json.dumps({"result": self.result, **asdict(self)}, separators=(",", ":")).encode()

@@ -35,6 +35,7 @@ from inspect_svc.labeled_layout import (
     image_path,
     mask_path,
 )
+from inspect_svc.schemas import INVALID_IMAGE
 from inspect_svc.storage.blobstore import BlobNotFound, BlobStorage, BlobStore
 from inspect_svc.storage.db import Session
 from inspect_svc.storage.reviewed_set import (
@@ -149,6 +150,8 @@ def _mask_png(defect: np.ndarray) -> bytes:
 
 def _label_for(entry: ReviewedInspection, blobs: BlobStorage) -> tuple[bytes | None, str] | str:
     """(mask PNG or None, mask source), or the reason the inspection cannot be exported."""
+    if entry.inspection_verdict == INVALID_IMAGE:
+        return "a damaged frame (invalid_image), never scored: not a training image"
     if entry.mask_key is not None and entry.verdict != "reject":
         corrected = thresholded_png(blobs.read(entry.mask_key), 0.5)
         if not corrected.any():

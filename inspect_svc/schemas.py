@@ -11,7 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-Verdict = Literal["ok", "defect"]
+# invalid_image: a damaged frame recorded unscored (INSPECT_DAMAGED_FRAMES=flag); it has no map.
+Verdict = Literal["ok", "defect", "invalid_image"]
+INVALID_IMAGE = "invalid_image"
+NO_MAP = "this frame was damaged (verdict invalid_image): it was never scored and has no map"
 ReviewVerdict = Literal["confirm", "reject", "missed"]
 Role = Literal["viewer", "reviewer", "admin"]
 
@@ -83,7 +86,7 @@ class InspectionCreate(BaseModel):
     regions: list[Region]
     image_key: str
     image_media_type: str
-    map_key: str
+    map_key: str = Field(description='"" when there is no map (an invalid_image was never scored)')
     created_at: datetime
 
 

@@ -9,10 +9,14 @@ import hashlib
 import hmac
 import secrets
 import threading
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from inspect_svc.settings import Settings
+
+T = TypeVar("T")
 
 API_KEY_PREFIX = "isk_"
 # Characters of a key after its "isk_" that may be shown again (lists, logs) to tell keys apart: 36 of
@@ -20,10 +24,13 @@ API_KEY_PREFIX = "isk_"
 API_KEY_SHOWN_CHARS = 6
 # scrypt cost: n=2**14, r=8 uses 16 MiB and ~50 ms per check, enough for interactive logins.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
-# scrypt is CPU- and memory-hard on purpose, so a login flood must not get every core: one hash at a
-# time per process, the others wait their turn (inference runs on its own threads and is not held up).
+# scrypt is CPU- and memory-hard on purpose, so a login flood must not take the CPU inference needs.
+# One hash at a time per process; after a hash, the next waits three times as long as it took (hashing
+# gets at most a quarter of one core, on any machine); beyond two logins waiting, a login is refused at
+# once (503) instead of holding a worker thread and a database connection while it waits.
 PASSWORD_HASH_CONCURRENCY = 1
-_HASH_SLOTS = threading.BoundedSemaphore(PASSWORD_HASH_CONCURRENCY)
+PASSWORD_HASH_DUTY = 0.25
+PASSWORD_HASH_MAX_WAITING = 2
 # A process without a configured or derivable key signs with this one: its links and login forms are
 # then valid only in this process and until it restarts.
 _PROCESS_SIGNING_KEY = secrets.token_bytes(32)
@@ -67,13 +74,18 @@ def verify_password(password: str, stored: str | None) -> bool:
 
     `stored=None` (no such user) hashes against a dummy hash and answers False, so an unknown username
     costs the same scrypt work as a known one and the answer time does not tell them apart.
+
+    Raises:
+        PasswordHashBusy: too many checks are waiting; nothing was checked.
     """
     encoded = stored if stored is not None else _dummy_password_hash()
     try:
         scheme, n, r, p, salt, expected = encoded.split("$")
         if scheme != "scrypt":
             return False
-        digest = _scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p))
+        digest = _scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), may_refuse=True
+        )
     except (ValueError, TypeError):
         return False
     return stored is not None and hmac.compare_digest(digest, base64.b64decode(expected))
@@ -84,10 +96,54 @@ def _dummy_password_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def _scrypt(password: bytes, *, salt: bytes, n: int, r: int, p: int) -> bytes:
-    """Every password hash of the process goes through here, at most `PASSWORD_HASH_CONCURRENCY` at once."""
-    with _HASH_SLOTS:
-        return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=SCRYPT_DKLEN)
+class PasswordHashBusy(RuntimeError):
+    """Too many password checks are already waiting; the login should be answered 503 with Retry-After."""
+
+
+class HashBudget:
+    """Runs password hashes one at a time, busy at most `duty` of the time, with a bounded queue.
+
+    A refusal costs nothing, so a login flood degrades into cheap refusals instead of a CPU-bound
+    queue; creating a user (`may_refuse=False`) always waits its turn.
+    """
+
+    def __init__(self, *, duty: float, max_waiting: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.duty, self.max_waiting, self.clock = duty, max_waiting, clock
+        self.next_start = float("-inf")  # no hash may start before this (clock time)
+        self._busy = False
+        self._waiting = 0
+        self._changed = threading.Condition()
+
+    def run(self, work: Callable[[], T], *, may_refuse: bool) -> T:
+        with self._changed:
+            must_wait = self._busy or self.clock() < self.next_start
+            if may_refuse and must_wait and self._waiting >= self.max_waiting:
+                raise PasswordHashBusy("the server is busy checking other logins")
+            self._waiting += 1
+            try:
+                while self._busy or self.clock() < self.next_start:
+                    self._changed.wait(None if self._busy else self.next_start - self.clock())
+            finally:
+                self._waiting -= 1
+            self._busy = True
+        started = self.clock()
+        try:
+            return work()
+        finally:
+            with self._changed:
+                self._busy = False
+                self.next_start = self.clock() + (self.clock() - started) * (1.0 / self.duty - 1.0)
+                self._changed.notify_all()
+
+
+_HASHES = HashBudget(duty=PASSWORD_HASH_DUTY, max_waiting=PASSWORD_HASH_MAX_WAITING)
+
+
+def _scrypt(password: bytes, *, salt: bytes, n: int, r: int, p: int, may_refuse: bool = False) -> bytes:
+    """Every password hash of the process goes through here, within the process's `HashBudget`."""
+    return _HASHES.run(
+        lambda: hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=SCRYPT_DKLEN), may_refuse=may_refuse
+    )
 
 
 def new_token() -> str:

@@ -227,6 +227,19 @@ class ServiceState:
                 # Best effort: a frame first answered elsewhere (another replica) is known here from now on.
                 await asyncio.to_thread(self._keep_locally, lambda: self.acknowledged.remember(earlier))
                 return await self._replayed(earlier, include_map)
+        try:
+            record, map_png = await self._inspect_new(frame, started)
+        except imaging.ImageRejected as rejected:
+            if self.settings.damaged_frames != "flag" or rejected.reason not in imaging.DAMAGE_REASONS:
+                raise
+            damage = rejected
+            record, map_png = await self._write_locally(lambda: self._damaged(frame, damage)), None
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            record.timings = Timings(decode_ms=elapsed_ms, queue_ms=0.0, inference_ms=0.0, total_ms=elapsed_ms)
+        return await self._acknowledge(record, map_png if include_map else None)
+
+    async def _inspect_new(self, frame: Frame, started: float) -> tuple[InspectionCreate, bytes]:
+        """Decode, infer and write the blobs of a frame not seen before; the record is not stored yet."""
         header = await asyncio.to_thread(imaging.read_header, frame.body, frame.content_type)
         tile = self.models.tile
         imaging.check_pixel_budget(header, max_pixels=self.settings.max_pixels, tile=tile)
@@ -250,6 +263,10 @@ class ServiceState:
             inference_ms=output.timings.get("inference_ms", 0.0),
             total_ms=(time.perf_counter() - started) * 1000.0,
         )
+        return record, map_png
+
+    async def _acknowledge(self, record: InspectionCreate, map_png: bytes | None) -> Outcome:
+        """Store a finished record (database or spool), index it, count it, notify: then it may be answered."""
         stored, replay = await self._store(record)
         # The result is durable now (row or spool): a failure to index it weakens only the recognition of
         # a repeat during a later outage, which a 503 would not restore, so the answer stands.
@@ -259,7 +276,7 @@ class ServiceState:
         self._observe(stored, replay)
         if not replay:
             self.notifier.submit(_notice(stored))
-        return Outcome(repo.public_from_record(stored), replay=replay, map_png=map_png if include_map else None)
+        return Outcome(repo.public_from_record(stored), replay=replay, map_png=map_png)
 
     async def _earlier_result(self, camera_id: str, frame_id: str) -> InspectionCreate | None:
         spooled = await asyncio.to_thread(self.spool.find, camera_id, frame_id)
@@ -274,7 +291,7 @@ class ServiceState:
 
     async def _replayed(self, record: InspectionCreate, include_map: bool) -> Outcome:
         map_png = None
-        if include_map:
+        if include_map and record.map_key:  # an invalid_image has no map
             try:
                 map_png = await asyncio.to_thread(self.blobs.read, record.map_key)
             except BlobNotFound:  # pruned by retention: the result itself still stands
@@ -320,6 +337,43 @@ class ServiceState:
             created_at=utc_now(),
         )
         return record, map_png
+
+    def _damaged(self, frame: Frame, error: imaging.ImageRejected) -> InspectionCreate:
+        """(worker thread) The record of a damaged frame: the body kept as received, no score and no map.
+
+        The size is the header's when it could be read (0 x 0 for a truncated file or an unreadable header);
+        the serving model and its thresholds for the line are noted, for the record.
+        """
+        try:
+            header: imaging.ImageHeader | None = imaging.read_header(frame.body, frame.content_type)
+        except imaging.ImageRejected:
+            header = None
+        image_format = imaging.sniff_format(frame.body) or "png"
+        engine = self.models.engine
+        manifest = engine.manifest if engine is not None else None
+        thresholds = manifest.thresholds_for(frame.line) if manifest is not None else None
+        log.warning("damaged frame %s/%s recorded as invalid_image: %s", frame.camera_id, frame.frame_id, error.message)
+        return InspectionCreate(
+            id=str(uuid.uuid4()),
+            camera_id=frame.camera_id,
+            frame_id=frame.frame_id or uuid.uuid4().hex,
+            line=frame.line,
+            model_version=self.models.active_version or "",
+            threshold=ThresholdsUsed(
+                pixel=thresholds.pixel if thresholds else 0.0, image=thresholds.image if thresholds else 0.0
+            ),
+            verdict="invalid_image",
+            score=0.0,
+            defect_area=0,
+            width=header.width if header else 0,
+            height=header.height if header else 0,
+            timings=Timings(decode_ms=0.0, queue_ms=0.0, inference_ms=0.0, total_ms=0.0),
+            regions=[],
+            image_key=self.blobs.put(frame.body, suffix=IMAGE_SUFFIX[image_format]),
+            image_media_type=IMAGE_MEDIA_TYPE[image_format],
+            map_key="",
+            created_at=utc_now(),
+        )
 
     async def _store(self, record: InspectionCreate) -> tuple[InspectionCreate, bool]:
         """Insert, or spool while the database is away. Returns the stored record and whether it was earlier."""

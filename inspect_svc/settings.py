@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         None, gt=0, description="pixels decoded or in the engine at once over all cameras (bounds memory); "
         "default 2 x MAX_PIXELS; beyond it /inspect answers 503"
     )
+    damaged_frames: Literal["refuse", "flag"] = Field(
+        "refuse",
+        description="a corrupt or truncated frame: refuse answers 422; flag stores it as received and answers "
+        "200 with verdict invalid_image (never scored)",
+    )
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body must arrive completely within this many seconds, else 408"
     )

@@ -282,3 +282,13 @@ def test_validation_errors_have_the_declared_error_shape(client):
     assert all("input" not in issue for issue in body["errors"])  # a rejected value is never echoed
     declared = client.get("/openapi.json").json()["paths"]["/lines/{line}/threshold"]["put"]["responses"]
     assert declared["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_inspect_declares_every_status_it_answers(client):
+    # Each is answered by a test: 408 in test_body_deadline, 413/415/422 in test_bad_inputs, 503 in test_faults.
+    declared = client.get("/openapi.json").json()["paths"]["/inspect"]["post"]["responses"]
+    assert set(declared) == {"200", "400", "401", "403", "408", "413", "415", "422", "503"}
+    for code, entry in declared.items():
+        if code != "200":
+            assert entry["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "INSPECT_BODY_TIMEOUT_S" in declared["408"]["description"]

@@ -3,10 +3,12 @@ a client that disconnects mid-body leaves one quiet log line, not a traceback.""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -50,6 +52,8 @@ def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(server):
     status_line, _, rest = response.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 408 Request Timeout", response[:300]
     assert b'"detail":"the request body did not arrive within 0.5 s (1000 bytes received)"' in rest
+    with urllib.request.urlopen(f"http://{server[0]}:{server[1]}/openapi.json", timeout=20) as schema:
+        assert "408" in json.load(schema)["paths"]["/inspect"]["post"]["responses"]  # the schema says so too
 
 
 def test_a_trickling_body_is_cut_off_at_the_same_deadline(server):

@@ -42,7 +42,7 @@ def single_error_line(result) -> str:  # type: ignore[no-untyped-def]
 def test_db_upgrade_current_downgrade(database_url):
     assert invoke("db", "upgrade", "--db", database_url).exit_code == 0
     current = invoke("db", "current", "--db", database_url)
-    assert current.exit_code == 0 and current.output.strip() == "current 0004, head 0004"
+    assert current.exit_code == 0 and current.output.strip() == "current 0005, head 0005"
     assert invoke("db", "downgrade", "base", "--db", database_url).exit_code == 0
     assert migrations.current_revision(database_url) is None
 

@@ -96,7 +96,8 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
     caplog.set_level(logging.INFO, logger="inspect_svc.service")
     with TestClient(create_app(fault_settings)) as client:
         key = add_camera(client)
-        assert send(client, key, "before", 0).status_code == 200  # also caches the camera key
+        before = send(client, key, "before", 0)  # also caches the camera key
+        assert before.status_code == 200
         frames = [f"f{index}" for index in range(24)]
         with database_outage(client):
             with ThreadPoolExecutor(4) as pool:
@@ -116,6 +117,8 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
             assert ready["status"] == "ok" and ready["checks"]["database"] is False
             assert client.get("/inspections", headers=key).status_code == 503
         wait_for_empty_spool(client)
+        # Replayed, the result keeps the time it was inspected at, not the time it reached the database.
+        assert client.get(f"/inspections/{answered['f0']}", headers=key).json()["created_at"] == spooled.json()["created_at"]
         stored = rows_by_frame(client)
         assert {frame: ids for frame, ids in stored.items() if frame != "before"} == {
             frame: [answered[frame]] for frame in frames
@@ -129,7 +132,7 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
         "database unreachable", "database reachable again"
     ]
     tally(capsys, f"outage under load on {backend(fault_settings)}",
-          tried=len(responses), answers=answered_pairs, rows=stored)
+          tried=1 + len(responses), answers=acknowledged_pairs([before]) + answered_pairs, rows=stored)
 
 
 def test_full_spool_refuses_with_503_and_fails_readiness(tmp_path, test_bundle, capsys):

@@ -239,14 +239,54 @@ def test_password_hashes_run_one_at_a_time(monkeypatch):
 
     monkeypatch.setattr(hashlib, "scrypt", watched)
     stored = security.hash_password(PASSWORD)
-    results: list[bool] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(security.verify_password(PASSWORD, stored)))
-        for _ in range(6)
-    ]
+    results: list[bool | str] = []
+
+    def verify() -> None:
+        try:
+            results.append(security.verify_password(PASSWORD, stored))
+        except security.PasswordHashBusy:
+            results.append("busy")
+
+    threads = [threading.Thread(target=verify) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [True] * 6
+    # The PASSWORD_HASH_MAX_WAITING first to queue always get their answer; later ones may be refused.
+    assert set(results) <= {True, "busy"} and results.count(True) >= security.PASSWORD_HASH_MAX_WAITING
     assert most[0] == security.PASSWORD_HASH_CONCURRENCY == 1
+
+
+def test_hashing_is_kept_to_its_share_of_the_time():
+    clock = FakeClock()
+    budget = security.HashBudget(duty=0.25, max_waiting=0, clock=clock)
+
+    def hash_taking_100_ms() -> str:
+        clock.now += 0.1
+        return "digest"
+
+    started = clock.now
+    assert budget.run(hash_taking_100_ms, may_refuse=True) == "digest"
+    # Busy a quarter of the time: 100 ms of hashing, then 300 ms before the next may start.
+    assert budget.next_start == pytest.approx(started + 0.1 + 0.3)
+    with pytest.raises(security.PasswordHashBusy):  # nobody may wait (max_waiting=0): refused at once
+        budget.run(hash_taking_100_ms, may_refuse=True)
+    clock.now = budget.next_start
+    assert budget.run(hash_taking_100_ms, may_refuse=True) == "digest"
+
+
+def test_a_login_beyond_the_hash_queue_gets_503_at_once_and_is_not_counted(client, monkeypatch):
+    clock = FakeClock()
+    budget = security.HashBudget(duty=0.25, max_waiting=0, clock=clock)
+    budget.next_start = clock.now + 60.0  # the last hash's cool-down is still running
+    monkeypatch.setattr(security, "_HASHES", budget)
+    hashed: list[int] = []
+    original = hashlib.scrypt
+    monkeypatch.setattr(hashlib, "scrypt", lambda *args, **kwargs: hashed.append(1) or original(*args, **kwargs))
+    for _ in range(30):  # far beyond the allowance of the account and of the address
+        busy = attempt(client, "rita", "wrong")
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert "busy" in busy.text
+    assert hashed == []
+    clock.now = budget.next_start
+    assert attempt(client, "rita", PASSWORD).status_code == 303  # no try was charged while none was checked

@@ -51,9 +51,10 @@ def test_webhook_is_retried_and_flushed_at_shutdown(tmp_path, test_bundle, webho
     with TestClient(create_app(settings)) as client:
         client.app.state.service.notifier.backoff_s = 0.01
         key = add_camera(client, "cam-3", "line-w")
-        result = client.post(
-            "/inspect", content=png_bytes(), headers={**key, "Content-Type": "image/png"}
-        ).json()
+        post = {"content": png_bytes(), "headers": {**key, "Content-Type": "image/png"}}
+        result = client.post("/inspect?frame_id=n-1", **post).json()
+        repeat = client.post("/inspect?frame_id=n-1", **post)  # answered again, never notified again
+        assert repeat.headers["Idempotent-Replay"] == "true"
     # Leaving the block shut the app down, which waits for queued notifications.
     assert FlakyReceiver.attempts == 2
     assert FlakyReceiver.accepted == [
@@ -77,3 +78,11 @@ def test_webhook_is_retried_and_flushed_at_shutdown(tmp_path, test_bundle, webho
 def test_topics_never_contain_wildcards_or_extra_levels(line, camera, topic):
     notice = ResultNotice("id", camera, "f", line, "ok", 0.1, "v")
     assert mqtt_topic(notice) == topic
+
+
+@pytest.mark.parametrize(("verdict", "result"), [("ok", "OK"), ("defect", "NG"), ("invalid_image", "NG")])
+def test_only_a_scored_good_part_is_ok_to_the_line(verdict, result):
+    notice = ResultNotice(
+        inspection_id="i", camera_id="c", frame_id="f", line=None, verdict=verdict, score=0.0, model_version="m"
+    )
+    assert notice.result == result

@@ -219,7 +219,7 @@ class Cameras:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_three_replicas_survive_a_kill_an_outage_and_a_model_switch(
-    tmp_path, postgres_url, s3_overrides, test_bundle, second_bundle
+    tmp_path, postgres_url, s3_overrides, test_bundle, second_bundle, capsys
 ):
     migrations.upgrade(postgres_url)
     database = make_url(postgres_url)
@@ -296,16 +296,25 @@ def test_three_replicas_survive_a_kill_an_outage_and_a_model_switch(
         retried = {frame for frame, ack in acknowledged.items() if ack.attempts > 1}
         other_answer = [f for f, ack in acknowledged.items() if rows.get(f) != ack.inspection_id]
         by_phase = Counter(ack.phase for ack in acknowledged.values())
-        print(
-            f"\nacknowledged {len(acknowledged)} frames = {len(rows)} rows, {duplicates} duplicates, "
-            f"{len(counts.given_up)} given up; per phase {dict(by_phase)}; rows per model {versions}\n"
-            f"refused answers (retried on another replica) {dict(counts.refusals)}; "
-            f"{len(retried)} frames needed a retry, {len(other_answer)} rows hold another replica's answer\n"
-            f"r1 had {spooled_in_r1} results spooled when killed in the outage; all replayed\n"
-            f"every replica serving test-2 after (s): "
-            + ", ".join(f"{name} {seconds:.1f}" for name, seconds in followed_after.items())
-            + f"; failed requests during the switch: {sum(n for (p, _), n in counts.refusals.items() if p == 'switch')}"
-        )
+        tried = len(acknowledged) + sum(counts.refusals.values())
+        lost = set(acknowledged) - set(rows)
+        with capsys.disabled():  # the counts show without -s, like the fault suite's
+            print(
+                f"\n[fault] three replicas, kill -9 + PostgreSQL outage + model switch: tried {tried}, "
+                f"acknowledged {len(acknowledged)} ({len(acknowledged)} frames), rows found "
+                f"{len(set(rows) & set(acknowledged))}, duplicates {duplicates}, answers replaced by another "
+                f"replica's row {len(other_answer)} (retried after a killed replica), lost {len(lost)}"
+            )
+            print(
+                f"acknowledged {len(acknowledged)} frames = {len(rows)} rows, {duplicates} duplicates, "
+                f"{len(counts.given_up)} given up; per phase {dict(by_phase)}; rows per model {versions}\n"
+                f"refused answers (retried on another replica) {dict(counts.refusals)}; "
+                f"{len(retried)} frames needed a retry, {len(other_answer)} rows hold another replica's answer\n"
+                f"r1 had {spooled_in_r1} results spooled when killed in the outage; all replayed\n"
+                f"every replica serving test-2 after (s): "
+                + ", ".join(f"{name} {seconds:.1f}" for name, seconds in followed_after.items())
+                + f"; failed requests during the switch: {sum(n for (p, _), n in counts.refusals.items() if p == 'switch')}"
+            )
         assert not counts.given_up
         assert set(rows) == set(acknowledged) and duplicates == 0
         # Only a frame whose first attempt was lost with a killed replica may hold another replica's answer.

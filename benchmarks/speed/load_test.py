@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +146,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def started_server(bundle: Path, max_batch: int) -> Iterator[tuple[str, str]]:
-    """Run `inspect-svc serve` on a fresh SQLite database; yields (base URL, demo camera key)."""
+def started_server(
+    bundle: Path, max_batch: int, on_ready: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Run `inspect-svc serve` on a fresh SQLite database; yields (base URL, demo camera key).
+
+    `on_ready(database_url)` runs once the server is ready (its schema made), e.g. to add dashboard users.
+    """
     with tempfile.TemporaryDirectory(prefix="inspect-load-") as workdir:
         port = free_port()
         log_path = Path(workdir) / "server.log"
@@ -166,6 +171,8 @@ def started_server(bundle: Path, max_batch: int) -> Iterator[tuple[str, str]]:
         url = f"http://127.0.0.1:{port}"
         try:
             api_key = _wait_until_ready(server, url, log_path)
+            if on_ready is not None:
+                on_ready(f"sqlite:///{workdir}/inspect.db")
             yield url, api_key
         finally:
             _stop(server)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from inspect_svc.api.deps import AdminDep, ServiceDep
-from inspect_svc.api.errors import COMMON_ERRORS, error_responses
+from inspect_svc.api.errors import BODY_ERRORS, COMMON_ERRORS, error_responses
 from inspect_svc.schemas import CameraCreate, CameraPublic, CameraWithKey
 from inspect_svc.security import api_key_prefix, hash_api_key, new_api_key
 from inspect_svc.storage import repositories as repo
@@ -24,7 +24,7 @@ async def list_cameras(service: ServiceDep) -> list[CameraPublic]:
     return await service.run_db(repo.list_cameras)
 
 
-@router.post("", response_model=CameraWithKey, status_code=201, responses=error_responses(409))
+@router.post("", response_model=CameraWithKey, status_code=201, responses=error_responses(409, *BODY_ERRORS))
 async def add_camera(service: ServiceDep, body: CameraCreate) -> CameraWithKey:
     """Create a camera and return its API key (shown only in this response)."""
     api_key = new_api_key()

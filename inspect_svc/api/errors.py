@@ -6,6 +6,7 @@ Every error body is an `ErrorBody`: `detail` is a sentence; a 422 from request v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,9 +26,21 @@ MAX_LISTED_ISSUES = 5
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these status codes, all with the `ErrorBody` schema."""
-    return {code: {"model": ErrorBody} for code in codes}
+# The body guard (`inspect_svc.middleware`), on every route that reads a body: the body did not arrive
+# within INSPECT_BODY_TIMEOUT_S (408), or passed INSPECT_MAX_BODY_BYTES (413).
+BODY_ERRORS = (408, 413)
+
+
+def error_responses(*codes: int, descriptions: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these status codes, all with the `ErrorBody` schema.
+
+    `descriptions` replaces the standard reason phrase of a code with what it means on this route.
+    """
+    described = descriptions or {}
+    return {
+        code: {"model": ErrorBody, **({"description": described[code]} if code in described else {})}
+        for code in codes
+    }
 
 
 async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

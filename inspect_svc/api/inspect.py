@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from inspect_svc.api import links
 from inspect_svc.api.deps import CameraDep, ServiceDep
-from inspect_svc.api.errors import COMMON_ERRORS, error_responses
+from inspect_svc.api.errors import BODY_ERRORS, COMMON_ERRORS, error_responses
 from inspect_svc.imaging import SUPPORTED_CONTENT_TYPES
 from inspect_svc.schemas import CameraPublic, InspectionPublic
 from inspect_svc.service import Frame
@@ -44,7 +44,24 @@ REQUEST_BODY = {
         },
     },
 }
-ERRORS = error_responses(*COMMON_ERRORS, 413, 415)
+# Every status /inspect answers besides 200, and what each means for a camera (retry or not).
+ERRORS = error_responses(
+    *COMMON_ERRORS,
+    *BODY_ERRORS,
+    415,
+    descriptions={
+        400: "empty or unparseable body; do not retry the same body",
+        401: "missing, unknown or disabled camera key",
+        403: "the key's camera or registered line differs from the one named",
+        408: "the body did not arrive within INSPECT_BODY_TIMEOUT_S; the frame was not stored, retry",
+        413: "body over INSPECT_MAX_BODY_BYTES, or pixels over INSPECT_MAX_PIXELS (reason too_large_pixels)",
+        415: "not a JPEG, PNG, BMP or TIFF, or a TIFF sample format that is not supported",
+        422: "invalid parameters, an image too small, or a damaged frame (reason corrupt or truncated) while "
+        "INSPECT_DAMAGED_FRAMES=refuse",
+        503: "overloaded, shutting down, no model, outage spool full, or the data directory refuses writes; "
+        "the frame was not stored: retry after Retry-After",
+    },
+)
 
 
 @router.post(

@@ -17,6 +17,8 @@ from inspect_svc.api.deps import Reader, ReaderDep, ServiceDep, picture_reader
 from inspect_svc.api.errors import COMMON_ERRORS, error_responses
 from inspect_svc.api.inspect import NAME
 from inspect_svc.schemas import (
+    INVALID_IMAGE,
+    NO_MAP,
     InspectionCreate,
     InspectionFilter,
     InspectionPage,
@@ -89,14 +91,14 @@ async def get_image(service: ServiceDep, reader: ImageReader, inspection_id: str
 @router.get("/{inspection_id}/map.png", responses=PNG)
 async def get_map(service: ServiceDep, reader: MapReader, inspection_id: str) -> Response:
     """Defect probability per pixel as 8-bit grey (255 = probability 1), at the frame's resolution."""
-    record = await _record(service, reader, inspection_id)
+    record = await _scored_record(service, reader, inspection_id)
     return await asyncio.to_thread(blob_response, service.blobs, record.map_key, "image/png")
 
 
 @router.get("/{inspection_id}/mask.png", responses=PNG)
 async def get_mask(service: ServiceDep, reader: MaskReader, inspection_id: str) -> Response:
     """The defect mask at the pixel threshold this inspection used."""
-    record = await _record(service, reader, inspection_id)
+    record = await _scored_record(service, reader, inspection_id)
     map_png = await asyncio.to_thread(_read_blob, service, record.map_key)
     png = await asyncio.to_thread(rendering.mask_png, map_png, record.threshold.pixel)
     return Response(png, media_type="image/png")
@@ -105,7 +107,7 @@ async def get_mask(service: ServiceDep, reader: MaskReader, inspection_id: str) 
 @router.get("/{inspection_id}/overlay.png", responses=PNG)
 async def get_overlay(service: ServiceDep, reader: OverlayReader, inspection_id: str) -> Response:
     """The frame with the probability map blended on as a heat map."""
-    record = await _record(service, reader, inspection_id)
+    record = await _scored_record(service, reader, inspection_id)
     image, map_png = await asyncio.gather(
         asyncio.to_thread(_read_blob, service, record.image_key),
         asyncio.to_thread(_read_blob, service, record.map_key),
@@ -118,6 +120,14 @@ async def _record(service: ServiceState, reader: Reader, inspection_id: str) -> 
     record = await service.inspection_record(inspection_id) if len(inspection_id) <= 36 else None
     if record is None or not reader.may_read(record.camera_id):
         raise _not_found(inspection_id)
+    return record
+
+
+async def _scored_record(service: ServiceState, reader: Reader, inspection_id: str) -> InspectionCreate:
+    """The record of an inspection that has a map: a damaged frame (invalid_image) was never scored."""
+    record = await _record(service, reader, inspection_id)
+    if record.verdict == INVALID_IMAGE:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_MAP)
     return record
 
 

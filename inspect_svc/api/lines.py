@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 
 from inspect_svc.api.deps import AdminDep, ReaderDep, ServiceDep
-from inspect_svc.api.errors import COMMON_ERRORS, error_responses
+from inspect_svc.api.errors import BODY_ERRORS, COMMON_ERRORS, error_responses
 from inspect_svc.api.inspect import NAME
 from inspect_svc.schemas import LineThresholds, LineThresholdsPublic, ThresholdsUsed
 from inspect_svc.service import ServiceState
@@ -29,7 +29,12 @@ async def get_threshold(service: ServiceDep, reader: ReaderDep, line: LinePath) 
     return _public(service, line, overrides)
 
 
-@router.put("/{line}/threshold", response_model=LineThresholdsPublic, dependencies=[AdminDep])
+@router.put(
+    "/{line}/threshold",
+    response_model=LineThresholdsPublic,
+    dependencies=[AdminDep],
+    responses=error_responses(*BODY_ERRORS),
+)
 async def put_threshold(service: ServiceDep, line: LinePath, body: LineThresholds) -> LineThresholdsPublic:
     """Set (or with `null`, clear) the line's pixel and image thresholds."""
     stored = await service.run_db(lambda s: repo.set_line_thresholds(s, line=line, thresholds=body))

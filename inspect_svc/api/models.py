@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response, status
 
 from inspect_svc.api.deps import AdminDep, PlantReaderDep, ServiceDep
-from inspect_svc.api.errors import COMMON_ERRORS, error_responses
+from inspect_svc.api.errors import BODY_ERRORS, COMMON_ERRORS, error_responses
 from inspect_svc.bundle import BundleError
 from inspect_svc.engine.session import EngineError
 from inspect_svc.model_manager import ModelNotFound
@@ -34,7 +34,11 @@ async def list_models(service: ServiceDep, response: Response) -> list[ModelVers
 
 
 @router.post(
-    "", response_model=ModelVersionPublic, status_code=201, dependencies=[AdminDep], responses=ADMIN_ERRORS
+    "",
+    response_model=ModelVersionPublic,
+    status_code=201,
+    dependencies=[AdminDep],
+    responses={**ADMIN_ERRORS, **error_responses(*BODY_ERRORS)},
 )
 async def register_model(service: ServiceDep, body: ModelRegister) -> ModelVersionPublic:
     """Register a bundle (a directory or .zip on the server); it serves only once activated."""

@@ -30,7 +30,7 @@ from inspect_svc.dashboard.login_guard import (
     retry_after_header,
 )
 from inspect_svc.schemas import SessionPublic
-from inspect_svc.security import tokens_match
+from inspect_svc.security import PasswordHashBusy, tokens_match
 from inspect_svc.settings import Settings
 from inspect_svc.storage import repositories
 
@@ -169,7 +169,14 @@ def login_submit(
             request, settings, guard, next_url=next_url, error=error, username=username,
             status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=retry_after_header(wait_s),
         )
-    user = repositories.authenticate_user(db, username=username, password=password)
+    try:
+        user = repositories.authenticate_user(db, username=username, password=password)
+    except PasswordHashBusy:
+        guard.throttle.not_checked(username, address)
+        return _login_page(
+            request, settings, guard, next_url=next_url, error="The server is busy: try again in a moment.",
+            username=username, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=retry_after_header(1.0),
+        )
     if user is None:
         error = "Unknown user or wrong password."
         return _login_page(

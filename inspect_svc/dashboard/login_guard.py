@@ -80,12 +80,20 @@ class LoginThrottle:
         """A right password clears the account's count and refunds the address the try `begin` charged."""
         with self._lock:
             self._failures.pop(_account_key(account), None)
-            key, allowance = self._keys(account, address)[1]
-            entry = self._failures.get(key)
-            if entry is not None:
-                entry.count = max(0, entry.count - 1)
-                if entry.count < allowance:
-                    entry.locked_until = 0.0
+            self._refund(*self._keys(account, address)[1])
+
+    def not_checked(self, account: str, address: str) -> None:
+        """Refund both the try `begin` charged: its password was never checked (the server was busy)."""
+        with self._lock:
+            for key, allowance in self._keys(account, address):
+                self._refund(key, allowance)
+
+    def _refund(self, key: str, allowance: int) -> None:
+        entry = self._failures.get(key)
+        if entry is not None:
+            entry.count = max(0, entry.count - 1)
+            if entry.count < allowance:
+                entry.locked_until = 0.0
 
     def _wait(self, account: str, address: str, now: float) -> float:
         entries = [self._live(key, now) for key, _ in self._keys(account, address)]

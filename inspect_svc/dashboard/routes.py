@@ -19,7 +19,7 @@ from inspect_svc.dashboard.deps import STATIC_DIR, TEMPLATES, Blobs, DbSession
 from inspect_svc.dashboard.masks import MAX_MASK_BYTES, MaskRejected, canonical_mask_png
 from inspect_svc.rendering import thumbnail_jpeg
 from inspect_svc.review_export import export_to_zip
-from inspect_svc.schemas import ReviewCreate, ReviewVerdict
+from inspect_svc.schemas import INVALID_IMAGE, NO_MAP, ReviewCreate, ReviewVerdict
 from inspect_svc.storage import repositories
 from inspect_svc.storage import review_queue as queue
 from inspect_svc.storage.blob_responses import blob_response
@@ -42,8 +42,8 @@ def parse_filters(params: Mapping[str, str]) -> QueueFilters:
         QueryError: an unknown choice or a malformed date.
     """
     verdict = params.get("verdict") or None
-    if verdict not in (None, "ok", "defect"):
-        raise QueryError(f"unknown verdict {verdict!r}; use ok or defect")
+    if verdict not in (None, "ok", "defect", "invalid_image"):
+        raise QueryError(f"unknown verdict {verdict!r}; use ok, defect or invalid_image")
     review_state = params.get("review_state") or "unreviewed"
     if review_state not in ("any", "unreviewed", "reviewed"):
         raise QueryError(f"unknown review state {review_state!r}; use any, unreviewed or reviewed")
@@ -252,6 +252,8 @@ def inspection_thumbnail(inspection_id: str, _: Viewer, db: DbSession, blobs: Bl
 def inspection_map(inspection_id: str, _: Viewer, db: DbSession, blobs: Blobs) -> Response:
     """The probability map as an 8-bit grey PNG; the page thresholds it in the browser."""
     item = _inspection_or_404(db, inspection_id)
+    if item.verdict == INVALID_IMAGE:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_MAP)
     return _blob_response(blobs, item.map_key, "image/png")
 
 

@@ -109,7 +109,7 @@ class InspectionDB(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     pixel_threshold: Mapped[float] = mapped_column(Float)
     image_threshold: Mapped[float] = mapped_column(Float)
-    verdict: Mapped[str] = mapped_column(String(8))
+    verdict: Mapped[str] = mapped_column(String(16))  # ok | defect | invalid_image (migration 0005)
     score: Mapped[float] = mapped_column(Float)
     defect_area: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)

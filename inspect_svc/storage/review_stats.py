@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from inspect_svc.schemas import INVALID_IMAGE
 from inspect_svc.storage.models import InspectionDB, ReviewDB, UserDB
 
 # Reviews that say "there is a defect": a missed-defect verdict on a flagged image still confirms it.
@@ -84,6 +85,7 @@ def defect_rate_per_hour(
             func.sum(case((InspectionDB.verdict == "defect", 1), else_=0)).label("defects"),
         )
         .where(InspectionDB.created_at >= start, InspectionDB.created_at < end)
+        .where(InspectionDB.verdict != INVALID_IMAGE)  # damaged frames were never scored
         .group_by(InspectionDB.line, bucket)
         .order_by(bucket)
     )
@@ -104,6 +106,7 @@ def precision_by_model(session: Session) -> list[ModelPrecision]:
         select(InspectionDB.model_version, InspectionDB.verdict, ReviewDB.verdict, func.count())
         .join(ReviewDB, ReviewDB.inspection_id == InspectionDB.id)
         .join(latest, latest.c.review_id == ReviewDB.id)
+        .where(InspectionDB.verdict != INVALID_IMAGE)  # not a decision of the model
         .group_by(InspectionDB.model_version, InspectionDB.verdict, ReviewDB.verdict)
     )
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

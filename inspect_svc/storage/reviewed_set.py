@@ -40,6 +40,7 @@ class ReviewedInspection:
     image_media_type: str
     map_key: str
     pixel_threshold: float
+    inspection_verdict: str  # the model's verdict (or invalid_image for a damaged frame)
     review_id: int
     verdict: str
     mask_key: str | None
@@ -68,6 +69,7 @@ def latest_reviewed(session: Session) -> Iterator[ReviewedInspection]:
             image_media_type=inspection.image_media_type,
             map_key=inspection.map_key,
             pixel_threshold=inspection.pixel_threshold,
+            inspection_verdict=inspection.verdict,
             review_id=review.id,
             verdict=review.verdict,
             mask_key=review.mask_key,

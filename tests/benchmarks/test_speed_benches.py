@@ -130,3 +130,17 @@ def test_anomaly_cost(hybrid_run: tuple[Path, Path], capsys: pytest.CaptureFixtu
     table = capsys.readouterr().out
     rows = re.findall(rf"^\| (\d+) \| 32 \| \d+ \| {NUMBER} \| {NUMBER} \|$", table, flags=re.MULTILINE)
     assert rows == ["0", "3"]
+
+
+@pytest.mark.slow
+def test_login_flood(bundle_and_image: list[str]) -> None:
+    options = ["--seconds", "1", "--clients", "1", "--max-requests", "5"]
+    printed = run_module("benchmarks.speed.login_flood", *bundle_and_image, *options)
+    assert re.search(rf"camera median .+ / alone: {NUMBER}", printed)
+
+
+@pytest.mark.slow
+def test_sqlite_sync(bundle_and_image: list[str], tmp_path: Path) -> None:
+    options = ["--frames", "2", "--commits", "5", "--rounds", "1", "--dir", str(tmp_path)]
+    printed = run_module("benchmarks.speed.sqlite_sync", *bundle_and_image, *options)
+    assert re.search(r"FULL - NORMAL, medians: [+-]\d+\.\d ms", printed)
