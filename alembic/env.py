@@ -25,7 +25,9 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=Base.metadata, literal_binds=True, compare_type=True)
+    context.configure(
+        url=database_url(), target_metadata=Base.metadata, literal_binds=True, compare_type=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

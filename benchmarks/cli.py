@@ -26,7 +26,9 @@ SplitOpt = Annotated[str, typer.Option("--split", help="a (for choosing) or b (f
 @app.command("make-data")
 def make_data(
     split: SplitOpt,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the split into (new, empty or an earlier split).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write the split into (new, empty or an earlier split).")
+    ],
     seed: Annotated[int, typer.Option(help="Seed of every image and defect.")] = 0,
     image_size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
     train_normal: Annotated[int, typer.Option(help="Defect-free training images per surface.")] = 30,
@@ -40,8 +42,14 @@ def make_data(
 
     with user_errors():
         textures = load_split_surfaces(split)
-        config = DataConfig(image_size=image_size, train_normal=train_normal, train_defective=train_defective,
-                            test_normal=test_normal, test_defective=test_defective, seed=seed)
+        config = DataConfig(
+            image_size=image_size,
+            train_normal=train_normal,
+            train_defective=train_defective,
+            test_normal=test_normal,
+            test_defective=test_defective,
+            seed=seed,
+        )
         record = build_split(textures, out, config, split.lower())
     typer.echo(f"wrote split {split.upper()} ({', '.join(record['surfaces'])}) to {out}")
 
@@ -50,16 +58,26 @@ def make_data(
 def run_regimes_command(
     data: Annotated[Path, typer.Option("--data", help="A split folder written by make-data.")],
     out: Annotated[Path, typer.Option("--out", help="Results folder (finished rows are reused).")],
-    backbone: Annotated[str, typer.Option(help="Backbone spec: pretrain run folder, backbone.pt or random:<arch>.")],
-    regimes: Annotated[str, typer.Option(help="Comma-separated: 0, 1, 5, 20, held-out-types.")] = "0,1,5,20,held-out-types",
-    models: Annotated[str, typer.Option(help="Comma-separated: hybrid, unet, no-learning.")] = "hybrid,unet,no-learning",
+    backbone: Annotated[
+        str, typer.Option(help="Backbone spec: pretrain run folder, backbone.pt or random:<arch>.")
+    ],
+    regimes: Annotated[
+        str, typer.Option(help="Comma-separated: 0, 1, 5, 20, held-out-types.")
+    ] = "0,1,5,20,held-out-types",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated: hybrid, unet, no-learning.")
+    ] = "hybrid,unet,no-learning",
     steps: Annotated[int, typer.Option(help="Fine-tuning (and U-Net) steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Tiles per step.")] = 16,
     image_size: Annotated[int, typer.Option(help="Tile side.")] = 128,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of label picks and training.")] = 0,
-    finetune_options: Annotated[str, typer.Option(
-        help="JSON object of extra finetune options, e.g. '{\"synthetic_anomalies\": 0.5}' (default: none).")] = "{}",
+    finetune_options: Annotated[
+        str,
+        typer.Option(
+            help="JSON object of extra finetune options, e.g. '{\"synthetic_anomalies\": 0.5}' (default: none)."
+        ),
+    ] = "{}",
     fit_normal_options: Annotated[str, typer.Option(help="JSON object of extra fit-normal options.")] = "{}",
 ) -> None:
     """Every regime on a split, each model exported and served by ONNX Runtime; writes results.json/.md."""
@@ -68,8 +86,16 @@ def run_regimes_command(
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with user_errors():
         config = RunConfig(
-            data=data, out=out, backbone=backbone, regimes=parse_regimes(regimes), models=parse_models(models),
-            steps=steps, batch_size=batch_size, image_size=image_size, device=device, seed=seed,
+            data=data,
+            out=out,
+            backbone=backbone,
+            regimes=parse_regimes(regimes),
+            models=parse_models(models),
+            steps=steps,
+            batch_size=batch_size,
+            image_size=image_size,
+            device=device,
+            seed=seed,
             finetune_options=_json_object(finetune_options, "--finetune-options"),
             fit_normal_options=_json_object(fit_normal_options, "--fit-normal-options"),
         )
@@ -78,9 +104,14 @@ def run_regimes_command(
 
 
 @app.command("table")
-def table(results: Annotated[list[Path], typer.Argument(
-    help="Result files: results.json (run-regimes), study.json, summary.json (label-study), probe.json (probe).",
-)]) -> None:
+def table(
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Result files: results.json (run-regimes), study.json, summary.json (label-study), probe.json (probe).",
+        ),
+    ],
+) -> None:
     """Print the markdown tables of saved result files (several probe.json files make one table)."""
     from benchmarks.tables import render_files
 

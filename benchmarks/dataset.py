@@ -97,7 +97,13 @@ def _prepare(out: Path) -> None:
 
 
 def _write_surface(
-    folder: Path, texture: Texture, part: str, normal: int, defective: int, families: list[str], config: DataConfig
+    folder: Path,
+    texture: Texture,
+    part: str,
+    normal: int,
+    defective: int,
+    families: list[str],
+    config: DataConfig,
 ) -> dict[str, SampleLabel]:
     """One surface's images of `folder`; families are dealt in turn, so each appears equally often."""
     labels = {}

@@ -71,7 +71,9 @@ def _luminance(image: np.ndarray) -> np.ndarray:
 def _light_direction(rng: np.random.Generator) -> np.ndarray:
     """A unit vector towards a lamp above the line, 30 to 60 degrees from the vertical."""
     azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.pi / 6, np.pi / 3)
-    return np.array([np.cos(azimuth) * np.sin(elevation), np.sin(azimuth) * np.sin(elevation), np.cos(elevation)])
+    return np.array(
+        [np.cos(azimuth) * np.sin(elevation), np.sin(azimuth) * np.sin(elevation), np.cos(elevation)]
+    )
 
 
 def _shading_change(height: np.ndarray, light: np.ndarray) -> np.ndarray:
@@ -189,7 +191,9 @@ def draw_weave_fault(base: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
     candidate = np.where(band[..., None], displaced, work)
     if axis == 0:
         candidate, band = candidate.transpose(1, 0, 2), band.T
-    visible = cv2.dilate((np.abs(candidate - base).max(axis=2) >= MIN_CHANGE).astype(np.uint8), np.ones((3, 3)))
+    visible = cv2.dilate(
+        (np.abs(candidate - base).max(axis=2) >= MIN_CHANGE).astype(np.uint8), np.ones((3, 3))
+    )
     return candidate, band & visible.astype(bool)
 
 
@@ -203,7 +207,9 @@ def draw_edge_chip(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     centre = [(along, 0.0), (size - 1.0, along), (along, size - 1.0), (0.0, along)][side]
     radius = rng.uniform(14, 40) * unit
     angle = np.arctan2(ys - centre[1], xs - centre[0])
-    ragged = radius * (1 + 0.25 * np.sin(angle * rng.integers(3, 7) + rng.uniform(0, 6)) + rng.normal(0, 0.05))
+    ragged = radius * (
+        1 + 0.25 * np.sin(angle * rng.integers(3, 7) + rng.uniform(0, 6)) + rng.normal(0, 0.05)
+    )
     distance = np.hypot(xs - centre[0], ys - centre[1])
     inside = distance <= ragged
     rim = inside & (distance >= ragged - 2.0 * unit)

@@ -80,7 +80,9 @@ def load_split(samples: list[LabeledSample], size: int) -> _Split:
 
 
 @torch.no_grad()
-def patch_features(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+def patch_features(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int = 32
+) -> torch.Tensor:
     """Final-layer patch tokens as a map `[N, D, h, w]` (prefix tokens dropped)."""
     chunks = []
     for start in range(0, len(images), batch):
@@ -91,29 +93,39 @@ def patch_features(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     return torch.cat(chunks)
 
 
-def linear_probe(train_feats: torch.Tensor, train_masks: torch.Tensor, test_feats: torch.Tensor, *, steps: int,
-                 seed: int) -> torch.Tensor:
+def linear_probe(
+    train_feats: torch.Tensor, train_masks: torch.Tensor, test_feats: torch.Tensor, *, steps: int, seed: int
+) -> torch.Tensor:
     """Train a 1×1 logistic layer on upsampled logits; return test probabilities `[N, S, S]`."""
     torch.manual_seed(seed)
     size = train_masks.shape[-1]
     head = torch.nn.Conv2d(train_feats.shape[1], 1, kernel_size=1).to(train_feats.device)
     # Standardise features with training statistics: AdamW then converges in a few hundred steps.
-    mean, std = train_feats.mean(dim=(0, 2, 3), keepdim=True), train_feats.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+    mean, std = (
+        train_feats.mean(dim=(0, 2, 3), keepdim=True),
+        train_feats.std(dim=(0, 2, 3), keepdim=True) + 1e-6,
+    )
     targets = train_masks.float().unsqueeze(1).to(train_feats.device)
     positive = targets.mean().clamp(1e-4, 0.5)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(steps):
-        logits = F.interpolate(head((train_feats - mean) / std), size=size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            head((train_feats - mean) / std), size=size, mode="bilinear", align_corners=False
+        )
         loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=(1 - positive) / positive)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        logits = F.interpolate(head((test_feats - mean) / std), size=size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            head((test_feats - mean) / std), size=size, mode="bilinear", align_corners=False
+        )
     return torch.sigmoid(logits[:, 0])
 
 
-def nearest_neighbour_maps(train: _Split, train_feats: torch.Tensor, test: _Split, test_feats: torch.Tensor) -> torch.Tensor:
+def nearest_neighbour_maps(
+    train: _Split, train_feats: torch.Tensor, test: _Split, test_feats: torch.Tensor
+) -> torch.Tensor:
     """Per line: distance to the nearest defect-free training patch of that line, upsampled to pixels.
 
     Distances are divided by the line's median normal distance so that lines of rough and smooth
@@ -125,7 +137,9 @@ def nearest_neighbour_maps(train: _Split, train_feats: torch.Tensor, test: _Spli
         normal = [i for i, name in enumerate(train.lines) if name == line and not train.masks[i].any()]
         queries = [i for i, name in enumerate(test.lines) if name == line]
         if not normal:
-            raise UserError(f"line {line!r} has no defect-free training image for the nearest-neighbour probe")
+            raise UserError(
+                f"line {line!r} has no defect-free training image for the nearest-neighbour probe"
+            )
         bank = train_feats[normal].permute(0, 2, 3, 1).reshape(-1, train_feats.shape[1])
         scorer = NearestNeighbourScorer(bank).to(train_feats.device)
         distances = torch.cat([scorer(test_feats[queries[j : j + 8]]) for j in range(0, len(queries), 8)])
@@ -135,8 +149,15 @@ def nearest_neighbour_maps(train: _Split, train_feats: torch.Tensor, test: _Spli
     return maps
 
 
-def dense_probe(backbone: str, labeled_dir: Path, *, image_size: int = 224, steps: int = 300, seed: int = 0,
-                device: str = "cpu") -> ProbeResult:
+def dense_probe(
+    backbone: str,
+    labeled_dir: Path,
+    *,
+    image_size: int = 224,
+    steps: int = 300,
+    seed: int = 0,
+    device: str = "cpu",
+) -> ProbeResult:
     """Run both probes for one backbone spec (a pretrain run, a backbone.pt, or `random:<arch>`)."""
     samples = load_labeled_set(labeled_dir).samples
     train_samples, test_samples = split_samples(samples, seed)

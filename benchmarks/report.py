@@ -30,8 +30,10 @@ def render_markdown(results: dict) -> str:
     lines = [
         f"# Benchmark split {data['split'].upper()}: {len(data['surfaces'])} surfaces, physical defects",
         "",
-        (f"Backbone `{config['backbone']}`, {config['steps']} steps, {config['image_size']} px tiles, batch "
-        f"{config['batch_size']}, seed {config['seed']}; held-out types: {', '.join(data['held_out_types'])}."),
+        (
+            f"Backbone `{config['backbone']}`, {config['steps']} steps, {config['image_size']} px tiles, batch "
+            f"{config['batch_size']}, seed {config['seed']}; held-out types: {', '.join(data['held_out_types'])}."
+        ),
         "Verdicts at the stored image threshold; false alarms = share of defect-free images flagged.",
         "",
         "Mean over surfaces (worst surface in brackets):",
@@ -41,7 +43,11 @@ def render_markdown(results: dict) -> str:
     ]
     for row in results["rows"]:
         cells = [f"{_fmt(row['mean'][k])} ({_fmt(row['worst'][k])})" for k in METRIC_KEYS]
-        lines.append(f"| {_REGIME_TITLES.get(row['regime'], row['regime'])} | {row['model']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {_REGIME_TITLES.get(row['regime'], row['regime'])} | {row['model']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += ["", "Per surface (pixel AUROC / AUPRO / pixel AP / image AUROC / verdict recall):", ""]
     surfaces = sorted({s for row in results["rows"] for s in row["per_surface"]})
     lines += ["| regime | model | " + " | ".join(surfaces) + " |", "|---|---|" + "---|" * len(surfaces)]

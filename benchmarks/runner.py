@@ -181,8 +181,9 @@ def _score(maps: dict[int, np.ndarray], test: TestSet, image_threshold: float, t
     per_surface = {}
     for surface in sorted({test.surfaces[i] for i in maps}):
         indices = [i for i in maps if test.surfaces[i] == surface]
-        per_surface[surface] = score_surface([maps[i] for i in indices], [test.masks[i] for i in indices],
-                                             image_threshold, top_pixels)
+        per_surface[surface] = score_surface(
+            [maps[i] for i in indices], [test.masks[i] for i in indices], image_threshold, top_pixels
+        )
     mean, worst = mean_and_worst(per_surface)
     return {"per_surface": per_surface, "mean": mean, "worst": worst}
 
@@ -202,16 +203,34 @@ def _train(regime: str, model: str, config: RunConfig) -> tuple[Predict, dict[st
     if labels == 0:
         from training.fit_normal import FitNormalConfig, fit_normal
 
-        fit_normal(FitNormalConfig(backbone=config.backbone, data=train_root, out=run_dir,
-                                   image_size=config.image_size, device=config.device, seed=config.seed,
-                                   **config.fit_normal_options))
+        fit_normal(
+            FitNormalConfig(
+                backbone=config.backbone,
+                data=train_root,
+                out=run_dir,
+                image_size=config.image_size,
+                device=config.device,
+                seed=config.seed,
+                **config.fit_normal_options,
+            )
+        )
     else:
         from training.finetune import FinetuneConfig, finetune
 
-        finetune(FinetuneConfig(backbone=config.backbone, data=train_root, out=run_dir,
-                                image_size=config.image_size, steps=config.steps, batch_size=config.batch_size,
-                                labeled_defects=labels, device=config.device, seed=config.seed,
-                                **config.finetune_options))
+        finetune(
+            FinetuneConfig(
+                backbone=config.backbone,
+                data=train_root,
+                out=run_dir,
+                image_size=config.image_size,
+                steps=config.steps,
+                batch_size=config.batch_size,
+                labeled_defects=labels,
+                device=config.device,
+                seed=config.seed,
+                **config.finetune_options,
+            )
+        )
     return _served_predictor(run_dir, config.out / "bundles" / regime, config.threads)
 
 
@@ -225,8 +244,11 @@ def _served_predictor(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[Pr
     bundle = load_bundle(bundle_dir)
     thresholds = bundle.manifest.thresholds
     predictor = Predictor(bundle, providers=["CPUExecutionProvider"], intra_op_threads=threads)
-    return predictor.predict, {"pixel": thresholds.pixel, "image": thresholds.image,
-                               "image_top_pixels": bundle.manifest.image_score.top_pixels}
+    return predictor.predict, {
+        "pixel": thresholds.pixel,
+        "image": thresholds.image,
+        "image_top_pixels": bundle.manifest.image_score.top_pixels,
+    }
 
 
 def _unet(train_root: Path, labels: int, config: RunConfig) -> tuple[Predict, dict[str, float]]:
@@ -234,11 +256,25 @@ def _unet(train_root: Path, labels: int, config: RunConfig) -> tuple[Predict, di
     from training.finetune import FinetuneConfig, select_samples
 
     # finetune's own selection, so the U-Net trains on exactly the hybrid's images.
-    samples = select_samples(FinetuneConfig(backbone=config.backbone, data=train_root, out=config.out,
-                                            labeled_defects=labels, seed=config.seed))
-    trained = train_unet(samples, UNetConfig(image_size=config.image_size, steps=config.steps,
-                                             batch_size=config.batch_size, device=config.device,
-                                             seed=config.seed))
+    samples = select_samples(
+        FinetuneConfig(
+            backbone=config.backbone,
+            data=train_root,
+            out=config.out,
+            labeled_defects=labels,
+            seed=config.seed,
+        )
+    )
+    trained = train_unet(
+        samples,
+        UNetConfig(
+            image_size=config.image_size,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            device=config.device,
+            seed=config.seed,
+        ),
+    )
     return trained.predictor.predict, trained.thresholds
 
 
@@ -258,8 +294,14 @@ def _no_learning(train_root: Path, config: RunConfig) -> tuple[Predict, dict[str
     normal, _ = read_images([s.image for s in load_labeled_set(train_root).defect_free])
     maps = [no_learning_map(image) for image in normal]
     # Thresholded as fit-normal thresholds its maps, with the image score of the run's tile size.
-    thresholds, _ = normal_thresholds(no_learning_map, normal, maps, target_recall=DEFAULT_TARGET_RECALL,
-                                      top_pixels=default_top_pixels(config.image_size), seed=config.seed)
+    thresholds, _ = normal_thresholds(
+        no_learning_map,
+        normal,
+        maps,
+        target_recall=DEFAULT_TARGET_RECALL,
+        top_pixels=default_top_pixels(config.image_size),
+        seed=config.seed,
+    )
     return no_learning_map, thresholds
 
 
@@ -274,20 +316,36 @@ def _training_folder(regime: str, config: RunConfig) -> Path:
     samples = load_labeled_set(train).samples
     seen, _ = split_by_defect_type(samples, HELD_OUT_TYPES)
     dest = config.out / "splits" / "train-without-held-out-types"
-    return write_labeled_folder(sorted(seen + [s for s in samples if not s.defective], key=lambda s: s.stem), dest)
+    return write_labeled_folder(
+        sorted(seen + [s for s in samples if not s.defective], key=lambda s: s.stem), dest
+    )
 
 
 def _check_options(config: RunConfig) -> None:
     from training.finetune import FinetuneConfig
     from training.fit_normal import FitNormalConfig
 
-    fixed = {"backbone", "data", "out", "image_size", "steps", "batch_size", "labeled_defects", "device", "seed"}
-    for flag, options, kind in (("--finetune-options", config.finetune_options, FinetuneConfig),
-                                ("--fit-normal-options", config.fit_normal_options, FitNormalConfig)):
+    fixed = {
+        "backbone",
+        "data",
+        "out",
+        "image_size",
+        "steps",
+        "batch_size",
+        "labeled_defects",
+        "device",
+        "seed",
+    }
+    for flag, options, kind in (
+        ("--finetune-options", config.finetune_options, FinetuneConfig),
+        ("--fit-normal-options", config.fit_normal_options, FitNormalConfig),
+    ):
         allowed = {f.name for f in fields(kind)} - fixed
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise UserError(f"{flag}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+            raise UserError(
+                f"{flag}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            )
 
 
 def _signature(regime: str, model: str, config: RunConfig) -> dict:

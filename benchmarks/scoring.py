@@ -16,7 +16,13 @@ from training.metrics import aupro, auroc, image_scores
 # Metrics where lower is better: their "worst" surface is the largest value.
 LOWER_IS_BETTER = frozenset({"false_alarm_rate"})
 METRIC_KEYS = (
-    "pixel_auroc", "aupro", "pixel_ap", "image_auroc", "verdict_precision", "verdict_recall", "false_alarm_rate",
+    "pixel_auroc",
+    "aupro",
+    "pixel_ap",
+    "image_auroc",
+    "verdict_precision",
+    "verdict_recall",
+    "false_alarm_rate",
 )
 
 

@@ -118,9 +118,14 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         # Resolved here so the saved study, its cache signatures and its report name the window used.
-        object.__setattr__(self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context))
-        object.__setattr__(self, "anomaly_pixel_weight",
-                           default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight))
+        object.__setattr__(
+            self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context)
+        )
+        object.__setattr__(
+            self,
+            "anomaly_pixel_weight",
+            default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight),
+        )
         object.__setattr__(self, "head_context", default_head_context(self.head_context))
 
     @property
@@ -414,20 +419,42 @@ def _train_zero_label(
     )
 
 
-def _hybrid_config(job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device) -> FinetuneConfig:
+def _hybrid_config(
+    job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device
+) -> FinetuneConfig:
     """The finetune settings of a hybrid job; those the study has no option for keep finetune's defaults."""
     return FinetuneConfig(
-        backbone=job.backbone or "", data=root, out=run_dir, image_size=config.image_size, steps=config.steps,
-        batch_size=config.batch_size, labeled_defects=job.labels, anomaly_features=config.anomaly_features,
-        neighbour_tiles=config.neighbour_tiles, anomaly_context=config.anomaly_context,
-        anomaly_pixel_weight=config.anomaly_pixel_weight, head_context=config.head_context, bank_size=config.bank_size,
-        copy_paste=config.copy_paste, device=str(device), seed=config.seed,
+        backbone=job.backbone or "",
+        data=root,
+        out=run_dir,
+        image_size=config.image_size,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        labeled_defects=job.labels,
+        anomaly_features=config.anomaly_features,
+        neighbour_tiles=config.neighbour_tiles,
+        anomaly_context=config.anomaly_context,
+        anomaly_pixel_weight=config.anomaly_pixel_weight,
+        head_context=config.head_context,
+        bank_size=config.bank_size,
+        copy_paste=config.copy_paste,
+        device=str(device),
+        seed=config.seed,
     )
 
 
-def _zero_label_config(job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device) -> FitNormalConfig:
-    return FitNormalConfig(backbone=job.backbone or "", data=root, out=run_dir, image_size=config.image_size,
-                           neighbour_tiles=config.neighbour_tiles, device=str(device), seed=config.seed)
+def _zero_label_config(
+    job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device
+) -> FitNormalConfig:
+    return FitNormalConfig(
+        backbone=job.backbone or "",
+        data=root,
+        out=run_dir,
+        image_size=config.image_size,
+        neighbour_tiles=config.neighbour_tiles,
+        device=str(device),
+        seed=config.seed,
+    )
 
 
 def _run_settings(job: Job, config: StudyConfig, data: StudyData, device: torch.device) -> dict | None:
@@ -435,7 +462,9 @@ def _run_settings(job: Job, config: StudyConfig, data: StudyData, device: torch.
     if job.model == "unet":
         return None
     build = _hybrid_config if job.model == "hybrid" else _zero_label_config
-    settings = config_json(build(job, config, _training_root(job, data), config.out / "runs" / job.key, device))
+    settings = config_json(
+        build(job, config, _training_root(job, data), config.out / "runs" / job.key, device)
+    )
     return {name: value for name, value in settings.items() if name not in ("data", "out", "device")}
 
 
@@ -687,8 +716,12 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("the same --backbone is given twice")
     if not 0.0 <= config.copy_paste <= 1.0:
         raise UserError(f"--copy-paste must be a share between 0 and 1, got {config.copy_paste}")
-    check_anomaly_options(config.anomaly_features, neighbour_tiles=config.neighbour_tiles, context=config.anomaly_context,
-                          pixel_weight=config.anomaly_pixel_weight)
+    check_anomaly_options(
+        config.anomaly_features,
+        neighbour_tiles=config.neighbour_tiles,
+        context=config.anomaly_context,
+        pixel_weight=config.anomaly_pixel_weight,
+    )
     check_head_options(config.head_context)
 
 

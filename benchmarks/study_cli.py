@@ -59,14 +59,20 @@ def label_study(
     anomaly_features: Annotated[
         str, Opt("--anomaly-features", help="What the hybrid's anomaly branch reads: conv (default) or vit.")
     ] = "conv",
-    neighbour_tiles: Annotated[int, Opt(
-        "--neighbour-tiles", min=0,
-        help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
-    )] = 4,
+    neighbour_tiles: Annotated[
+        int,
+        Opt(
+            "--neighbour-tiles",
+            min=0,
+            help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
+        ),
+    ] = 4,
     anomaly_context: AnomalyContextOpt = None,
     anomaly_pixel_weight: AnomalyPixelWeightOpt = None,
     head_context: HeadContextOpt = None,
-    bank_size: Annotated[int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")] = 2048,
+    bank_size: Annotated[
+        int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")
+    ] = 2048,
     copy_paste: CopyPasteOpt = 0.0,
     device: DeviceOpt = "auto",
     seed: Annotated[
@@ -111,8 +117,10 @@ def label_study(
         )
         if len(seeds) > 1:
             summary = run_seeded_studies(config, seeds, progress=typer.echo)
-            typer.echo(f"{len(summary['rows'])} rows over {len(seeds)} seeds → {out / 'summary.md'} and "
-                       f"{out / 'summary.json'}")
+            typer.echo(
+                f"{len(summary['rows'])} rows over {len(seeds)} seeds → {out / 'summary.md'} and "
+                f"{out / 'summary.json'}"
+            )
             return
         study = run_study(config, progress=typer.echo)
     typer.echo(f"{len(study['rows'])} rows → {out / 'study.md'} and {out / 'study.json'}")

@@ -22,8 +22,13 @@ MODEL_ORDER = ("hybrid", "unet", "zero-label")
 
 def write_study(study: dict, out: Path) -> None:
     """`study.json` (everything) and `study.md` (the tables), written atomically."""
-    write_files(out, {STUDY_JSON: json.dumps(study, indent=1, default=float) + "\n",
-                      STUDY_MARKDOWN: render_markdown(study)})
+    write_files(
+        out,
+        {
+            STUDY_JSON: json.dumps(study, indent=1, default=float) + "\n",
+            STUDY_MARKDOWN: render_markdown(study),
+        },
+    )
 
 
 def write_files(out: Path, texts: dict[str, str]) -> None:
@@ -37,7 +42,9 @@ def write_files(out: Path, texts: dict[str, str]) -> None:
 
 def _bank_words(config: dict) -> str:
     neighbours = config.get("neighbour_tiles", 0)  # studies before per-tile banks had one bank
-    words = f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
+    words = (
+        f"each tile scored against its {neighbours} nearest normal tiles" if neighbours else "one memory bank"
+    )
     rows = config.get("bank_size")  # studies before the option: 2,048 rows, not recorded
     return f"{words}, {rows} rows per query" if rows else words
 
@@ -59,7 +66,11 @@ def _head_context_words(config: dict) -> str:
 
 def _copy_paste_words(config: dict) -> str:
     share = config.get("copy_paste", 0.0)  # studies before copy-paste had none
-    return f"; a labeled defect pasted into {share:.0%} of the training crops (hybrid and U-Net)" if share else ""
+    return (
+        f"; a labeled defect pasted into {share:.0%} of the training crops (hybrid and U-Net)"
+        if share
+        else ""
+    )
 
 
 def render_markdown(study: dict) -> str:
@@ -77,7 +88,10 @@ def render_markdown(study: dict) -> str:
     lines += _budget_table("By labeled defect images per line", on_test, config["labels"], _ranking_cell)
     if any("thin_defects" in r["metrics"] for r in on_test):
         thin = f"Thin defects only ({', '.join(sorted(THIN_DEFECT_TYPES))}, with the defect-free test images)"
-        lines += ["", *_budget_table(thin, on_test, config["labels"], lambda m: _ranking_cell(m.get("thin_defects")))]
+        lines += [
+            "",
+            *_budget_table(thin, on_test, config["labels"], lambda m: _ranking_cell(m.get("thin_defects"))),
+        ]
     if any("verdict_recall" in r["metrics"] for r in on_test):  # studies before verdict metrics have none
         lines += ["", *_budget_table(VERDICT_TITLE, on_test, config["labels"], _verdict_cell)]
     if any("lines" in r["metrics"] for r in on_test):
@@ -88,10 +102,14 @@ def render_markdown(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-VERDICT_TITLE = ("Pixel AP and verdicts at the stored image threshold "
-                 "(cells: pixel AP · verdict recall / precision / false-alarm rate)")
-WORST_LINE_TITLE = ("The worst line (a mean over lines hides it; cells: the line with the lowest pixel AUROC, "
-                    "the lowest verdict recall and the highest false-alarm rate)")
+VERDICT_TITLE = (
+    "Pixel AP and verdicts at the stored image threshold "
+    "(cells: pixel AP · verdict recall / precision / false-alarm rate)"
+)
+WORST_LINE_TITLE = (
+    "The worst line (a mean over lines hides it; cells: the line with the lowest pixel AUROC, "
+    "the lowest verdict recall and the highest false-alarm rate)"
+)
 
 
 def _ranking_cell(m: dict | None) -> str | None:

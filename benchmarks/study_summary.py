@@ -94,8 +94,11 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
     first = studies[seeds[0]]
     config = {k: v for k, v in first["config"].items() if k not in ("seed", "out")}
     splits = {
-        str(seed): {"test_images": len(s["split"]["test_images"]), "test_defective": s["split"]["test_defective"],
-                    "held_out_test_images": s["split"]["held_out_test_images"]}
+        str(seed): {
+            "test_images": len(s["split"]["test_images"]),
+            "test_defective": s["split"]["test_defective"],
+            "held_out_test_images": s["split"]["held_out_test_images"],
+        }
         for seed, s in studies.items()
     }
     return {"seeds": seeds, "config": config, "splits": splits, "rows": rows}
@@ -107,7 +110,10 @@ WORST_LINE_METRICS = ("pixel_auroc", "aupro", "verdict_recall", "false_alarm_rat
 def _worst_lines(worst_per_seed: list[dict]) -> dict:
     """Per metric, each seed's worst line and its value (`training.metrics.line_breakdown`)."""
     return {
-        name: {"lines": [w[name]["line"] for w in worst_per_seed], "values": [w[name]["value"] for w in worst_per_seed]}
+        name: {
+            "lines": [w[name]["line"] for w in worst_per_seed],
+            "values": [w[name]["value"] for w in worst_per_seed],
+        }
         for name in WORST_LINE_METRICS
         if all(name in w for w in worst_per_seed)
     }
@@ -117,15 +123,22 @@ def _per_type_statistics(metrics_per_seed: list[dict]) -> dict:
     """Per defect type, over the seeds whose test split holds that type."""
     names = sorted({t for m in metrics_per_seed for t in m["per_defect_type"]})
     return {
-        name: _group_statistics([m["per_defect_type"][name] for m in metrics_per_seed if name in m["per_defect_type"]])
+        name: _group_statistics(
+            [m["per_defect_type"][name] for m in metrics_per_seed if name in m["per_defect_type"]]
+        )
         for name in names
     }
 
 
 def write_summary(summary: dict, out: Path) -> None:
     """`summary.json` and `summary.md`, written atomically."""
-    write_files(out, {SUMMARY_JSON: json.dumps(summary, indent=1) + "\n",
-                      SUMMARY_MARKDOWN: render_summary_markdown(summary)})
+    write_files(
+        out,
+        {
+            SUMMARY_JSON: json.dumps(summary, indent=1) + "\n",
+            SUMMARY_MARKDOWN: render_summary_markdown(summary),
+        },
+    )
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
@@ -166,8 +179,12 @@ def render_summary_markdown(summary: dict) -> str:
 
 def _worst_line_table(rows: list[dict]) -> list[str]:
     """The worst line of each row over all seeds: a mean over lines hides it."""
-    names = {"pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "verdict_recall": "verdict recall",
-             "false_alarm_rate": "false-alarm rate"}
+    names = {
+        "pixel_auroc": "pixel AUROC",
+        "aupro": "AUPRO",
+        "verdict_recall": "verdict recall",
+        "false_alarm_rate": "false-alarm rate",
+    }
 
     def cell(entry: dict | None, metric: str) -> str:
         if not entry:
@@ -178,7 +195,8 @@ def _worst_line_table(rows: list[dict]) -> list[str]:
 
     body = [
         f"| {_row_label(r)} | {EVAL_NAMES[r['evaluated_on']]} | "
-        + " | ".join(cell(r["worst_line"].get(m), m) for m in names) + " |"
+        + " | ".join(cell(r["worst_line"].get(m), m) for m in names)
+        + " |"
         for r in rows
     ]
     return [
@@ -193,8 +211,10 @@ def _worst_line_table(rows: list[dict]) -> list[str]:
 def _ordered(rows: list[dict]) -> list[dict]:
     """Evaluation set, then hybrid / U-Net / zero-label, then labels budget; backbones keep their order."""
     evals = list(EVAL_NAMES)
-    return sorted(rows, key=lambda r: (evals.index(r["evaluated_on"]), MODEL_ORDER.index(r["model"]),
-                                       r["labels_per_line"]))
+    return sorted(
+        rows,
+        key=lambda r: (evals.index(r["evaluated_on"]), MODEL_ORDER.index(r["model"]), r["labels_per_line"]),
+    )
 
 
 def _row_label(row: dict) -> str:
@@ -210,7 +230,11 @@ def _cell(stats: dict | None, worst: str = "min") -> str:
     return f"{stats['mean']:.3f}{spread} ({stats[worst]:.3f})"
 
 
-DECISION_COLUMNS = {"pixel_ap": "pixel AP", "verdict_recall": "verdict recall", "false_alarm_rate": "false-alarm rate"}
+DECISION_COLUMNS = {
+    "pixel_ap": "pixel AP",
+    "verdict_recall": "verdict recall",
+    "false_alarm_rate": "false-alarm rate",
+}
 
 
 def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None = None) -> list[str]:
@@ -218,14 +242,17 @@ def _mean_table(title: str, rows: list[dict], group: str, tested_on: str | None 
     body = [
         f"| {_row_label(r)} | {tested_on or EVAL_NAMES[r['evaluated_on']]} | {len(r['seeds'])} | "
         + " | ".join(_cell(r[group][m]) for m in HEADLINE_METRICS)
-        + "".join(f" | {_cell(r[group].get(m), 'max' if m == 'false_alarm_rate' else 'min')}" for m in decisions)
+        + "".join(
+            f" | {_cell(r[group].get(m), 'max' if m == 'false_alarm_rate' else 'min')}" for m in decisions
+        )
         + " |"
         for r in rows
     ]
     return [
         f"## {title}",
         "",
-        "| model | tested on | seeds | pixel AUROC | AUPRO | image AUROC |" + "".join(f" {DECISION_COLUMNS[m]} |" for m in decisions),
+        "| model | tested on | seeds | pixel AUROC | AUPRO | image AUROC |"
+        + "".join(f" {DECISION_COLUMNS[m]} |" for m in decisions),
         "|---|---|---|---|---|---|" + "---|" * len(decisions),
         *body,
     ]
@@ -262,7 +289,9 @@ def _per_seed_table(rows: list[dict], seeds: list[int]) -> list[str]:
         return " / ".join(f"{row['overall'][m]['values'][at]:.3f}" for m in HEADLINE_METRICS)
 
     body = [
-        f"| {_row_label(r)} | {EVAL_NAMES[r['evaluated_on']]} | " + " | ".join(triple(r, s) for s in seeds) + " |"
+        f"| {_row_label(r)} | {EVAL_NAMES[r['evaluated_on']]} | "
+        + " | ".join(triple(r, s) for s in seeds)
+        + " |"
         for r in rows
     ]
     return [

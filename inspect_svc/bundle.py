@@ -40,8 +40,12 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pixel: float = Field(0.5, ge=0.0, le=1.0, description="a pixel is defective at or above this probability")
-    image: float = Field(0.5, ge=0.0, le=1.0, description="an image is defective when its image score reaches this")
-    min_region_area: int = Field(1, ge=1, description="connected defect regions smaller than this are dropped")
+    image: float = Field(
+        0.5, ge=0.0, le=1.0, description="an image is defective when its image score reaches this"
+    )
+    min_region_area: int = Field(
+        1, ge=1, description="connected defect regions smaller than this are dropped"
+    )
 
 
 class ImageScore(BaseModel):
@@ -64,7 +68,9 @@ class LineCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: float = Field(..., ge=0.0, le=1.0, description="the line's image threshold")
-    target_false_alarm_rate: float = Field(..., ge=0.0, le=1.0, description="the false-alarm rate it was set for")
+    target_false_alarm_rate: float = Field(
+        ..., ge=0.0, le=1.0, description="the false-alarm rate it was set for"
+    )
     false_alarm_rate: float = Field(..., ge=0.0, le=1.0, description="measured on those images at `image`")
     normal_images: int = Field(..., ge=1, description="defect-free images it was measured on")
 

@@ -23,6 +23,7 @@ ARCHIVE_SUFFIX = ".zip"
 class BundleNotStored(BundleError):
     """The blob store has no archive under the key (a file store that is not shared between machines)."""
 
+
 # Zip cannot store dates before 1980; any fixed date makes the archive depend on the content alone.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 

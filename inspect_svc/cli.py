@@ -128,7 +128,10 @@ def serve(
             " `inspect-svc camera rotate-key NAME` prints a new key for one"
         )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=30,
         log_config=logging_config(settings.log_format),
     )
 
@@ -169,7 +172,9 @@ def db_upgrade(
 
 @db_app.command("downgrade")
 @friendly_errors
-def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base")], db: DbOption = None) -> None:
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="target revision, e.g. base")], db: DbOption = None
+) -> None:
     """Migrate the schema down to REVISION (`base` empties the database)."""
     settings = load_settings(db)
     migrations.downgrade(settings.database_url, revision)
@@ -262,7 +267,9 @@ def camera_rotate_key(
 def model_add(
     bundle: Annotated[Path, typer.Argument(help="bundle directory or .zip")],
     db: DbOption = None,
-    activate: Annotated[bool, typer.Option(help="also mark it active: running replicas switch within seconds")] = False,
+    activate: Annotated[
+        bool, typer.Option(help="also mark it active: running replicas switch within seconds")
+    ] = False,
 ) -> None:
     """Verify a bundle, publish it to the blob store (so every replica can fetch it) and register its version."""
     from inspect_svc.bundle_store import publish_bundle
@@ -306,7 +313,8 @@ def user_add(
     username: Annotated[str, typer.Argument()],
     role: Annotated[str, typer.Option(help="viewer, reviewer or admin")] = "viewer",
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="INSPECT_NEW_PASSWORD")
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="INSPECT_NEW_PASSWORD"),
     ] = ...,  # type: ignore[assignment]
     db: DbOption = None,
 ) -> None:

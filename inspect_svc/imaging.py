@@ -192,9 +192,13 @@ def check_pixel_budget(header: ImageHeader, *, max_pixels: int, tile: int = 0) -
     if cost <= max_pixels:
         return
     size = f"{header.width}x{header.height}"
-    padded = "" if cost == header.width * header.height else f", processed as {cost} pixels in {tile}-pixel tiles"
+    padded = (
+        "" if cost == header.width * header.height else f", processed as {cost} pixels in {tile}-pixel tiles"
+    )
     raise ImageRejected(
-        "too_large_pixels", 413, f"the image is {size} pixels{padded}; at most {max_pixels} pixels are accepted"
+        "too_large_pixels",
+        413,
+        f"the image is {size} pixels{padded}; at most {max_pixels} pixels are accepted",
     )
 
 
@@ -210,7 +214,9 @@ def decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
     else:
         decoded = _decode_with_opencv(data, header.image_format)
     if decoded.shape[:2] != (header.height, header.width):
-        raise ImageRejected("corrupt", 422, f"the {header.image_format.upper()} data does not match its header")
+        raise ImageRejected(
+            "corrupt", 422, f"the {header.image_format.upper()} data does not match its header"
+        )
     if header.image_format == "jpeg":
         return decoded
     try:
@@ -354,7 +360,12 @@ def _pillow_header_size(data: bytes, image_format: str) -> tuple[int, int]:
 
 # Baseline TIFF tags read from the first image directory.
 _TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_SAMPLE_FORMAT = (
-    256, 257, 258, 262, 277, 339,
+    256,
+    257,
+    258,
+    262,
+    277,
+    339,
 )
 _TIFF_FIELD_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
 _TIFF_SUPPORTED_SAMPLES = {(1, 1), (1, 8), (1, 16), (3, 32), (3, 64)}  # (SampleFormat, bits)
@@ -381,12 +392,16 @@ def _tiff_header_size(data: bytes) -> tuple[int, int]:
     if len(set(bits)) != 1 or (sample_format, bits[0]) not in _TIFF_SUPPORTED_SAMPLES:
         kind = _TIFF_SAMPLE_KIND.get(sample_format, f"sample format {sample_format}")
         raise ImageRejected(
-            "unsupported_type", 415, f"the TIFF has {'/'.join(map(str, bits))}-bit {kind} samples; {TIFF_SUPPORT}"
+            "unsupported_type",
+            415,
+            f"the TIFF has {'/'.join(map(str, bits))}-bit {kind} samples; {TIFF_SUPPORT}",
         )
     photometric = tags.get(_TIFF_PHOTOMETRIC, (1,))[0]
     if photometric in _TIFF_UNSUPPORTED_PHOTOMETRIC:
         raise ImageRejected(
-            "unsupported_type", 415, f"the TIFF is {_TIFF_UNSUPPORTED_PHOTOMETRIC[photometric]}; {TIFF_SUPPORT}"
+            "unsupported_type",
+            415,
+            f"the TIFF is {_TIFF_UNSUPPORTED_PHOTOMETRIC[photometric]}; {TIFF_SUPPORT}",
         )
     return width, height
 

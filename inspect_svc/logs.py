@@ -14,8 +14,17 @@ from typing import Any, Literal
 LogFormat = Literal["text", "json"]
 
 RESULT_FIELDS = (
-    "inspection_id", "camera_id", "frame_id", "line", "model_version", "verdict", "score",
-    "decode_ms", "queue_ms", "inference_ms", "total_ms",
+    "inspection_id",
+    "camera_id",
+    "frame_id",
+    "line",
+    "model_version",
+    "verdict",
+    "score",
+    "decode_ms",
+    "queue_ms",
+    "inference_ms",
+    "total_ms",
 )
 
 
@@ -43,8 +52,10 @@ def logging_config(log_format: LogFormat, level: str = "INFO") -> dict[str, Any]
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
     handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
-    loggers = {name: {"handlers": ["default"], "level": level, "propagate": False}
-               for name in ("inspect_svc", "uvicorn", "uvicorn.error", "uvicorn.access")}
+    loggers = {
+        name: {"handlers": ["default"], "level": level, "propagate": False}
+        for name in ("inspect_svc", "uvicorn", "uvicorn.error", "uvicorn.access")
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,

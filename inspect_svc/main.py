@@ -143,8 +143,10 @@ async def _start_model(models: ModelManager, settings: Settings) -> None:
         try:
             await asyncio.to_thread(models.record_active, bundle)
         except (*UNAVAILABLE_ERRORS, BlobStoreUnavailable):
-            log.warning("database or blob store unreachable: model %s serves, recorded once they are back",
-                        bundle.manifest.model_version)
+            log.warning(
+                "database or blob store unreachable: model %s serves, recorded once they are back",
+                bundle.manifest.model_version,
+            )
             models.unrecorded = bundle
         return
     try:
@@ -190,12 +192,19 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     async def database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
         return JSONResponse(
-            {"detail": "the database is unreachable; retry shortly"}, status_code=503, headers={"Retry-After": "5"}
+            {"detail": "the database is unreachable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     app.add_exception_handler(ImageRejected, image_rejected)  # type: ignore[arg-type]
     for overload in (
-        QueueFull, DeadlineExceeded, EngineNotReady, BatcherStopped, ServiceUnavailable, BlobStoreUnavailable
+        QueueFull,
+        DeadlineExceeded,
+        EngineNotReady,
+        BatcherStopped,
+        ServiceUnavailable,
+        BlobStoreUnavailable,
     ):
         app.add_exception_handler(overload, overloaded)
     for unavailable in UNAVAILABLE_ERRORS:

@@ -21,21 +21,31 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
-            "inspect_http_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            "inspect_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
             registry=registry,
         )
         self.request_seconds = Histogram(
-            "inspect_http_request_seconds", "HTTP request latency by route", ["route"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "inspect_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_seconds = Histogram(
-            "inspect_queue_seconds", "time a frame waited for the engine", buckets=LATENCY_BUCKETS, registry=registry
+            "inspect_queue_seconds",
+            "time a frame waited for the engine",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.inference_seconds = Histogram(
             "inspect_inference_seconds", "model time for a frame", buckets=LATENCY_BUCKETS, registry=registry
         )
         self.total_seconds = Histogram(
-            "inspect_total_seconds", "time from request to result for /inspect", buckets=LATENCY_BUCKETS,
+            "inspect_total_seconds",
+            "time from request to result for /inspect",
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -44,17 +54,27 @@ class ServiceMetrics:
         self.rejections = Counter(
             "inspect_rejections", "/inspect requests refused, by reason", ["reason"], registry=registry
         )
-        self.verdicts = Counter("inspect_verdicts", "inspection results by verdict", ["verdict"], registry=registry)
+        self.verdicts = Counter(
+            "inspect_verdicts", "inspection results by verdict", ["verdict"], registry=registry
+        )
         self.spooled = Counter(
-            "inspect_spooled_results", "results spooled because the database was unreachable", registry=registry
+            "inspect_spooled_results",
+            "results spooled because the database was unreachable",
+            registry=registry,
         )
         self.notify_failures = Counter(
-            "inspect_notify_failures", "notifications dropped after all retries", ["channel"], registry=registry
+            "inspect_notify_failures",
+            "notifications dropped after all retries",
+            ["channel"],
+            registry=registry,
         )
         self.queue_depth = Gauge("inspect_queue_depth", "frames waiting for the engine", registry=registry)
-        self.spool_depth = Gauge("inspect_spool_depth", "results waiting in the outage spool", registry=registry)
+        self.spool_depth = Gauge(
+            "inspect_spool_depth", "results waiting in the outage spool", registry=registry
+        )
         self.spool_rejected = Gauge(
-            "inspect_spool_rejected", "spooled results the database refused, set aside for an operator",
+            "inspect_spool_rejected",
+            "spooled results the database refused, set aside for an operator",
             registry=registry,
         )
         self.storage_write_failures = Counter(
@@ -63,7 +83,8 @@ class ServiceMetrics:
             registry=registry,
         )
         self.storage_writable = Gauge(
-            "inspect_storage_writable", "1 while the service's own disk takes writes, 0 while it refuses them",
+            "inspect_storage_writable",
+            "1 while the service's own disk takes writes, 0 while it refuses them",
             registry=registry,
         )
 

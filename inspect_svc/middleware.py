@@ -92,7 +92,10 @@ class BodyLimitMiddleware:
             # Nobody is left to answer: one line for the log, no traceback, no 500.
             log.info(
                 "client disconnected during %s %s after %d of %s body bytes",
-                scope["method"], scope["path"], received, declared.decode() if declared else "unknown",
+                scope["method"],
+                scope["path"],
+                received,
+                declared.decode() if declared else "unknown",
             )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:

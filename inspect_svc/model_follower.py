@@ -85,7 +85,9 @@ class ActiveModelFollower:
         except LOAD_ERRORS as error:
             error_text = f"{type(error).__name__}: {error}"
             if error_text != self.state.error:  # once per distinct cause, not once per poll
-                log.error("cannot serve the active model here; the current one keeps serving (%s)", error_text)
+                log.error(
+                    "cannot serve the active model here; the current one keeps serving (%s)", error_text
+                )
             self.state.error = error_text
             return False
         self.state.error = ""

@@ -99,7 +99,9 @@ class ModelManager:
         """The serving model's tile side: frames are padded to it (0 when none is active)."""
         return self.engine.tile if self.engine else 0
 
-    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS) -> InferenceOutput:
+    async def infer(
+        self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS
+    ) -> InferenceOutput:
         if self.engine is None:
             raise EngineNotReady("no model is active: start with --model or POST /models then activate one")
         return await self.engine.infer(image_rgb, deadline_s=deadline_s, camera=camera)

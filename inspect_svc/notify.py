@@ -215,7 +215,9 @@ class Notifier:
                 return
             except Exception as error:  # any transport failure is retried the same way
                 if attempt == self.retries:
-                    log.warning("%s notification for %s failed: %s", publisher.channel, notice.inspection_id, error)
+                    log.warning(
+                        "%s notification for %s failed: %s", publisher.channel, notice.inspection_id, error
+                    )
                     self.metrics.notify_failures.labels(channel=publisher.channel).inc()
                     return
                 await asyncio.sleep(delay)

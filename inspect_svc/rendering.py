@@ -27,7 +27,9 @@ def mask_png(map_png: bytes, pixel_threshold: float) -> bytes:
     return imaging.encode_png(np.where(probabilities >= pixel_threshold, 255, 0).astype(np.uint8))
 
 
-def overlay_png(image_bytes: bytes, media_type: str, map_png: bytes, *, opacity: float = OVERLAY_OPACITY) -> bytes:
+def overlay_png(
+    image_bytes: bytes, media_type: str, map_png: bytes, *, opacity: float = OVERLAY_OPACITY
+) -> bytes:
     """The frame with its probability map blended on top as a heat map (viridis: yellow = defect).
 
     The heat map's weight grows with the probability, so clean areas show the part itself and only

@@ -202,7 +202,9 @@ def write_reviewed_dataset(session: Session, blobs: BlobStorage, sink: DatasetSi
             )
         )
     # The line of each image, so that evaluation can report per line.
-    labels = DefectsFile(samples={item.inspection_id: SampleLabel(line=item.line) for item in manifest.items if item.line})
+    labels = DefectsFile(
+        samples={item.inspection_id: SampleLabel(line=item.line) for item in manifest.items if item.line}
+    )
     sink.write(LABELS_FILE, format_defects_file(labels).encode())
     sink.write(MANIFEST_NAME, manifest.to_json().encode())
     return manifest

@@ -38,7 +38,9 @@ def _as_utc(moment: datetime) -> datetime:
     try:
         return moment.astimezone(timezone.utc)
     except OverflowError:
-        raise ValueError(f"{moment.isoformat()} is outside the dates UTC can express (years 1 to 9999)") from None
+        raise ValueError(
+            f"{moment.isoformat()} is outside the dates UTC can express (years 1 to 9999)"
+        ) from None
 
 
 UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_as_utc)]
@@ -152,7 +154,10 @@ class InspectionFilter(BaseModel):
 class CameraCreate(BaseModel):
     name: str = Field(..., min_length=1, max_length=64, pattern=NAME_PATTERN)
     line: str | None = Field(
-        None, min_length=1, max_length=64, pattern=NAME_PATTERN,
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN,
         description="the line this camera's frames belong to, fixed at registration; it may tag no other",
     )
 
@@ -203,7 +208,9 @@ class ModelVersionPublic(BaseModel):
 
 
 class ModelRegister(BaseModel):
-    path: str = Field(..., min_length=1, max_length=1024, description="bundle directory or .zip on the server")
+    path: str = Field(
+        ..., min_length=1, max_length=1024, description="bundle directory or .zip on the server"
+    )
 
 
 class ReviewCreate(BaseModel):

@@ -64,9 +64,7 @@ def hash_password(password: str) -> str:
     """`scrypt$n$r$p$salt$hash`, salt and hash in base64."""
     salt = secrets.token_bytes(16)
     digest = _scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
-    return "$".join(
-        ["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)]
-    )
+    return "$".join(["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)])
 
 
 def verify_password(password: str, stored: str | None) -> bool:

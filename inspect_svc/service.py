@@ -174,7 +174,9 @@ class ServiceState:
             self._keep_locally(lambda: self.known_keys.remember(key_hash, camera))
         return camera
 
-    def _camera_while_database_down(self, key_hash: str, cached: _Cached[CameraPublic] | None) -> CameraPublic | None:
+    def _camera_while_database_down(
+        self, key_hash: str, cached: _Cached[CameraPublic] | None
+    ) -> CameraPublic | None:
         known = self.known_keys.lookup(key_hash)
         if known is not None:
             return known if known.active else None
@@ -235,7 +237,9 @@ class ServiceState:
             damage = rejected
             record, map_png = await self._write_locally(lambda: self._damaged(frame, damage)), None
             elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.timings = Timings(decode_ms=elapsed_ms, queue_ms=0.0, inference_ms=0.0, total_ms=elapsed_ms)
+            record.timings = Timings(
+                decode_ms=elapsed_ms, queue_ms=0.0, inference_ms=0.0, total_ms=elapsed_ms
+            )
         return await self._acknowledge(record, map_png if include_map else None)
 
     async def _inspect_new(self, frame: Frame, started: float) -> tuple[InspectionCreate, bytes]:
@@ -254,7 +258,12 @@ class ServiceState:
             thresholds = await self.effective_thresholds(frame.line, manifest.thresholds_for(frame.line))
             record, map_png = await self._write_locally(
                 lambda: self._finish(
-                    frame, image, output.prob_map, output.model_version, thresholds, manifest.image_score.top_pixels
+                    frame,
+                    image,
+                    output.prob_map,
+                    output.model_version,
+                    thresholds,
+                    manifest.image_score.top_pixels,
                 )
             )
         record.timings = Timings(
@@ -283,7 +292,9 @@ class ServiceState:
         if spooled is not None:
             return spooled
         try:
-            return await self.run_db(lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id))
+            return await self.run_db(
+                lambda s: repo.find_inspection(s, camera_id=camera_id, frame_id=frame_id)
+            )
         except UNAVAILABLE_ERRORS:
             # Every frame this service acknowledged within the idempotency window is in the local index;
             # one that is not is new to this service and is inspected and spooled (see docs/RELIABILITY.md).
@@ -352,7 +363,12 @@ class ServiceState:
         engine = self.models.engine
         manifest = engine.manifest if engine is not None else None
         thresholds = manifest.thresholds_for(frame.line) if manifest is not None else None
-        log.warning("damaged frame %s/%s recorded as invalid_image: %s", frame.camera_id, frame.frame_id, error.message)
+        log.warning(
+            "damaged frame %s/%s recorded as invalid_image: %s",
+            frame.camera_id,
+            frame.frame_id,
+            error.message,
+        )
         return InspectionCreate(
             id=str(uuid.uuid4()),
             camera_id=frame.camera_id,
@@ -432,13 +448,23 @@ class ServiceState:
             return
         timings = record.timings
         log.info(
-            "inspected %s/%s: %s %.3f (%.0f ms)", record.camera_id, record.frame_id, record.verdict, record.score,
+            "inspected %s/%s: %s %.3f (%.0f ms)",
+            record.camera_id,
+            record.frame_id,
+            record.verdict,
+            record.score,
             timings.total_ms,
             extra={
-                "inspection_id": record.id, "camera_id": record.camera_id, "frame_id": record.frame_id,
-                "line": record.line, "model_version": record.model_version, "verdict": record.verdict,
-                "score": round(record.score, 4), "decode_ms": round(timings.decode_ms, 1),
-                "queue_ms": round(timings.queue_ms, 1), "inference_ms": round(timings.inference_ms, 1),
+                "inspection_id": record.id,
+                "camera_id": record.camera_id,
+                "frame_id": record.frame_id,
+                "line": record.line,
+                "model_version": record.model_version,
+                "verdict": record.verdict,
+                "score": round(record.score, 4),
+                "decode_ms": round(timings.decode_ms, 1),
+                "queue_ms": round(timings.queue_ms, 1),
+                "inference_ms": round(timings.inference_ms, 1),
                 "total_ms": round(timings.total_ms, 1),
             },
         )
@@ -464,7 +490,6 @@ class ServiceState:
         return await self.run_db(lambda s: repo.get_inspection_record(s, inspection_id=inspection_id))
 
 
-
 def store_spooled(sessions: SessionFactory, record: InspectionCreate) -> bool:
     """The replayer's writer (worker thread): insert a spooled record; a frame already stored is left as is."""
     with session_scope(sessions) as session:
@@ -476,7 +501,10 @@ def store_spooled(sessions: SessionFactory, record: InspectionCreate) -> bool:
         # idempotency window): the database keeps the first row, and the mismatch is at least visible.
         log.error(
             "frame %s/%s was answered twice during the outage: %s is kept, spooled %s is dropped",
-            record.camera_id, record.frame_id, stored.id, record.id,
+            record.camera_id,
+            record.frame_id,
+            stored.id,
+            record.id,
         )
     return False
 

@@ -26,28 +26,47 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSPECT_", env_file=".env", extra="ignore")
 
     # Storage
-    database_url: str = Field("sqlite:///./var/inspect.db", description="SQLAlchemy URL (SQLite or PostgreSQL)")
-    data_dir: Path = Field(Path("./var"), description="blob store, outage spool and extracted bundles live here")
+    database_url: str = Field(
+        "sqlite:///./var/inspect.db", description="SQLAlchemy URL (SQLite or PostgreSQL)"
+    )
+    data_dir: Path = Field(
+        Path("./var"), description="blob store, outage spool and extracted bundles live here"
+    )
     auto_migrate: bool | None = Field(
         None, description="run `alembic upgrade head` at start-up; default: on for SQLite, off for PostgreSQL"
     )
-    spool_max: int = Field(100_000, gt=0, description="results held while the database is down; /readyz fails beyond")
+    spool_max: int = Field(
+        100_000, gt=0, description="results held while the database is down; /readyz fails beyond"
+    )
     idempotency_window_s: float = Field(
-        86_400.0, gt=0, description="while the database is down, a frame repeated within this many seconds still"
+        86_400.0,
+        gt=0,
+        description="while the database is down, a frame repeated within this many seconds still"
         " gets its first result (from a local index beside the spool)",
     )
-    idempotency_max_frames: int = Field(200_000, gt=0, description="the local index keeps at most this many frames")
+    idempotency_max_frames: int = Field(
+        200_000, gt=0, description="the local index keeps at most this many frames"
+    )
     spool_dir: Path | None = Field(
-        None, description="this replica's own durable outage spool; default DATA_DIR. Never share it between replicas"
+        None,
+        description="this replica's own durable outage spool; default DATA_DIR. Never share it between replicas",
     )
 
     # Blob store: images, maps, masks and model bundles
-    blob_store: Literal["file", "s3"] = Field("file", description="file: under DATA_DIR/blobs; s3: an S3 bucket")
-    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (SeaweedFS, MinIO…); none: the AWS default")
-    s3_bucket: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="bucket for blobs; required with blob_store=s3"
+    blob_store: Literal["file", "s3"] = Field(
+        "file", description="file: under DATA_DIR/blobs; s3: an S3 bucket"
     )
-    s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$", description="key prefix inside the bucket, e.g. 'inspect/'")
+    s3_endpoint: str | None = Field(
+        None, description="S3 endpoint URL (SeaweedFS, MinIO…); none: the AWS default"
+    )
+    s3_bucket: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="bucket for blobs; required with blob_store=s3",
+    )
+    s3_prefix: str = Field(
+        "", pattern=r"^([A-Za-z0-9._-]+/)*$", description="key prefix inside the bucket, e.g. 'inspect/'"
+    )
     s3_region: str = "us-east-1"
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
@@ -55,7 +74,9 @@ class Settings(BaseSettings):
 
     # Replicas
     replica_id: str = Field(
-        default_factory=socket.gethostname, min_length=1, max_length=128,
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=128,
         description="names this replica in /readyz and /models; default the host name (the pod name in k8s)",
     )
     model_poll_s: float = Field(
@@ -64,7 +85,9 @@ class Settings(BaseSettings):
 
     # Model
     model: Path | None = Field(None, description="model bundle (directory or .zip) to activate at start-up")
-    models_dir: Path | None = Field(None, description="where .zip bundles are extracted; default DATA_DIR/models")
+    models_dir: Path | None = Field(
+        None, description="where .zip bundles are extracted; default DATA_DIR/models"
+    )
     # NoDecode: the environment gives "CUDAExecutionProvider,CPUExecutionProvider", not JSON.
     providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide")
@@ -74,7 +97,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(256, gt=0, description="tiles waiting for the engine before /inspect answers 503")
     max_queue_per_camera: int | None = Field(
-        None, gt=0, description="tiles one camera may have waiting (default MAX_QUEUE); batches serve the least-served camera first"
+        None,
+        gt=0,
+        description="tiles one camera may have waiting (default MAX_QUEUE); batches serve the least-served camera first",
     )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline inside the engine")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger request bodies get 413")
@@ -85,8 +110,10 @@ class Settings(BaseSettings):
         "a larger frame gets 413 from its header, before decoding; also what one camera may have in flight",
     )
     max_pixels_in_flight: int | None = Field(
-        None, gt=0, description="pixels decoded or in the engine at once over all cameras (bounds memory); "
-        "default 2 x MAX_PIXELS; beyond it /inspect answers 503"
+        None,
+        gt=0,
+        description="pixels decoded or in the engine at once over all cameras (bounds memory); "
+        "default 2 x MAX_PIXELS; beyond it /inspect answers 503",
     )
     damaged_frames: Literal["refuse", "flag"] = Field(
         "refuse",
@@ -115,11 +142,15 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(
         5, gt=0, description="failed logins per account before each further try must wait (per address: 4x)"
     )
-    login_lockout_max_s: float = Field(900.0, gt=0, description="the longest wait after repeated failed logins")
+    login_lockout_max_s: float = Field(
+        900.0, gt=0, description="the longest wait after repeated failed logins"
+    )
 
     # Notifications
     webhook_url: str | None = None
-    mqtt_url: str | None = Field(None, description="mqtt://host[:port]; results go to inspect/<line>/<camera>")
+    mqtt_url: str | None = Field(
+        None, description="mqtt://host[:port]; results go to inspect/<line>/<camera>"
+    )
     notify_retries: int = Field(3, ge=0)
 
     # Serving
@@ -141,7 +172,9 @@ class Settings(BaseSettings):
     def _known_providers(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in KNOWN_PROVIDERS]
         if unknown or not value:
-            raise ValueError(f"providers must be a non-empty subset of {', '.join(KNOWN_PROVIDERS)}; got {value}")
+            raise ValueError(
+                f"providers must be a non-empty subset of {', '.join(KNOWN_PROVIDERS)}; got {value}"
+            )
         return value
 
     @field_validator("database_url")

@@ -22,7 +22,9 @@ from inspect_svc.settings import Settings
 from tests.utils.onnx_models import make_test_bundle
 from tests.utils.seaweed import S3Server
 
-POSTGRES_URL = os.environ.get("INSPECT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "INSPECT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -16,7 +16,9 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.repeat(base, 3, axis=2), 0, 255).astype(np.uint8)
 
 
-def write_labeled_set(root: Path, *, defective: int = 4, normal: int = 4, size: int = 48, seed: int = 0) -> Path:
+def write_labeled_set(
+    root: Path, *, defective: int = 4, normal: int = 4, size: int = 48, seed: int = 0
+) -> Path:
     """DIR/images, DIR/masks and DIR/defects.json; every defective image has one 2-px scratch."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)

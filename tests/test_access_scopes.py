@@ -20,7 +20,9 @@ def two_cameras(client):
     ids = {}
     for seed, (name, key) in enumerate(keys.items()):
         response = client.post(
-            "/inspect", content=png_bytes(seed=seed), headers={**key, "Content-Type": "image/png"},
+            "/inspect",
+            content=png_bytes(seed=seed),
+            headers={**key, "Content-Type": "image/png"},
             params={"frame_id": f"{name}-f1"},
         )
         assert response.status_code == 200, response.text
@@ -88,7 +90,9 @@ def test_camera_tags_only_its_registered_line(client, two_cameras):
     assert other.status_code == 403
     assert other.json()["detail"] == "camera 'cam-1' is registered for line 'line-a', not 'line-b'"
     multipart = client.post(
-        "/inspect", files={"file": ("p.png", png_bytes(seed=8), "image/png")}, data={"line": "line-b"},
+        "/inspect",
+        files={"file": ("p.png", png_bytes(seed=8), "image/png")},
+        data={"line": "line-b"},
         headers=keys["cam-1"],
     )
     assert multipart.status_code == 403
@@ -106,7 +110,9 @@ def test_camera_without_a_line_may_not_tag_one(client):
 
 
 def signed_answer(client, key) -> dict:
-    response = client.post("/inspect", content=png_bytes(seed=3), headers={**key, "Content-Type": "image/png"})
+    response = client.post(
+        "/inspect", content=png_bytes(seed=3), headers={**key, "Content-Type": "image/png"}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -125,9 +131,12 @@ def test_inspect_answer_has_signed_links_that_work_without_headers(client, camer
 
 
 def test_a_signed_link_opens_only_its_own_picture(client, camera_key):
-    first, second = signed_answer(client, camera_key), client.post(
-        "/inspect", content=png_bytes(seed=4), headers={**camera_key, "Content-Type": "image/png"}
-    ).json()
+    first, second = (
+        signed_answer(client, camera_key),
+        client.post(
+            "/inspect", content=png_bytes(seed=4), headers={**camera_key, "Content-Type": "image/png"}
+        ).json(),
+    )
     query = urlsplit(first["signed_links"]["map"]).query
     # The map's signature does not open the overlay of the same inspection, nor the map of another.
     assert client.get(f"/inspections/{first['id']}/overlay.png?{query}").status_code == 403

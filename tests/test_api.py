@@ -21,7 +21,10 @@ from tests.utils.onnx_models import make_pixel_model, make_test_bundle, referenc
 
 def inspect(client: TestClient, headers: dict[str, str], body: bytes | None = None, **params: str):
     return client.post(
-        "/inspect", content=body or png_bytes(), headers={**headers, "Content-Type": "image/png"}, params=params
+        "/inspect",
+        content=body or png_bytes(),
+        headers={**headers, "Content-Type": "image/png"},
+        params=params,
     )
 
 
@@ -165,7 +168,10 @@ def test_line_threshold_override_is_used_and_recorded(client, camera_key):
 
 def test_admin_endpoints_need_the_admin_token(client):
     assert client.put("/lines/x/threshold", json={"pixel": 0.5}).status_code == 401
-    assert client.post("/cameras", json={"name": "c"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        client.post("/cameras", json={"name": "c"}, headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
     assert client.post("/models/test-1/activate").status_code == 401
 
 
@@ -216,7 +222,9 @@ def test_activating_a_graph_that_disagrees_with_its_manifest_is_422(client, came
     assert inspect(client, camera_key).json()["model_version"] == "test-1"
 
 
-def test_concurrent_activations_leave_the_database_marking_the_serving_model(client, second_bundle, monkeypatch):
+def test_concurrent_activations_leave_the_database_marking_the_serving_model(
+    client, second_bundle, monkeypatch
+):
     models = client.app.state.service.models
     assert client.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code == 201
     record = models._record
@@ -277,11 +285,15 @@ def test_validation_errors_have_the_declared_error_shape(client):
     response = client.put("/lines/line-a/threshold", json={"pixel": True, "image": "0.5"}, headers=ADMIN)
     assert response.status_code == 422
     body = response.json()
-    assert isinstance(body["detail"], str) and "body.pixel" in body["detail"] and "body.image" in body["detail"]
+    assert (
+        isinstance(body["detail"], str) and "body.pixel" in body["detail"] and "body.image" in body["detail"]
+    )
     assert [issue["loc"] for issue in body["errors"]] == [["body", "pixel"], ["body", "image"]]
     assert all("input" not in issue for issue in body["errors"])  # a rejected value is never echoed
     declared = client.get("/openapi.json").json()["paths"]["/lines/{line}/threshold"]["put"]["responses"]
-    assert declared["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert declared["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
 
 
 def test_inspect_declares_every_status_it_answers(client):
@@ -290,5 +302,7 @@ def test_inspect_declares_every_status_it_answers(client):
     assert set(declared) == {"200", "400", "401", "403", "408", "413", "415", "422", "503"}
     for code, entry in declared.items():
         if code != "200":
-            assert entry["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+            assert entry["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorBody"
+            }
     assert "INSPECT_BODY_TIMEOUT_S" in declared["408"]["description"]

@@ -58,7 +58,10 @@ THIN_STRIP = encode(np.zeros((8, 40_000), np.uint8), "PNG", optimize=True)
 @pytest.fixture(scope="module")
 def strict_client(tmp_path_factory, test_bundle) -> Iterator[tuple[TestClient, dict[str, str]]]:
     settings = make_settings(
-        tmp_path_factory.mktemp("bad-inputs"), model=test_bundle.root, max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS
+        tmp_path_factory.mktemp("bad-inputs"),
+        model=test_bundle.root,
+        max_body_bytes=MAX_BODY,
+        max_pixels=MAX_PIXELS,
     )
     with TestClient(create_app(settings)) as client:
         yield client, add_camera(client)
@@ -95,8 +98,9 @@ RAW_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("body", "content_type", "status"), [case[1:] for case in RAW_CASES],
-                         ids=[case[0] for case in RAW_CASES])
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"), [case[1:] for case in RAW_CASES], ids=[case[0] for case in RAW_CASES]
+)
 def test_raw_body(strict_client, body, content_type, status):
     client, key = strict_client
     headers = {**key, "Content-Type": content_type} if content_type else key
@@ -133,8 +137,17 @@ def test_streamed_body_over_the_limit_without_content_length(strict_client):
         ({"file": ("a.png", PNG, "image/png")}, {}, {"include": "everything"}, 422),
         ({"file": ("a.png", PNG, "image/png")}, {}, {"line": "line/with/slashes"}, 422),
     ],
-    ids=["ok", "wrong field", "bad frame field", "other camera", "text file", "empty file", "long frame id",
-         "unknown include", "bad line"],
+    ids=[
+        "ok",
+        "wrong field",
+        "bad frame field",
+        "other camera",
+        "text file",
+        "empty file",
+        "long frame id",
+        "unknown include",
+        "bad line",
+    ],
 )
 def test_multipart(strict_client, files, data, params, status):
     client, key = strict_client

@@ -28,7 +28,10 @@ def tiny_textures(count: int = 2, size: int = 96) -> list[Texture]:
     woven = (127 + 60 * np.sin(xs * 2 * np.pi / 8) * np.sin(ys * 2 * np.pi / 8)).astype(np.uint8)
     noisy = np.clip(rng.normal(120, 25, (size, size)), 0, 255).astype(np.uint8)
     planes = [woven, noisy][:count]
-    return [Texture(name=f"surface{i}", source="test", pixels=np.repeat(p[..., None], 3, 2)) for i, p in enumerate(planes)]
+    return [
+        Texture(name=f"surface{i}", source="test", pixels=np.repeat(p[..., None], 3, 2))
+        for i, p in enumerate(planes)
+    ]
 
 
 def clean_image(size: int = 128) -> np.ndarray:
@@ -85,7 +88,9 @@ def test_an_unknown_split_is_a_user_error() -> None:
 
 
 def test_build_split_writes_labeled_folders_deterministically(tmp_path: Path) -> None:
-    config = DataConfig(image_size=48, train_normal=2, train_defective=7, test_normal=1, test_defective=6, seed=4)
+    config = DataConfig(
+        image_size=48, train_normal=2, train_defective=7, test_normal=1, test_defective=6, seed=4
+    )
     build_split(tiny_textures(), tmp_path / "one", config, "a")
     build_split(tiny_textures(), tmp_path / "two", config, "a")
     train = load_labeled_set(tmp_path / "one" / "train")

@@ -22,7 +22,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("split")
-    config = DataConfig(image_size=48, train_normal=4, train_defective=7, test_normal=2, test_defective=6, seed=1)
+    config = DataConfig(
+        image_size=48, train_normal=4, train_defective=7, test_normal=2, test_defective=6, seed=1
+    )
     build_split(tiny_textures(), out, config, "a")
     return out
 
@@ -33,7 +35,9 @@ def test_every_regime_runs_through_the_bundle_and_is_reported(tiny_split: Path, 
     config = RunConfig(data=tiny_split, out=out, backbone=TINY_BACKBONE, steps=2, batch_size=4, image_size=32)
     results = run_regimes(config, progress=lambda _: None)
     rows = {(r["regime"], r["model"]) for r in results["rows"]}
-    assert rows == {(g, m) for g in REGIMES for m in ("hybrid", "unet", "no-learning") if (g, m) != ("0", "unet")}
+    assert rows == {
+        (g, m) for g in REGIMES for m in ("hybrid", "unet", "no-learning") if (g, m) != ("0", "unet")
+    }
     for regime in REGIMES:  # each product row was exported and served from its bundle
         assert (out / "bundles" / regime / "model.onnx").is_file()
     for row in results["rows"]:
@@ -51,8 +55,14 @@ def test_every_regime_runs_through_the_bundle_and_is_reported(tiny_split: Path, 
 
 
 def test_a_finished_row_is_reused(tiny_split: Path, tmp_path: Path) -> None:
-    config = RunConfig(data=tiny_split, out=tmp_path, backbone=TINY_BACKBONE, regimes=("1",),
-                       models=("no-learning",), image_size=32)
+    config = RunConfig(
+        data=tiny_split,
+        out=tmp_path,
+        backbone=TINY_BACKBONE,
+        regimes=("1",),
+        models=("no-learning",),
+        image_size=32,
+    )
     first = run_regimes(config, progress=lambda _: None)["rows"][0]
     row_file = tmp_path / "rows" / "1-no-learning.json"
     saved = json.loads(row_file.read_text())
@@ -76,13 +86,21 @@ def test_bad_options_are_user_errors(tiny_split: Path, tmp_path: Path) -> None:
     config = RunConfig(data=tiny_split, out=tmp_path, backbone=TINY_BACKBONE, finetune_options={"no_such": 1})
     with pytest.raises(UserError, match="no_such"):
         run_regimes(config)
-    result = runner.invoke(app, ["run-regimes", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                                 "--backbone", TINY_BACKBONE])
-    assert result.exit_code == 2 and "not a benchmark split" in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        ["run-regimes", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--backbone", TINY_BACKBONE],
+    )
+    assert (
+        result.exit_code == 2
+        and "not a benchmark split" in result.output
+        and "Traceback" not in result.output
+    )
 
 
 def test_table_renders_a_results_file(tiny_split: Path, tmp_path: Path) -> None:
-    config = RunConfig(data=tiny_split, out=tmp_path, backbone=TINY_BACKBONE, regimes=("0",), models=("no-learning",))
+    config = RunConfig(
+        data=tiny_split, out=tmp_path, backbone=TINY_BACKBONE, regimes=("0",), models=("no-learning",)
+    )
     run_regimes(config, progress=lambda _: None)
     result = runner.invoke(app, ["table", str(tmp_path / "results.json")])
     assert result.exit_code == 0 and result.output == (tmp_path / "results.md").read_text()

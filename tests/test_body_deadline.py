@@ -83,7 +83,8 @@ def test_a_client_that_disconnects_mid_body_is_logged_in_one_quiet_line(server, 
     assert len(disconnects) == 1
     # How many bytes the app saw depends on when uvicorn noticed the disconnect.
     assert re.fullmatch(
-        rf"client disconnected during POST /inspect after \d+ of {DECLARED} body bytes", disconnects[0].getMessage()
+        rf"client disconnected during POST /inspect after \d+ of {DECLARED} body bytes",
+        disconnects[0].getMessage(),
     )
     assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
 
@@ -95,7 +96,10 @@ def test_a_whole_body_in_time_is_served(server):
 
     host, port = server
     response = httpx.post(
-        f"http://{host}:{port}/inspect", params={"camera_id": "cam-fast"}, content=png_bytes(),
-        headers={"Content-Type": "image/png"}, timeout=20,
+        f"http://{host}:{port}/inspect",
+        params={"camera_id": "cam-fast"},
+        content=png_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=20,
     )
     assert response.status_code == 200, response.text

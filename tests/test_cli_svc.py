@@ -67,7 +67,9 @@ def test_camera_list_shows_line_created_and_key_prefix_never_the_key(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     invoke("db", "upgrade", "--db", url)
     assert "no cameras yet" in invoke("camera", "list", "--db", url).output
-    keys = {name: invoke("camera", "add", name, "--line", "line-a", "--db", url).output.strip() for name in "ab"}
+    keys = {
+        name: invoke("camera", "add", name, "--line", "line-a", "--db", url).output.strip() for name in "ab"
+    }
     listed = invoke("camera", "list", "--db", url)
     assert listed.exit_code == 0
     header, *rows = listed.output.strip().splitlines()
@@ -159,7 +161,9 @@ def test_models_and_users(tmp_path, test_bundle):
     assert invoke("model", "activate", "test-1", "--db", url).exit_code == 0
     assert invoke("model", "list", "--db", url).output.startswith("* test-1\tsupervised")
     assert "not registered" in single_error_line(invoke("model", "activate", "nope", "--db", url))
-    created = invoke("user", "add", "ann", "--role", "reviewer", "--db", url, INSPECT_NEW_PASSWORD="long-enough-pw")
+    created = invoke(
+        "user", "add", "ann", "--role", "reviewer", "--db", url, INSPECT_NEW_PASSWORD="long-enough-pw"
+    )
     assert created.exit_code == 0, created.output
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -189,9 +193,22 @@ def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bund
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "inspect_svc.cli", "serve", "--model", str(test_bundle.root), "--db", url,
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[1],
+            [
+                sys.executable,
+                "-m",
+                "inspect_svc.cli",
+                "serve",
+                "--model",
+                str(test_bundle.root),
+                "--db",
+                url,
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).parents[1],
         )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -209,8 +226,10 @@ def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bund
                         return
                     try:
                         response = client.post(
-                            "/inspect", files={"file": ("part.png", png_bytes(seed=index), "image/png")},
-                            data={"frame_id": f"w{worker}-{index}"}, headers={"X-API-Key": api_key},
+                            "/inspect",
+                            files={"file": ("part.png", png_bytes(seed=index), "image/png")},
+                            data={"frame_id": f"w{worker}-{index}"},
+                            headers={"X-API-Key": api_key},
                         )
                     except httpx.TransportError:
                         return  # the server has closed: frames not answered were never accepted

@@ -27,19 +27,39 @@ def zero_label(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli-train")
     data = write_labeled_set(root / "data")
     held_out = write_labeled_set(root / "held-out", seed=1)
-    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(root / "run"), "--image-size", "32", "--bank-size", "16", "--quiet"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(root / "run"),
+            "--image-size",
+            "32",
+            "--bank-size",
+            "16",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(model_cli(), ["export", "--model", str(root / "run"), "--out", str(root / "bundle")])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(root / "run"), "--out", str(root / "bundle")]
+    )
     assert result.exit_code == 0, result.output
     return {"data": data, "held_out": held_out, "run": root / "run", "bundle": root / "bundle"}
 
 
 def evaluate(model: Path, data: Path, out: Path, *extra: str):
-    return runner.invoke(model_cli(), ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), *extra])
+    return runner.invoke(
+        model_cli(), ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), *extra]
+    )
 
 
 # --- progress ---------------------------------------------------------------------------------------
+
 
 def test_bars_are_drawn_only_on_a_terminal_and_not_when_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress_module, "stderr_is_terminal", lambda: False)
@@ -55,7 +75,16 @@ def test_finetune_shows_steps_bank_calibration_and_thresholds_with_an_eta(
 ) -> None:
     data = write_labeled_set(tmp_path / "data")
     monkeypatch.setattr(progress_module, "stderr_is_terminal", lambda: True)
-    args = ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), *TINY_FINETUNE_ARGS, "--device", "cpu"]
+    args = [
+        "finetune",
+        "--backbone",
+        TINY_BACKBONE,
+        "--data",
+        str(data),
+        *TINY_FINETUNE_ARGS,
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(model_cli(), [*args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     for phase in ("fine-tuning", "memory bank", "calibration", "fusion weight", "thresholds"):
@@ -80,7 +109,10 @@ def test_evaluate_shows_progress_on_a_terminal_only(
 
 # --- evaluate: the served path, the training-data warning, a pretraining run ------------------------
 
-def test_a_run_is_evaluated_through_onnx_runtime_exactly_as_its_bundle(zero_label: dict[str, Path], tmp_path: Path) -> None:
+
+def test_a_run_is_evaluated_through_onnx_runtime_exactly_as_its_bundle(
+    zero_label: dict[str, Path], tmp_path: Path
+) -> None:
     reports = {}
     for name in ("run", "bundle"):
         result = evaluate(zero_label[name], zero_label["held_out"], tmp_path / name)
@@ -104,12 +136,16 @@ def test_a_run_whose_export_fails_is_still_evaluated_in_pytorch(
     result = evaluate(zero_label["run"], zero_label["held_out"], tmp_path / "torch")
     assert result.exit_code == 0, result.output
     assert evaluate(zero_label["bundle"], zero_label["held_out"], tmp_path / "bundle").exit_code == 0
-    torch_metrics, bundle_metrics = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("torch", "bundle"))
+    torch_metrics, bundle_metrics = (
+        json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("torch", "bundle")
+    )
     assert torch_metrics["pixel_auroc"] == pytest.approx(bundle_metrics["pixel_auroc"], abs=2e-3)
 
 
 @pytest.mark.parametrize("model", ["run", "bundle"])
-def test_evaluating_on_the_training_data_warns_in_one_line(zero_label: dict[str, Path], tmp_path: Path, model: str) -> None:
+def test_evaluating_on_the_training_data_warns_in_one_line(
+    zero_label: dict[str, Path], tmp_path: Path, model: str
+) -> None:
     seen = evaluate(zero_label[model], zero_label["data"], tmp_path / "seen")
     assert seen.exit_code == 0, seen.output
     (line,) = [line for line in seen.stderr.splitlines() if line.startswith("warning:")]
@@ -122,7 +158,9 @@ def test_evaluating_on_the_training_data_warns_in_one_line(zero_label: dict[str,
     assert fresh.exit_code == 0 and "warning:" not in fresh.stderr
 
 
-def test_a_renamed_copy_of_the_training_images_is_still_recognised(zero_label: dict[str, Path], tmp_path: Path) -> None:
+def test_a_renamed_copy_of_the_training_images_is_still_recognised(
+    zero_label: dict[str, Path], tmp_path: Path
+) -> None:
     import shutil
 
     copy = tmp_path / "copy"
@@ -179,7 +217,10 @@ def test_evaluating_a_pretraining_run_says_what_to_do(tmp_path: Path) -> None:
 
 # --- export -------------------------------------------------------------------------------------------
 
-def test_export_onto_an_existing_file_is_a_one_line_error(zero_label: dict[str, Path], tmp_path: Path) -> None:
+
+def test_export_onto_an_existing_file_is_a_one_line_error(
+    zero_label: dict[str, Path], tmp_path: Path
+) -> None:
     existing = tmp_path / "bundle.onnx"
     existing.write_bytes(b"something precious")
     result = runner.invoke(model_cli(), ["export", "--model", str(zero_label["run"]), "--out", str(existing)])
@@ -198,6 +239,7 @@ def test_a_bundle_carries_its_runs_training_image_hashes(zero_label: dict[str, P
 
 
 # --- defaults -----------------------------------------------------------------------------------------
+
 
 def test_model_verbs_default_to_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch

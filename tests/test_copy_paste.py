@@ -21,8 +21,9 @@ def test_separate_defects_are_separate_pieces_and_close_lines_one() -> None:
     mask = np.zeros((64, 64), bool)
     mask[5:9, 5:9] = True  # a pit
     mask[40:60, 30] = mask[40:60, 33] = True  # two parallel scratch lines 3 px apart
-    pieces = cut_defect_pieces([_image_with(mask), _image_with(np.zeros((64, 64), bool))],
-                               [mask, np.zeros((64, 64), bool)])
+    pieces = cut_defect_pieces(
+        [_image_with(mask), _image_with(np.zeros((64, 64), bool))], [mask, np.zeros((64, 64), bool)]
+    )
     assert sorted(int(p.mask.sum()) for p in pieces) == [16, 40]
 
 
@@ -32,7 +33,9 @@ def test_a_piece_keeps_its_defect_opaque_and_feathers_only_around_it() -> None:
     (piece,) = cut_defect_pieces([_image_with(mask)], [mask])
     assert np.all(piece.alpha[piece.mask] == 1.0)
     assert piece.alpha.max() <= 1.0 and piece.alpha[~piece.mask].max() < 1.0
-    np.testing.assert_allclose(piece.pixels[piece.mask], np.tile([250 / 255, 10 / 255, 10 / 255], (20, 1)), atol=1e-6)
+    np.testing.assert_allclose(
+        piece.pixels[piece.mask], np.tile([250 / 255, 10 / 255, 10 / 255], (20, 1)), atol=1e-6
+    )
 
 
 def test_pasted_mask_marks_exactly_the_pasted_defect_pixels() -> None:
@@ -46,7 +49,9 @@ def test_pasted_mask_marks_exactly_the_pasted_defect_pixels() -> None:
         background = np.zeros((32, 32, 3), np.float32)
         image, mask = paste_piece(background, np.zeros((32, 32), np.float32), piece, rng)
         assert mask.sum() == shape.sum()
-        np.testing.assert_array_equal(image[..., 0] == 1.0, mask == 1.0)  # colour where, and only where, marked
+        np.testing.assert_array_equal(
+            image[..., 0] == 1.0, mask == 1.0
+        )  # colour where, and only where, marked
     assert background.max() == 0.0  # the input crop is left alone
 
 

@@ -52,7 +52,9 @@ def test_refuse_mode_answers_422_and_stores_nothing(tmp_path, test_bundle, mode)
 
 def test_flag_mode_records_a_damaged_frame_as_invalid_image_never_scored(flagging):
     client, key = flagging
-    answer = client.post("/inspect?frame_id=half&include=map", content=HALF_DEMO_JPEG, headers={**key, **JPEG})
+    answer = client.post(
+        "/inspect?frame_id=half&include=map", content=HALF_DEMO_JPEG, headers={**key, **JPEG}
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["verdict"] == "invalid_image"
@@ -101,7 +103,9 @@ def test_flagged_frames_are_shown_as_such_and_kept_out_of_rates_and_exports(flag
     queue = client.get("/dashboard/queue?verdict=invalid_image&review_state=any")
     assert queue.status_code == 200 and "shown" in queue.text and 'class="badge invalid_image"' in queue.text
     page = client.get(f"/dashboard/inspections/{flagged['id']}")
-    assert page.status_code == 200 and 'id="invalid-image"' in page.text and 'id="review-form"' not in page.text
+    assert (
+        page.status_code == 200 and 'id="invalid-image"' in page.text and 'id="review-form"' not in page.text
+    )
     assert client.get(f"/dashboard/inspections/{flagged['id']}/map.png").status_code == 404
 
     items = client.get("/inspections?limit=500", headers=ADMIN).json()["items"]
@@ -111,7 +115,8 @@ def test_flagged_frames_are_shown_as_such_and_kept_out_of_rates_and_exports(flag
     with session_scope(service.sessions) as session:
         rates = defect_rate_per_hour(session, start=now - timedelta(hours=2), end=now + timedelta(hours=1))
         repositories.add_review(
-            session, review=ReviewCreate(inspection_id=flagged["id"], reviewer_id=reviewer_id, verdict="reject")
+            session,
+            review=ReviewCreate(inspection_id=flagged["id"], reviewer_id=reviewer_id, verdict="reject"),
         )
     by_hour: dict[datetime, list[bool]] = {}
     for item in scored:

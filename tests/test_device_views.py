@@ -52,11 +52,17 @@ def test_plan_draws_the_same_randoms_as_the_worker_path(tmp_path: Path) -> None:
 def test_device_views_match_worker_views(tmp_path: Path) -> None:
     paths = [write_jpeg(tmp_path / f"{i}.jpg", np.roll(smooth_image(), 40 * i, axis=1)) for i in range(3)]
     device_batch = batch_of(paths).to(CPU)
-    worker_batch = collate_views([
-        SimpleNamespace(sample=make_views(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB),
-                                          np.random.default_rng((0, i)), CONFIG), skipped=[])
-        for i, p in enumerate(paths)
-    ])
+    worker_batch = collate_views(
+        [
+            SimpleNamespace(
+                sample=make_views(
+                    cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), np.random.default_rng((0, i)), CONFIG
+                ),
+                skipped=[],
+            )
+            for i, p in enumerate(paths)
+        ]
+    )
     for name in ("global_crops", "local_crops", "teacher_points", "student_points"):
         device_tensor, worker_tensor = getattr(device_batch, name), getattr(worker_batch, name)
         assert device_tensor.shape == worker_tensor.shape and device_tensor.dtype == worker_tensor.dtype, name
@@ -78,7 +84,9 @@ def test_device_views_keep_the_point_correspondence(seed: int) -> None:
     views = list(globals_) + list(locals_)
     k = CONFIG.points
     for g in range(CONFIG.global_crops):
-        teacher_read = read_source_coords(globals_[g : g + 1], plan.teacher_points[g].reshape(1, -1, 2)).reshape(-1, k, 2)
+        teacher_read = read_source_coords(
+            globals_[g : g + 1], plan.teacher_points[g].reshape(1, -1, 2)
+        ).reshape(-1, k, 2)
         for j in range(CONFIG.num_views):
             student_read = read_source_coords(views[j][None], plan.student_points[j, g][None])[0]
             view_pixel = np.ptp(plan.boxes[[g, j]][:, [0, 2]], axis=1).max() / CONFIG.local_size

@@ -306,7 +306,9 @@ def _run_behind_a_busy_model(
         jobs = [asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera))]
         runner.allow(head_start)
         # Until the head start has run and the next batch is on the model, waiting for its permit.
-        while batcher.stats.tiles_run < 4 * head_start or batcher.stats.queue_depth_tiles > count - 4 * (head_start + 1):
+        while batcher.stats.tiles_run < 4 * head_start or batcher.stats.queue_depth_tiles > count - 4 * (
+            head_start + 1
+        ):
             await asyncio.sleep(0.01)
         for camera, start, count in later:
             jobs.append(asyncio.create_task(batcher.submit(_numbered(start, count), _in(5), camera=camera)))

@@ -20,8 +20,22 @@ def zero_label(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     root = tmp_path_factory.mktemp("evaluate")
     data = write_labeled_set(root / "data")
     cli = model_cli()
-    result = runner.invoke(cli, ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                 str(root / "run"), "--image-size", "32", "--bank-size", "16"])
+    result = runner.invoke(
+        cli,
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(root / "run"),
+            "--image-size",
+            "32",
+            "--bank-size",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["export", "--model", str(root / "run"), "--out", str(root / "bundle")])
     assert result.exit_code == 0, result.output
@@ -32,7 +46,10 @@ def test_run_and_bundle_evaluate_alike(zero_label: tuple[Path, Path, Path], tmp_
     data, run, bundle = zero_label
     reports = {}
     for name, model in (("run", run), ("bundle", bundle)):
-        result = runner.invoke(model_cli(), ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / name)])
+        result = runner.invoke(
+            model_cli(),
+            ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / name)],
+        )
         assert result.exit_code == 0, result.output
         reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
         assert (tmp_path / name / "report.html").is_file()
@@ -51,7 +68,9 @@ def test_tampered_bundle_is_a_one_line_error(zero_label: tuple[Path, Path, Path]
     shutil.copytree(bundle, copy)
     with open(copy / "model.onnx", "ab") as handle:
         handle.write(b"\0")
-    result = runner.invoke(model_cli(), ["evaluate", "--model", str(copy), "--data", str(data), "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        model_cli(), ["evaluate", "--model", str(copy), "--data", str(data), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2
     assert "sha256" in result.output and "Traceback" not in result.output
 
@@ -69,7 +88,9 @@ def test_groups_add_every_normal_image_to_each_defect_type() -> None:
     assert result["overall"]["images"] == 3
 
 
-def test_image_scores_agree_between_pytorch_evaluation_and_the_service(zero_label: tuple[Path, Path, Path]) -> None:
+def test_image_scores_agree_between_pytorch_evaluation_and_the_service(
+    zero_label: tuple[Path, Path, Path],
+) -> None:
     import numpy as np
 
     from inspect_svc.bundle import load_bundle
@@ -83,13 +104,17 @@ def test_image_scores_agree_between_pytorch_evaluation_and_the_service(zero_labe
     data, run_dir, bundle_dir = zero_label
     run, bundle = load_run(run_dir), load_bundle(bundle_dir)
     assert bundle.manifest.image_score.top_pixels == run.thresholds["image_top_pixels"]
-    torch_predictor = TorchPredictor(run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    torch_predictor = TorchPredictor(
+        run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std
+    )
     service = Predictor(bundle)
     images = load_images_with_masks(load_labeled_set(data).samples).images
     for top_pixels in (1, 9, 50):
         evaluated = image_scores([torch_predictor.predict(image) for image in images], top_pixels)
-        served = [summarize(service.predict(image), bundle.manifest.thresholds, top_pixels=top_pixels).score
-                  for image in images]
+        served = [
+            summarize(service.predict(image), bundle.manifest.thresholds, top_pixels=top_pixels).score
+            for image in images
+        ]
         np.testing.assert_allclose(evaluated, served, atol=1e-3)
 
 
@@ -97,7 +122,9 @@ def test_metrics_json_reports_pixel_ap_verdicts_and_the_worst_line(
     zero_label: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, _, bundle = zero_label
-    result = runner.invoke(model_cli(), ["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path)])
+    result = runner.invoke(
+        model_cli(), ["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("pixel_ap", "verdict_precision", "verdict_recall", "false_alarm_rate"):
@@ -112,22 +139,31 @@ def test_groups_per_line_with_the_mean_and_the_worst_line() -> None:
     masks = [np.array([[1, 0]]), np.array([[0, 0]]), np.array([[0, 1]]), np.array([[0, 0]])]
     maps = [np.array([[0.9, 0.1]]), np.array([[0.2, 0.0]]), np.array([[0.6, 0.3]]), np.array([[0.7, 0.1]])]
     lines = ["steel", "steel", "wood", "wood"]
-    result = metrics_by_group(maps, masks, [("stain",), (), ("scratch",), ()], {"pixel": 0.5, "image": 0.5},
-                              lines=lines)
+    result = metrics_by_group(
+        maps, masks, [("stain",), (), ("scratch",), ()], {"pixel": 0.5, "image": 0.5}, lines=lines
+    )
     assert set(result["per_line"]) == {"steel", "wood"}
-    assert result["per_line"]["steel"]["verdict_recall"] == 1.0 and result["per_line"]["steel"]["false_alarm_rate"] == 0.0
+    assert (
+        result["per_line"]["steel"]["verdict_recall"] == 1.0
+        and result["per_line"]["steel"]["false_alarm_rate"] == 0.0
+    )
     # wood: its defect (0.3) ranks below a normal pixel (0.6), and its normal image (0.7) is rejected.
     assert result["per_line"]["wood"]["false_alarm_rate"] == 1.0
     assert result["lines"]["worst"]["pixel_auroc"]["line"] == "wood"
     assert result["lines"]["worst"]["false_alarm_rate"] == {"line": "wood", "value": 1.0}
     assert result["lines"]["mean"]["false_alarm_rate"] == pytest.approx(0.5)
-    assert "per_line" not in metrics_by_group(maps, masks, [(), (), (), ()], {"pixel": 0.5, "image": 0.5},
-                                              lines=["steel"] * 4)
+    assert "per_line" not in metrics_by_group(
+        maps, masks, [(), (), (), ()], {"pixel": 0.5, "image": 0.5}, lines=["steel"] * 4
+    )
+
+
 def test_report_has_the_per_type_table_a_colour_scale_and_telling_headings(
     zero_label: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, run, _ = zero_label
-    result = runner.invoke(model_cli(), ["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path)])
+    result = runner.invoke(
+        model_cli(), ["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
     assert "<h2>Per defect type</h2>" in page

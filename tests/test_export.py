@@ -23,14 +23,27 @@ runner = CliRunner()
 def hybrid_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
     data = write_labeled_set(root / "data")
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(root / "run"), *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(root / "run"),
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root / "run"
 
 
 def test_export_writes_a_bundle_with_parity(hybrid_run: Path, tmp_path: Path) -> None:
-    result = runner.invoke(model_cli(), ["export", "--model", str(hybrid_run), "--out", str(tmp_path / "bundle")])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(hybrid_run), "--out", str(tmp_path / "bundle")]
+    )
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "bundle")
     manifest = bundle.manifest
@@ -54,14 +67,28 @@ def test_graph_has_dynamic_batch_opset_17_and_matches_torch(hybrid_run: Path, tm
             np.testing.assert_allclose(prob, model(tiles).numpy(), atol=PARITY_TOLERANCE)
 
 
-@pytest.mark.parametrize("options", [("--anomaly-context", "7"), ("--head-context", "3"),
-                                     ("--anomaly-context", "0", "--head-context", "5")])
+@pytest.mark.parametrize(
+    "options",
+    [("--anomaly-context", "7"), ("--head-context", "3"), ("--anomaly-context", "0", "--head-context", "5")],
+)
 def test_texture_context_exports_with_parity(tmp_path: Path, options: tuple[str, ...]) -> None:
     """The context statistics of the bank rows and of the head (AveragePools, a Sqrt, a ReduceMean) export
     and agree with PyTorch like the rest."""
     data = write_labeled_set(tmp_path / "data")
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), *options, *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            *options,
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     head_context = int(options[options.index("--head-context") + 1]) if "--head-context" in options else 11
     assert load_run(tmp_path / "run").model.segmentation.config["context"] == head_context
@@ -71,22 +98,29 @@ def test_texture_context_exports_with_parity(tmp_path: Path, options: tuple[str,
     tiles = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     (prob,) = session.run(["prob"], {"image": tiles.numpy()})
     with torch.no_grad():
-        np.testing.assert_allclose(prob, load_run(tmp_path / "run").model(tiles).numpy(), atol=PARITY_TOLERANCE)
+        np.testing.assert_allclose(
+            prob, load_run(tmp_path / "run").model(tiles).numpy(), atol=PARITY_TOLERANCE
+        )
 
 
-def test_parity_failure_stops_the_export(hybrid_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parity_failure_stops_the_export(
+    hybrid_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import training.export as export_module
 
     monkeypatch.setattr(export_module, "parity_max_abs_diff", lambda run, path: 0.5)
-    result = runner.invoke(model_cli(), ["export", "--model", str(hybrid_run), "--out", str(tmp_path / "bundle")])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(hybrid_run), "--out", str(tmp_path / "bundle")]
+    )
     assert result.exit_code == 2 and "parity failed" in result.output
     assert not (tmp_path / "bundle").exists()
 
 
 def test_export_of_a_non_run_is_a_one_line_error(tmp_path: Path) -> None:
-    result = runner.invoke(model_cli(), ["export", "--model", str(tmp_path), "--out", str(tmp_path / "bundle")])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(tmp_path), "--out", str(tmp_path / "bundle")]
+    )
     assert result.exit_code == 2 and "not a model run" in result.output
-
 
 
 def test_parity_check_cannot_pass_on_nan_or_wrong_shape(
@@ -105,8 +139,14 @@ def test_parity_check_cannot_pass_on_nan_or_wrong_shape(
         "extra axis": lambda feeds: torch_output(feeds)[None],  # equal values, but broadcast: [1, N, 1, T, T]
     }
     for name, answer in answers.items():
-        session = type("FakeSession", (), {"__init__": lambda self, *a, **k: None,
-                                           "run": lambda self, names, feeds, answer=answer: [answer(feeds)]})
+        session = type(
+            "FakeSession",
+            (),
+            {
+                "__init__": lambda self, *a, **k: None,
+                "run": lambda self, names, feeds, answer=answer: [answer(feeds)],
+            },
+        )
         monkeypatch.setattr(ort, "InferenceSession", session)
         diff = parity_max_abs_diff(run, tmp_path / "unused.onnx")
         assert not diff < PARITY_TOLERANCE, name

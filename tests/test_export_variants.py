@@ -31,8 +31,19 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(run, labeled data, fp32 bundle)."""
     root = tmp_path_factory.mktemp("variants")
     data = write_labeled_set(root / "data")
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(root / "run"), *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(root / "run"),
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     export_run(root / "run", root / "fp32")
     return root / "run", data, root / "fp32"
@@ -43,16 +54,22 @@ def _frame(seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def int8_export(hybrid: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def int8_export(
+    hybrid: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """(INT8 bundle, CLI output), exported with a labeled set."""
     run, data, _ = hybrid
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    result = runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(out), "--int8", "--eval-data", str(data)])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(run), "--out", str(out), "--int8", "--eval-data", str(data)]
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
 
-def test_int8_bundle_is_served_by_the_predictor_close_to_fp32(hybrid: tuple[Path, Path, Path], int8_export: tuple[Path, str]) -> None:
+def test_int8_bundle_is_served_by_the_predictor_close_to_fp32(
+    hybrid: tuple[Path, Path, Path], int8_export: tuple[Path, str]
+) -> None:
     out, output = int8_export
     assert "pixel AUROC" in output and "ms per 8 tiles" in output
     bundle = load_bundle(out)
@@ -69,12 +86,19 @@ def test_int8_bundle_is_served_by_the_predictor_close_to_fp32(hybrid: tuple[Path
     np.testing.assert_allclose(served, reference, atol=MAX_PROB_DIFF["int8"])
 
 
-def test_quantization_leaves_the_nearest_neighbour_search_in_float(hybrid: tuple[Path, Path, Path], int8_export: tuple[Path, str]) -> None:
+def test_quantization_leaves_the_nearest_neighbour_search_in_float(
+    hybrid: tuple[Path, Path, Path], int8_export: tuple[Path, str]
+) -> None:
     graph = onnx.load(str(load_bundle(int8_export[0]).onnx_path)).graph
-    search = [n for n in onnx.load(str(hybrid[2] / "model.onnx")).graph.node
-              if n.name in float_only_nodes(hybrid[2] / "model.onnx") and n.op_type in ("MatMul", "ReduceMin")]
+    search = [
+        n
+        for n in onnx.load(str(hybrid[2] / "model.onnx")).graph.node
+        if n.name in float_only_nodes(hybrid[2] / "model.onnx") and n.op_type in ("MatMul", "ReduceMin")
+    ]
     # The distance MatMul and its ReduceMin; with per-tile banks also the MatMul that picks the nearest tiles.
-    assert {n.op_type for n in search} == {"MatMul", "ReduceMin"}, "the hybrid graph should hold the anomaly branch's search"
+    assert {n.op_type for n in search} == {"MatMul", "ReduceMin"}, (
+        "the hybrid graph should hold the anomaly branch's search"
+    )
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     nodes = {node.name: node for node in graph.node}
     for original in search:
@@ -85,7 +109,9 @@ def test_quantization_leaves_the_nearest_neighbour_search_in_float(hybrid: tuple
 
 def test_fp16_bundle_runs_on_cpu_with_float32_io(hybrid: tuple[Path, Path, Path], tmp_path: Path) -> None:
     run, _, fp32 = hybrid
-    result = runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "fp16"), "--fp16"])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "fp16"), "--fp16"]
+    )
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "fp16")
     assert bundle.manifest.precision == "fp16"
@@ -95,40 +121,58 @@ def test_fp16_bundle_runs_on_cpu_with_float32_io(hybrid: tuple[Path, Path, Path]
     graph = onnx.load(str(bundle.onnx_path))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
     frame = _frame(1)
-    np.testing.assert_allclose(predictor.predict(frame), Predictor(load_bundle(fp32)).predict(frame),
-                               atol=MAX_PROB_DIFF["fp16"])
+    np.testing.assert_allclose(
+        predictor.predict(frame), Predictor(load_bundle(fp32)).predict(frame), atol=MAX_PROB_DIFF["fp16"]
+    )
     metrics = bundle.manifest.metrics["fp16"]
     assert metrics["max_abs_diff"] <= MAX_PROB_DIFF["fp16"] and metrics["fp32_ms_per_batch"] > 0
     assert "pixel_auroc_change" not in metrics  # no labeled set given
 
 
 def test_an_auroc_drop_beyond_tolerance_is_refused() -> None:
-    report = VariantReport(precision="int8", method="static", max_abs_diff=0.01, mean_abs_diff=0.001,
-                           fp32_ms_per_batch=2.0, variant_ms_per_batch=1.0, batch=8, threads=2,
-                           pixel_auroc_fp32=0.98, pixel_auroc_variant=0.98 - 2 * MAX_AUROC_DROP)
+    report = VariantReport(
+        precision="int8",
+        method="static",
+        max_abs_diff=0.01,
+        mean_abs_diff=0.001,
+        fp32_ms_per_batch=2.0,
+        variant_ms_per_batch=1.0,
+        batch=8,
+        threads=2,
+        pixel_auroc_fp32=0.98,
+        pixel_auroc_variant=0.98 - 2 * MAX_AUROC_DROP,
+    )
     with pytest.raises(UserError, match=r"pixel AUROC drops by 0\.0200"):
         check_tolerance(report)
     check_tolerance(VariantReport(**{**report.__dict__, "pixel_auroc_variant": 0.98 - MAX_AUROC_DROP / 2}))
 
 
-def test_a_failed_variant_writes_no_bundle(hybrid: tuple[Path, Path, Path], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_variant_writes_no_bundle(
+    hybrid: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import training.export as export_module
 
     # A copy stands in for the quantized graph: what is tested is that a bad measurement stops the export.
-    monkeypatch.setattr(export_module, "quantize_int8", lambda source, target, tiles, method: shutil.copyfile(source, target))
+    monkeypatch.setattr(
+        export_module, "quantize_int8", lambda source, target, tiles, method: shutil.copyfile(source, target)
+    )
     monkeypatch.setattr(export_module, "probability_diffs", lambda reference, variant, tiles: (0.9, 0.2))
-    result = runner.invoke(model_cli(), ["export", "--model", str(hybrid[0]), "--out", str(tmp_path / "b"), "--int8"])
+    result = runner.invoke(
+        model_cli(), ["export", "--model", str(hybrid[0]), "--out", str(tmp_path / "b"), "--int8"]
+    )
     assert result.exit_code == 2 and "int8 export failed" in result.output
     assert not (tmp_path / "b").exists()
 
 
 def test_variant_flags_are_checked(hybrid: tuple[Path, Path, Path], tmp_path: Path) -> None:
     run, data, _ = hybrid
-    both = runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "b"), "--int8", "--fp16"])
+    both = runner.invoke(
+        model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "b"), "--int8", "--fp16"]
+    )
     assert both.exit_code == 2 and "choose one of --int8 and --fp16" in both.output
-    eval_only = runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "b"),
-                                            "--eval-data", str(data)])
+    eval_only = runner.invoke(
+        model_cli(), ["export", "--model", str(run), "--out", str(tmp_path / "b"), "--eval-data", str(data)]
+    )
     assert eval_only.exit_code == 2 and "add --int8 or --fp16" in eval_only.output
 
 
@@ -144,11 +188,14 @@ def test_float_only_chains_are_not_rounded_to_fp16_between_nodes(tmp_path: Path)
         helper.make_node("Sub", ["scaled", "offset"], ["prob"], name="/anomaly/Sub"),
     ]
     graph = helper.make_graph(
-        nodes, "chain",
+        nodes,
+        "chain",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [4])],
-        initializer=[helper.make_tensor("big", TensorProto.FLOAT, [], [1000.0]),
-                     helper.make_tensor("offset", TensorProto.FLOAT, [], [1000.0])],
+        initializer=[
+            helper.make_tensor("big", TensorProto.FLOAT, [], [1000.0]),
+            helper.make_tensor("offset", TensorProto.FLOAT, [], [1000.0]),
+        ],
     )
     fp32 = tmp_path / "chain.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))

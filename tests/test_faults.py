@@ -83,7 +83,9 @@ def backend(settings: Settings) -> str:
 
 def send(client: TestClient, key: dict[str, str], frame_id: str, seed: int):
     return client.post(
-        "/inspect", content=png_bytes(seed=seed), params={"frame_id": frame_id},
+        "/inspect",
+        content=png_bytes(seed=seed),
+        params={"frame_id": frame_id},
         headers={**key, "Content-Type": "image/png"},
     )
 
@@ -103,7 +105,9 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
             with ThreadPoolExecutor(4) as pool:
                 # Every frame twice: a camera retrying during the outage must not create a second result.
                 responses = list(pool.map(lambda i: send(client, key, frames[i % 24], i % 24), range(48)))
-            assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+            assert all(r.status_code == 200 for r in responses), [
+                r.text for r in responses if r.status_code != 200
+            ]
             answered_pairs = acknowledged_pairs(responses)
             answered = {}
             for response in responses:
@@ -118,7 +122,10 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
             assert client.get("/inspections", headers=key).status_code == 503
         wait_for_empty_spool(client)
         # Replayed, the result keeps the time it was inspected at, not the time it reached the database.
-        assert client.get(f"/inspections/{answered['f0']}", headers=key).json()["created_at"] == spooled.json()["created_at"]
+        assert (
+            client.get(f"/inspections/{answered['f0']}", headers=key).json()["created_at"]
+            == spooled.json()["created_at"]
+        )
         stored = rows_by_frame(client)
         assert {frame: ids for frame, ids in stored.items() if frame != "before"} == {
             frame: [answered[frame]] for frame in frames
@@ -129,10 +136,16 @@ def test_outage_under_load_spools_and_replays_every_frame_exactly_once(fault_set
     # One line when the outage begins and one when it ends, not one per frame.
     outage_lines = [r.getMessage() for r in caplog.records if r.name == "inspect_svc.service"]
     assert [line.split(" (")[0].split(";")[0] for line in outage_lines if "database" in line] == [
-        "database unreachable", "database reachable again"
+        "database unreachable",
+        "database reachable again",
     ]
-    tally(capsys, f"outage under load on {backend(fault_settings)}",
-          tried=1 + len(responses), answers=acknowledged_pairs([before]) + answered_pairs, rows=stored)
+    tally(
+        capsys,
+        f"outage under load on {backend(fault_settings)}",
+        tried=1 + len(responses),
+        answers=acknowledged_pairs([before]) + answered_pairs,
+        rows=stored,
+    )
 
 
 def test_full_spool_refuses_with_503_and_fails_readiness(tmp_path, test_bundle, capsys):
@@ -164,7 +177,9 @@ def test_results_spooled_at_shutdown_are_replayed_at_the_next_start(tmp_path, te
         wait_for_empty_spool(client)
         stored = rows_by_frame(client)
     assert [r.status_code for r in responses] == [200, 200]
-    tally(capsys, "shutdown with results spooled", tried=2, answers=acknowledged_pairs(responses), rows=stored)
+    tally(
+        capsys, "shutdown with results spooled", tried=2, answers=acknowledged_pairs(responses), rows=stored
+    )
 
 
 def test_hot_swap_under_load_fails_no_request(client, camera_key, second_bundle, capsys):
@@ -183,8 +198,13 @@ def test_hot_swap_under_load_fails_no_request(client, camera_key, second_bundle,
     assert responses[-1].json()["model_version"] == "test-2"
     with client.app.state.service.sessions() as session:
         assert session.scalar(select(func.count()).select_from(InspectionDB)) == 37
-    tally(capsys, "hot swap under load", tried=37, answers=acknowledged_pairs(responses),
-          rows=rows_by_frame(client))
+    tally(
+        capsys,
+        "hot swap under load",
+        tried=37,
+        answers=acknowledged_pairs(responses),
+        rows=rows_by_frame(client),
+    )
 
 
 def test_a_frame_stored_before_an_outage_gets_its_first_answer_during_it(fault_settings, capsys):
@@ -202,8 +222,13 @@ def test_a_frame_stored_before_an_outage_gets_its_first_answer_during_it(fault_s
         assert [r.headers.get("idempotent-replay") for r in again] == ["true", "true"]
         assert [r.json()["id"] for r in again] == [r.json()["id"] for r in responses[:2]]
         stored = rows_by_frame(client)
-    tally(capsys, f"frames repeated during an outage on {backend(fault_settings)}",
-          tried=4, answers=acknowledged_pairs(responses), rows=stored)
+    tally(
+        capsys,
+        f"frames repeated during an outage on {backend(fault_settings)}",
+        tried=4,
+        answers=acknowledged_pairs(responses),
+        rows=stored,
+    )
 
 
 def test_a_restart_during_an_outage_keeps_known_cameras_and_refuses_disabled_ones(
@@ -239,8 +264,13 @@ def test_a_restart_during_an_outage_keeps_known_cameras_and_refuses_disabled_one
         wait_for_empty_spool(client)
         stored = rows_by_frame(client)
     assert set(stored) == {"before", "during"}
-    tally(capsys, f"restart during an outage on {backend(fault_settings)}",
-          tried=6, answers=acknowledged_pairs(responses), rows=stored)
+    tally(
+        capsys,
+        f"restart during an outage on {backend(fault_settings)}",
+        tried=6,
+        answers=acknowledged_pairs(responses),
+        rows=stored,
+    )
 
 
 @pytest.mark.parametrize("outage", [False, True], ids=["database up", "database down"])
@@ -259,5 +289,10 @@ def test_eight_concurrent_identical_posts_get_one_answer_and_one_row(fault_setti
     assert [r.status_code for r in responses] == [200] * 8
     assert sum(r.headers.get("idempotent-replay") != "true" for r in responses) == 1
     assert len(stored["same"]) == 1
-    tally(capsys, f"8 concurrent identical posts, database {'down' if outage else 'up'}, on {backend(fault_settings)}",
-          tried=8, answers=acknowledged_pairs(responses), rows={"same": stored["same"]})
+    tally(
+        capsys,
+        f"8 concurrent identical posts, database {'down' if outage else 'up'}, on {backend(fault_settings)}",
+        tried=8,
+        answers=acknowledged_pairs(responses),
+        rows={"same": stored["same"]},
+    )

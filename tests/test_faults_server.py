@@ -36,7 +36,9 @@ def add_camera(database_url: str, name: str, *, active: bool = True) -> dict[str
     api_key = new_api_key()
     engine = make_engine(database_url)
     with session_scope(make_session_factory(engine)) as session:
-        repo.create_camera(session, camera=CameraCreate(name=name, line="line-a"), api_key_hash=hash_api_key(api_key))
+        repo.create_camera(
+            session, camera=CameraCreate(name=name, line="line-a"), api_key_hash=hash_api_key(api_key)
+        )
         if not active:
             repo.set_camera_active(session, name=name, active=False)
     engine.dispose()
@@ -56,8 +58,11 @@ def rows_by_frame(database_url: str) -> dict[str, list[str]]:
 
 def post(server: LiveServer, key: dict[str, str], frame_id: str, seed: int) -> httpx.Response:
     return httpx.post(
-        f"{server.base}/inspect", content=png_bytes(seed=seed), params={"frame_id": frame_id},
-        headers={**key, "Content-Type": "image/png"}, timeout=30,
+        f"{server.base}/inspect",
+        content=png_bytes(seed=seed),
+        params={"frame_id": frame_id},
+        headers={**key, "Content-Type": "image/png"},
+        timeout=30,
     )
 
 
@@ -76,7 +81,9 @@ def migrated_url(database_url: str) -> str:
 
 
 @pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
-def test_a_server_stopped_under_load_loses_no_acknowledged_frame(migrated_url, stop, test_bundle, tmp_path, capsys):
+def test_a_server_stopped_under_load_loses_no_acknowledged_frame(
+    migrated_url, stop, test_bundle, tmp_path, capsys
+):
     key = add_camera(migrated_url, "cam-1")
     server = LiveServer(model=test_bundle.root, database_url=migrated_url, data_dir=tmp_path / "var")
     server.start()
@@ -92,7 +99,9 @@ def test_a_server_stopped_under_load_loses_no_acknowledged_frame(migrated_url, s
                 tried[0] += 1
                 try:
                     response = client.post(
-                        "/inspect", content=png_bytes(seed=index), params={"frame_id": f"w{worker}-{index}"},
+                        "/inspect",
+                        content=png_bytes(seed=index),
+                        params={"frame_id": f"w{worker}-{index}"},
                         headers={**key, "Content-Type": "image/png"},
                     )
                 except httpx.TransportError:
@@ -124,12 +133,19 @@ def test_a_server_stopped_under_load_loses_no_acknowledged_frame(migrated_url, s
         done.set()
         server.kill()
     rows = rows_by_frame(migrated_url)
-    tally(capsys, f"{stop} under load on {make_url(migrated_url).get_backend_name()}",
-          tried=tried[0] + len(again), answers=answers, rows=rows)
+    tally(
+        capsys,
+        f"{stop} under load on {make_url(migrated_url).get_backend_name()}",
+        tried=tried[0] + len(again),
+        answers=answers,
+        rows=rows,
+    )
 
 
 @pytest.mark.postgres
-def test_postgres_outage_with_a_restart_keeps_one_answer_per_frame(postgres_url, test_bundle, tmp_path, capsys):
+def test_postgres_outage_with_a_restart_keeps_one_answer_per_frame(
+    postgres_url, test_bundle, tmp_path, capsys
+):
     migrations.upgrade(postgres_url)
     key, disabled = add_camera(postgres_url, "cam-1"), add_camera(postgres_url, "cam-2", active=False)
     url = make_url(postgres_url)
@@ -149,8 +165,10 @@ def test_postgres_outage_with_a_restart_keeps_one_answer_per_frame(postgres_url,
         server.start()
         ready = readiness(server).json()
         assert ready["status"] == "ok" and ready["checks"]["database"] is False
-        after_restart = [post(server, key, frame, n) for n, frame in
-                         enumerate(["before-0", "during-0", "during-1", "after-0"])]
+        after_restart = [
+            post(server, key, frame, n)
+            for n, frame in enumerate(["before-0", "during-0", "during-1", "after-0"])
+        ]
         responses += after_restart
         assert post(server, disabled, "refused", 0).status_code == 401
         assert post(server, {"X-API-Key": "isk_never_issued"}, "x", 0).status_code == 503
@@ -165,8 +183,13 @@ def test_postgres_outage_with_a_restart_keeps_one_answer_per_frame(postgres_url,
     finally:
         server.kill()
         proxy.close()
-    tally(capsys, "PostgreSQL outage + kill -9 + restart (real server)", tried=len(responses) + 4,
-          answers=ok_pairs(responses), rows=rows_by_frame(postgres_url))
+    tally(
+        capsys,
+        "PostgreSQL outage + kill -9 + restart (real server)",
+        tried=len(responses) + 4,
+        answers=ok_pairs(responses),
+        rows=rows_by_frame(postgres_url),
+    )
 
 
 def test_a_data_directory_that_refuses_writes_answers_503_and_recovers(tmp_path, test_bundle, capsys):
@@ -197,11 +220,15 @@ def test_a_data_directory_that_refuses_writes_answers_503_and_recovers(tmp_path,
         assert len(server.log_lines("local storage takes writes again")) == 1
     finally:
         server.kill()
-    tally(capsys, "data directory refusing writes (real server)", tried=len(responses) + len(refused),
-          answers=ok_pairs(responses), rows=rows_by_frame(database_url))
+    tally(
+        capsys,
+        "data directory refusing writes (real server)",
+        tried=len(responses) + len(refused),
+        answers=ok_pairs(responses),
+        rows=rows_by_frame(database_url),
+    )
 
 
 def metric_value(exposition: str, name: str) -> str:
     [line] = [line for line in exposition.splitlines() if line.startswith(name + " ")]
     return line.split()[1]
-

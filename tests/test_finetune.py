@@ -23,14 +23,29 @@ runner = CliRunner()
 
 def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data")
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(tmp_path / "run"), "--copy-paste", "0.5", *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--copy-paste",
+            "0.5",
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
     assert run.model.kind == "hybrid"
     assert 0.0 <= run.thresholds["pixel"] <= 1.0 and 0.0 <= run.thresholds["image"] <= 1.0
     validation = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
-    assert {"pixel_auroc", "aupro", "pixel_ap", "f1", "iou", "verdict_recall", "false_alarm_rate"} <= set(validation)
+    assert {"pixel_auroc", "aupro", "pixel_ap", "f1", "iou", "verdict_recall", "false_alarm_rate"} <= set(
+        validation
+    )
     # The image threshold is chosen for the default target recall on real + synthetic validation defects.
     decision = validation["decision"]
     assert decision["threshold"] == run.thresholds["image"] and decision["target_recall"] == 0.95
@@ -51,66 +66,142 @@ def test_finetune_writes_a_hybrid_run(tmp_path: Path) -> None:
     assert features.shape[-2:] == (16, 16)
 
 
-@pytest.mark.parametrize(("option", "features", "given", "expected"), [
-    ("anomaly_context", "conv", None, 15),  # the hybrid's default: bank rows with the 15x15 texture statistics
-    ("anomaly_context", "conv", 0, 0),
-    ("anomaly_context", "conv", 5, 5),
-    ("anomaly_context", "vit", None, 0),  # patch tokens keep plain rows unless asked
-    ("anomaly_context", "vit", 7, 7),
-    ("anomaly_pixel_weight", "conv", None, 4.0),  # the hybrid's default: bank rows carry the pixels, weighted by 4
-    ("anomaly_pixel_weight", "conv", 0.0, 0.0),
-    ("anomaly_pixel_weight", "vit", None, 0.0),  # patch tokens were never measured with them
-    ("anomaly_pixel_weight", "vit", 2.0, 2.0),
-])
-def test_anomaly_defaults_follow_the_features(option: str, features: str, given: float | None, expected: float) -> None:
-    config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), anomaly_features=features,
-                            **{option: given})
+@pytest.mark.parametrize(
+    ("option", "features", "given", "expected"),
+    [
+        (
+            "anomaly_context",
+            "conv",
+            None,
+            15,
+        ),  # the hybrid's default: bank rows with the 15x15 texture statistics
+        ("anomaly_context", "conv", 0, 0),
+        ("anomaly_context", "conv", 5, 5),
+        ("anomaly_context", "vit", None, 0),  # patch tokens keep plain rows unless asked
+        ("anomaly_context", "vit", 7, 7),
+        (
+            "anomaly_pixel_weight",
+            "conv",
+            None,
+            4.0,
+        ),  # the hybrid's default: bank rows carry the pixels, weighted by 4
+        ("anomaly_pixel_weight", "conv", 0.0, 0.0),
+        ("anomaly_pixel_weight", "vit", None, 0.0),  # patch tokens were never measured with them
+        ("anomaly_pixel_weight", "vit", 2.0, 2.0),
+    ],
+)
+def test_anomaly_defaults_follow_the_features(
+    option: str, features: str, given: float | None, expected: float
+) -> None:
+    config = FinetuneConfig(
+        backbone="", data=Path("data"), out=Path("run"), anomaly_features=features, **{option: given}
+    )
     # The study resolves it the same way, so its cache signatures and report name what finetune used.
-    study = StudyConfig(backbones=("random:test_vit3",), data=Path("data"), out=Path("out"),
-                        anomaly_features=features, **{option: given})
+    study = StudyConfig(
+        backbones=("random:test_vit3",),
+        data=Path("data"),
+        out=Path("out"),
+        anomaly_features=features,
+        **{option: given},
+    )
     assert getattr(config, option) == getattr(study, option) == expected
 
 
 def test_negative_pixel_weight_is_a_one_line_error(tmp_path: Path) -> None:
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(tmp_path),
-                                         "--out", str(tmp_path / "run"), "--anomaly-pixel-weight", "-1"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--anomaly-pixel-weight",
+            "-1",
+        ],
+    )
     assert result.exit_code == 2 and "--anomaly-pixel-weight" in result.output
     with pytest.raises(UserError, match="--anomaly-pixel-weight"):
         check_anomaly_options("conv", pixel_weight=-1.0)
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 11), (0, 0), (5, 5)])
-def test_head_context_default_is_resolved_where_finetune_and_study_read_it(given: int | None, expected: int) -> None:
+def test_head_context_default_is_resolved_where_finetune_and_study_read_it(
+    given: int | None, expected: int
+) -> None:
     config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), head_context=given)
-    study = StudyConfig(backbones=("random:test_vit3",), data=Path("data"), out=Path("out"), head_context=given)
+    study = StudyConfig(
+        backbones=("random:test_vit3",), data=Path("data"), out=Path("out"), head_context=given
+    )
     assert config.head_context == study.head_context == expected
 
 
 def test_default_finetune_trains_the_head_with_texture_context(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--no-anomaly-branch", *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-anomaly-branch",
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     head = load_run(tmp_path / "run").model.segmentation
     assert head.config["context"] == 11 and head.decoder.context.window == 11
 
 
-@pytest.mark.parametrize(("source", "stride", "neighbours", "context", "pixels"), [
-    ("vit", 1, 4, 0, 0.0), ("vit", 1, 4, 0, 2.0), ("conv", 1, 4, 0, 0.0), ("conv", 2, 2, 0, 4.0),
-    ("conv", 1, 0, 0, 4.0), ("conv", 2, 4, 5, 4.0),
-])
+@pytest.mark.parametrize(
+    ("source", "stride", "neighbours", "context", "pixels"),
+    [
+        ("vit", 1, 4, 0, 0.0),
+        ("vit", 1, 4, 0, 2.0),
+        ("conv", 1, 4, 0, 0.0),
+        ("conv", 2, 2, 0, 4.0),
+        ("conv", 1, 0, 0, 4.0),
+        ("conv", 2, 4, 5, 4.0),
+    ],
+)
 def test_anomaly_branch_sources_round_trip(
     tmp_path: Path, source: str, stride: int, neighbours: int, context: int, pixels: float
 ) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--anomaly-features", source, "--anomaly-stride",
-                                         str(stride), "--neighbour-tiles", str(neighbours),
-                                         "--anomaly-context", str(context), "--anomaly-pixel-weight", str(pixels),
-                                         *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--anomaly-features",
+            source,
+            "--anomaly-stride",
+            str(stride),
+            "--neighbour-tiles",
+            str(neighbours),
+            "--anomaly-context",
+            str(context),
+            "--anomaly-pixel-weight",
+            str(pixels),
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = load_run(tmp_path / "run").model
-    assert model.anomaly.source == source and model.anomaly.stride == stride and model.anomaly.context == context
+    assert (
+        model.anomaly.source == source and model.anomaly.stride == stride and model.anomaly.context == context
+    )
     assert model.anomaly.pixel_weight == pixels
     assert (model.anomaly.config["neighbour_tiles"] > 0) == (neighbours > 0)
     # Conv: one query per 2x2 pixels, or per 4x4 with stride 2; ViT: one per patch. The pixels add 3
@@ -131,20 +222,52 @@ def test_anomaly_branch_sources_round_trip(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--anomaly-features", "pixels"), ("--anomaly-stride", "0"), ("--neighbour-tiles", "-1"), ("--copy-paste", "1.5"),
-     ("--anomaly-context", "4"), ("--head-context", "4")],
+    [
+        ("--anomaly-features", "pixels"),
+        ("--anomaly-stride", "0"),
+        ("--neighbour-tiles", "-1"),
+        ("--copy-paste", "1.5"),
+        ("--anomaly-context", "4"),
+        ("--head-context", "4"),
+    ],
 )
 def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), option, value, *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            option,
+            value,
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 2 and option in result.output
 
 
 def test_no_anomaly_branch_gives_a_supervised_run(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--no-anomaly-branch", "--freeze-backbone", *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-anomaly-branch",
+            "--freeze-backbone",
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_run(tmp_path / "run").model.kind == "supervised"
 
@@ -167,8 +290,18 @@ def test_split_keeps_defects_on_both_sides_and_is_deterministic() -> None:
 
 def test_empty_folder_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(tmp_path / "empty"),
-                                         "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
 
@@ -178,8 +311,19 @@ def test_mask_of_wrong_size_is_a_one_line_error(tmp_path: Path) -> None:
 
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
     cv2.imwrite(str(data / "masks" / "img00.png"), np.zeros((10, 12), np.uint8))
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(tmp_path / "run"), *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 2
     assert "12x10" in result.output and "Traceback" not in result.output
 
@@ -189,17 +333,32 @@ def test_non_positive_sizes_are_refused_before_training(tmp_path: Path, option: 
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
     args = [*TINY_FINETUNE_ARGS]
     args[args.index(option) + 1] = "0"
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(tmp_path / "run"), *args])
+    result = runner.invoke(
+        model_cli(),
+        ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(tmp_path / "run"), *args],
+    )
     assert result.exit_code == 2, result.output  # a usage error, not a traceback or a run of one step
     assert option in result.output and not (tmp_path / "run").exists()
 
 
 def test_a_run_saved_before_the_head_context_option_still_loads(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "run"), "--no-anomaly-branch", "--head-context", "0",
-                                         *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-anomaly-branch",
+            "--head-context",
+            "0",
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     tiles = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -216,6 +375,19 @@ def test_a_run_saved_before_the_head_context_option_still_loads(tmp_path: Path) 
 @pytest.mark.parametrize("value", ["0", "1.5"])
 def test_bad_target_recall_is_a_one_line_error(tmp_path: Path, value: str) -> None:
     data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                         "--out", str(tmp_path / "run"), "--target-recall", value, *TINY_FINETUNE_ARGS])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--target-recall",
+            value,
+            *TINY_FINETUNE_ARGS,
+        ],
+    )
     assert result.exit_code == 2 and "--target-recall" in result.output and "Traceback" not in result.output

@@ -42,8 +42,12 @@ def test_nearest_neighbour_scorer_matches_cdist() -> None:
 
 def _two_surfaces(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Normal tiles of two surfaces (features near 0 and near 3), three tiles each: banks, descriptors."""
-    tiles = torch.cat([torch.randn(3, 4, 5, 5, generator=generator) * 0.3,
-                       3.0 + torch.randn(3, 4, 5, 5, generator=generator) * 0.3])
+    tiles = torch.cat(
+        [
+            torch.randn(3, 4, 5, 5, generator=generator) * 0.3,
+            3.0 + torch.randn(3, 4, 5, 5, generator=generator) * 0.3,
+        ]
+    )
     return tiles.flatten(2).transpose(1, 2), tile_descriptor(tiles)
 
 
@@ -68,7 +72,9 @@ def test_tile_retrieval_over_every_tile_is_the_single_bank() -> None:
     banks, descriptors = _two_surfaces(generator)
     features = torch.randn(2, 4, 3, 3, generator=generator) * 2.0
     everything = TileRetrievalScorer(banks, descriptors, neighbours=banks.shape[0])(features)
-    torch.testing.assert_close(everything, NearestNeighbourScorer(banks.reshape(-1, 4))(features), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        everything, NearestNeighbourScorer(banks.reshape(-1, 4))(features), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_tile_retrieval_checks_its_shapes() -> None:
@@ -83,13 +89,19 @@ def test_window_statistics_are_the_mean_and_std_of_each_window() -> None:
     features = torch.randn(1, 2, 9, 9, generator=torch.Generator().manual_seed(5))
     stats = window_statistics(features, 5)
     assert stats.shape == (1, 4, 9, 9)
-    for (y, x), window in [((4, 4), features[0, :, 2:7, 2:7]), ((0, 1), features[0, :, 0:3, 0:4])]:  # inside; corner
+    for (y, x), window in [
+        ((4, 4), features[0, :, 2:7, 2:7]),
+        ((0, 1), features[0, :, 0:3, 0:4]),
+    ]:  # inside; corner
         flat = window.reshape(2, -1)
         torch.testing.assert_close(stats[0, :2, y, x], flat.mean(dim=1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stats[0, 2:, y, x], flat.std(dim=1, unbiased=False), atol=1e-4, rtol=1e-4)
     # Same grid as the 3x3 mean, also with a stride, so the two can be stacked per position.
     for stride in (1, 2):
-        assert window_statistics(features, 7, stride).shape[-2:] == neighbourhood_mean(features, stride).shape[-2:]
+        assert (
+            window_statistics(features, 7, stride).shape[-2:]
+            == neighbourhood_mean(features, stride).shape[-2:]
+        )
 
 
 @pytest.mark.parametrize(("window", "stride"), [(3, 1), (7, 1), (7, 2), (11, 2), (15, 1)])
@@ -97,7 +109,9 @@ def test_window_mean_is_computed_separably_but_exactly(window: int, stride: int)
     """Two 1-D pools give every position the same mean as one KxK pool, borders and strides included."""
     features = torch.randn(2, 3, 11, 13, generator=torch.Generator().manual_seed(6))
     square = F.avg_pool2d(features, window, stride=stride, padding=window // 2, count_include_pad=False)
-    torch.testing.assert_close(window_statistics(features, window, stride)[:, :3], square, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        window_statistics(features, window, stride)[:, :3], square, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_context_sees_a_smooth_patch_that_every_3x3_mean_hides() -> None:
@@ -173,8 +187,22 @@ def test_calibration_puts_normal_quantiles_where_promised() -> None:
 
 def test_fit_normal_writes_a_zero_label_run(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=1, normal=4)
-    result = CliRunner().invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                              "--out", str(tmp_path / "run"), "--image-size", "32", "--bank-size", "16"])
+    result = CliRunner().invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--bank-size",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
     assert run.model.kind == "zero-label"
@@ -190,16 +218,46 @@ def test_fit_normal_writes_a_zero_label_run(tmp_path: Path) -> None:
 
 def test_fit_normal_with_one_bank(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=1, normal=4)
-    result = CliRunner().invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                              "--out", str(tmp_path / "run"), "--image-size", "32", "--bank-size", "16",
-                                              "--neighbour-tiles", "0"])
+    result = CliRunner().invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--bank-size",
+            "16",
+            "--neighbour-tiles",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
-    assert run.model.anomaly.scorer.memory_bank.shape[0] == 16 and run.model.anomaly.config["neighbour_tiles"] == 0
+    assert (
+        run.model.anomaly.scorer.memory_bank.shape[0] == 16
+        and run.model.anomaly.config["neighbour_tiles"] == 0
+    )
 
 
 def test_fit_normal_needs_two_images(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=1, normal=1)
-    result = CliRunner().invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data),
-                                              "--out", str(tmp_path / "run"), "--image-size", "32"])
+    result = CliRunner().invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+        ],
+    )
     assert result.exit_code == 2 and "at least 2" in result.output

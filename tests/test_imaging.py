@@ -276,8 +276,15 @@ def _tiff_by_hand(pixels: np.ndarray, bits: int, sample_format: int, photometric
     samples = 1 if pixels.ndim == 2 else pixels.shape[2]
     payload = pixels.tobytes()
     entries = [
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, bits), (259, 3, 1, 1), (262, 3, 1, photometric),
-        (273, 4, 1, 0), (277, 3, 1, samples), (278, 4, 1, height), (279, 4, 1, len(payload)),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, photometric),
+        (273, 4, 1, 0),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(payload)),
         (339, 3, 1, sample_format),
     ]
     directory_size = 2 + 12 * len(entries) + 4
@@ -304,7 +311,15 @@ UNIT = RGB.astype(np.float64) / 255.0  # floats in 0..1 that map back to RGB exa
         (RGB[:, :, 0].astype(np.uint16) * 257, np.dstack([RGB[:, :, 0]] * 3)),
         (UNIT[:, :, 0].astype(np.float32), np.dstack([RGB[:, :, 0]] * 3)),
     ],
-    ids=["uint8 rgb", "uint16 rgb", "float32 rgb", "float64 rgb", "uint8 grey", "uint16 grey", "float32 grey"],
+    ids=[
+        "uint8 rgb",
+        "uint16 rgb",
+        "float32 rgb",
+        "float64 rgb",
+        "uint8 grey",
+        "uint16 grey",
+        "float32 grey",
+    ],
 )
 def test_supported_tiff_sample_formats_decode_exactly(pixels, expected):
     np.testing.assert_array_equal(decode_image(_opencv_tiff(pixels), "image/tiff"), expected)
@@ -331,7 +346,10 @@ def test_bilevel_tiff_decodes_to_black_and_white():
     [
         (_opencv_tiff(RGB.astype(np.int16)), "16-bit signed integer"),
         (_opencv_tiff(RGB[:, :, 0].astype(np.int32)), "32-bit signed integer"),
-        (_tiff_by_hand(UNIT.astype(np.float16), bits=16, sample_format=3, photometric=2), "16-bit floating-point"),
+        (
+            _tiff_by_hand(UNIT.astype(np.float16), bits=16, sample_format=3, photometric=2),
+            "16-bit floating-point",
+        ),
         (_tiff_by_hand(np.dstack([RGB, RGB[:, :, :1]]), bits=8, sample_format=1, photometric=5), "CMYK"),
     ],
     ids=["int16 rgb", "int32 grey", "float16 rgb", "cmyk"],

@@ -22,7 +22,9 @@ SQLITE_SYNCHRONOUS_FULL = 2
 
 
 def camera(name: str, *, active: bool = True) -> CameraPublic:
-    return CameraPublic(name=name, line="line-a", active=active, created_at=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    return CameraPublic(
+        name=name, line="line-a", active=active, created_at=datetime(2026, 1, 5, tzinfo=timezone.utc)
+    )
 
 
 def test_the_index_keeps_the_first_answer_of_a_frame_across_a_reopen(tmp_path) -> None:
@@ -90,11 +92,14 @@ def test_the_embedded_database_syncs_each_commit(tmp_path) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("opener", [
-    lambda path: ResultSpool(path, max_items=1),
-    lambda path: AcknowledgedFrames(path, max_age_s=1, max_items=1),
-    lambda path: KnownCameraKeys(path),
-])
+@pytest.mark.parametrize(
+    "opener",
+    [
+        lambda path: ResultSpool(path, max_items=1),
+        lambda path: AcknowledgedFrames(path, max_age_s=1, max_items=1),
+        lambda path: KnownCameraKeys(path),
+    ],
+)
 def test_local_files_sync_each_commit(tmp_path, opener) -> None:
     store = opener(tmp_path / "local.sqlite3")
     assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == SQLITE_SYNCHRONOUS_FULL

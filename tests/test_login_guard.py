@@ -170,7 +170,9 @@ def test_unknown_and_disabled_users_cost_the_same_hash_as_real_ones(world, monke
     with session_scope(world.sessions) as session:
         for username in ("rita", "nobody", "gone"):
             before = len(hashes)
-            assert repositories.authenticate_user(session, username=username, password="wrong password") is None
+            assert (
+                repositories.authenticate_user(session, username=username, password="wrong password") is None
+            )
             assert len(hashes) - before == 1, username
         assert repositories.authenticate_user(session, username="rita", password=PASSWORD) is not None
     assert not security.verify_password(PASSWORD, None)
@@ -179,7 +181,9 @@ def test_unknown_and_disabled_users_cost_the_same_hash_as_real_ones(world, monke
 def test_unknown_user_and_wrong_password_answer_alike(client):
     unknown, wrong = attempt(client, "nobody", "whatever pw"), attempt(client, "rita", "whatever pw")
     assert unknown.status_code == wrong.status_code == 401
-    assert "Unknown user or wrong password." in unknown.text and "Unknown user or wrong password." in wrong.text
+    assert (
+        "Unknown user or wrong password." in unknown.text and "Unknown user or wrong password." in wrong.text
+    )
 
 
 # --- single-use login forms ----------------------------------------------------------------------------
@@ -282,7 +286,9 @@ def test_a_login_beyond_the_hash_queue_gets_503_at_once_and_is_not_counted(clien
     monkeypatch.setattr(security, "_HASHES", budget)
     hashed: list[int] = []
     original = hashlib.scrypt
-    monkeypatch.setattr(hashlib, "scrypt", lambda *args, **kwargs: hashed.append(1) or original(*args, **kwargs))
+    monkeypatch.setattr(
+        hashlib, "scrypt", lambda *args, **kwargs: hashed.append(1) or original(*args, **kwargs)
+    )
     for _ in range(30):  # far beyond the allowance of the account and of the address
         busy = attempt(client, "rita", "wrong")
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"

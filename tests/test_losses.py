@@ -94,6 +94,10 @@ def test_coding_rate_objective_rewards_agreement() -> None:
     terms = loss(student_cls, teacher_cls, student_points, teacher_points)
     assert terms.logs["align_image"].item() == pytest.approx(1.0, abs=1e-5)
     assert terms.logs["align_point"].item() == pytest.approx(1.0, abs=1e-5)
-    noisy = loss(F.normalize(student_cls + torch.randn_like(student_cls), dim=-1), teacher_cls,
-                 student_points, teacher_points)
+    noisy = loss(
+        F.normalize(student_cls + torch.randn_like(student_cls), dim=-1),
+        teacher_cls,
+        student_points,
+        teacher_points,
+    )
     assert noisy.logs["align_image"] < terms.logs["align_image"]

@@ -106,7 +106,9 @@ def test_verdict_precision_recall_and_false_alarm_rate_at_a_threshold() -> None:
     scores = np.array([0.9, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1, 0.0])
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     verdicts = binary_scores(scores, labels, 0.5)
-    assert (verdicts.precision, verdicts.recall, verdicts.false_alarm_rate) == pytest.approx((2 / 3, 2 / 3, 1 / 5))
+    assert (verdicts.precision, verdicts.recall, verdicts.false_alarm_rate) == pytest.approx(
+        (2 / 3, 2 / 3, 1 / 5)
+    )
     assert verdicts.as_dict()["false_alarm_rate"] == pytest.approx(0.2)
 
 
@@ -128,11 +130,14 @@ def test_summary_reports_pixel_ap_and_verdicts_with_the_top_k_score() -> None:
     hot_pixel[0, 0] = 0.9  # a normal image with one noisy pixel
     defect = masks[1] * 0.7
     by_max = segmentation_summary([hot_pixel, defect], masks, pixel_threshold=0.5, image_threshold=0.6)
-    by_top4 = segmentation_summary([hot_pixel, defect], masks, pixel_threshold=0.5, image_threshold=0.6, top_pixels=4)
+    by_top4 = segmentation_summary(
+        [hot_pixel, defect], masks, pixel_threshold=0.5, image_threshold=0.6, top_pixels=4
+    )
     assert by_max["false_alarm_rate"] == 1.0 and by_max["verdict_precision"] == 0.5
     assert by_top4["false_alarm_rate"] == 0.0 and by_top4["verdict_recall"] == 1.0
-    assert by_top4["pixel_ap"] == pytest.approx(average_precision(np.r_[hot_pixel.ravel(), defect.ravel()],
-                                                                  np.r_[masks[0].ravel(), masks[1].ravel()]))
+    assert by_top4["pixel_ap"] == pytest.approx(
+        average_precision(np.r_[hot_pixel.ravel(), defect.ravel()], np.r_[masks[0].ravel(), masks[1].ravel()])
+    )
 
 
 def test_threshold_for_recall_is_the_highest_that_reaches_it() -> None:
@@ -141,7 +146,9 @@ def test_threshold_for_recall_is_the_highest_that_reaches_it() -> None:
     # 4 of 5 defects: down to 0.6, halfway to the next lower score 0.3.
     assert threshold_for_recall(scores, labels, 0.8) == pytest.approx(0.45)
     assert threshold_for_recall(scores, labels, 0.95) == pytest.approx(0.15)  # all 5: down to 0.2, then 0.1
-    assert binary_scores(scores, labels, threshold_for_recall(scores, labels, 0.8)).recall == pytest.approx(0.8)
+    assert binary_scores(scores, labels, threshold_for_recall(scores, labels, 0.8)).recall == pytest.approx(
+        0.8
+    )
     with pytest.raises(ValueError):
         threshold_for_recall(scores, np.zeros(8), 0.9)
 
@@ -162,7 +169,9 @@ def test_line_breakdown_shows_the_mean_and_the_worst_line() -> None:
         "wood": {"pixel_auroc": 0.7, "false_alarm_rate": 0.01, "aupro": 0.5},
     }
     result = line_breakdown(per_line)
-    assert result["mean"]["pixel_auroc"] == pytest.approx(0.8) and result["mean"]["aupro"] == pytest.approx(0.5)
+    assert result["mean"]["pixel_auroc"] == pytest.approx(0.8) and result["mean"]["aupro"] == pytest.approx(
+        0.5
+    )
     assert result["worst"]["pixel_auroc"] == {"line": "wood", "value": 0.7}
     assert result["worst"]["false_alarm_rate"] == {"line": "tile", "value": 0.02}  # higher is worse
     assert "verdict_recall" not in result["mean"]

@@ -10,7 +10,16 @@ from inspect_svc.storage import migrations
 from inspect_svc.storage.db import make_engine
 from inspect_svc.storage.models import Base
 
-TABLES = {"cameras", "lines", "model_versions", "inspections", "defect_regions", "users", "reviews", "sessions"}
+TABLES = {
+    "cameras",
+    "lines",
+    "model_versions",
+    "inspections",
+    "defect_regions",
+    "users",
+    "reviews",
+    "sessions",
+}
 
 
 def table_names(database_url: str) -> set[str]:
@@ -28,7 +37,9 @@ def test_upgrade_head_then_downgrade_base(database_url):
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
-            drift = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+            drift = compare_metadata(
+                MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+            )
         unique = {c["name"] for c in inspect(engine).get_unique_constraints("inspections")}
     finally:
         engine.dispose()

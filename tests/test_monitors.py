@@ -12,8 +12,10 @@ K = 4096
 
 
 def dino_rows(image_entropy: float, point_entropy: float, count: int = 8) -> list[dict[str, float]]:
-    return [{"step": 20 * (i + 1), "teacher_entropy_image": image_entropy, "teacher_entropy_point": point_entropy}
-            for i in range(count)]
+    return [
+        {"step": 20 * (i + 1), "teacher_entropy_image": image_entropy, "teacher_entropy_point": point_entropy}
+        for i in range(count)
+    ]
 
 
 def test_uniform_teacher_is_reported_per_level() -> None:
@@ -31,7 +33,9 @@ def test_sharp_teachers_raise_nothing() -> None:
 
 def test_only_the_end_of_the_run_is_judged() -> None:
     # Uniform at the start (every run begins near it), sharp over the last quarter: healthy.
-    rows = dino_rows(math.log(K), math.log(K), count=6) + dino_rows(0.5 * math.log(K), 0.5 * math.log(K), count=2)
+    rows = dino_rows(math.log(K), math.log(K), count=6) + dino_rows(
+        0.5 * math.log(K), 0.5 * math.log(K), count=2
+    )
     assert collapse_warnings(rows, prototypes={"image": K, "point": K}, projection_dim=256) == []
     # And the reverse: a run that ends uniform is reported whatever its start looked like.
     rows.reverse()

@@ -55,16 +55,26 @@ def test_each_result_is_published_to_its_line_and_camera_topic(tmp_path, test_bu
     with TestClient(create_app(settings)) as client:
         key = add_camera(client, "cam-7", line)
         results = [
-            client.post("/inspect", content=png_bytes(seed=seed), params={"frame_id": f"m{seed}"},
-                        headers={**key, "Content-Type": "image/png"}).json()
+            client.post(
+                "/inspect",
+                content=png_bytes(seed=seed),
+                params={"frame_id": f"m{seed}"},
+                headers={**key, "Content-Type": "image/png"},
+            ).json()
             for seed in range(3)
         ]
         # A replayed frame is not announced again: the line acted on it the first time.
-        client.post("/inspect", content=png_bytes(), params={"frame_id": "m0"},
-                    headers={**key, "Content-Type": "image/png"})
+        client.post(
+            "/inspect",
+            content=png_bytes(),
+            params={"frame_id": "m0"},
+            headers={**key, "Content-Type": "image/png"},
+        )
         messages = [received.get(timeout=10) for _ in results]
     assert {message.topic for message in messages} == {f"inspect/{line}/cam-7"}
-    payloads = {json.loads(message.payload)["inspection_id"]: json.loads(message.payload) for message in messages}
+    payloads = {
+        json.loads(message.payload)["inspection_id"]: json.loads(message.payload) for message in messages
+    }
     assert set(payloads) == {result["id"] for result in results}
     for result in results:
         payload = payloads[result["id"]]

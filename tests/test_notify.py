@@ -73,7 +73,11 @@ def test_webhook_is_retried_and_flushed_at_shutdown(tmp_path, test_bundle, webho
 
 @pytest.mark.parametrize(
     ("line", "camera", "topic"),
-    [("line-a", "cam-1", "inspect/line-a/cam-1"), (None, "cam-1", "inspect/_/cam-1"), ("a/b", "c+#", "inspect/a_b/c__")],
+    [
+        ("line-a", "cam-1", "inspect/line-a/cam-1"),
+        (None, "cam-1", "inspect/_/cam-1"),
+        ("a/b", "c+#", "inspect/a_b/c__"),
+    ],
 )
 def test_topics_never_contain_wildcards_or_extra_levels(line, camera, topic):
     notice = ResultNotice("id", camera, "f", line, "ok", 0.1, "v")
@@ -83,6 +87,12 @@ def test_topics_never_contain_wildcards_or_extra_levels(line, camera, topic):
 @pytest.mark.parametrize(("verdict", "result"), [("ok", "OK"), ("defect", "NG"), ("invalid_image", "NG")])
 def test_only_a_scored_good_part_is_ok_to_the_line(verdict, result):
     notice = ResultNotice(
-        inspection_id="i", camera_id="c", frame_id="f", line=None, verdict=verdict, score=0.0, model_version="m"
+        inspection_id="i",
+        camera_id="c",
+        frame_id="f",
+        line=None,
+        verdict=verdict,
+        score=0.0,
+        model_version="m",
     )
     assert notice.result == result

@@ -50,9 +50,24 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(data: Path, out: Path, **overrides) -> PretrainConfig:
     settings = dict(
-        data=data, out=out, arch="test_vit", global_size=32, local_size=16, local_crops=2, points=2,
-        batch_size=4, steps=4, workers=0, log_every=1, num_prototypes=64, head_hidden_dim=64, projection_dim=32,
-        model_kwargs=TINY, drop_path=0.0, progress=False, seed=3,
+        data=data,
+        out=out,
+        arch="test_vit",
+        global_size=32,
+        local_size=16,
+        local_crops=2,
+        points=2,
+        batch_size=4,
+        steps=4,
+        workers=0,
+        log_every=1,
+        num_prototypes=64,
+        head_hidden_dim=64,
+        projection_dim=32,
+        model_kwargs=TINY,
+        drop_path=0.0,
+        progress=False,
+        seed=3,
     )
     settings.update(overrides)
     return PretrainConfig(**settings)
@@ -65,8 +80,18 @@ def logged(run: Path, key: str = "loss") -> list[float]:
 @pytest.mark.parametrize("objective", ["densedino", "densedino-crr", "dino"])
 def test_a_few_steps_lower_the_loss(objective: str, image_folder: Path, tmp_path: Path) -> None:
     # A frozen teacher and center make the target fixed, so the loss must fall as the student fits it.
-    config = tiny_config(image_folder, tmp_path / "run", objective=objective, steps=12, lr=0.02, warmup=0.0,
-                         momentum=(1.0, 1.0), center_momentum=1.0, weight_decay=(0.0, 0.0), batch_size=8)
+    config = tiny_config(
+        image_folder,
+        tmp_path / "run",
+        objective=objective,
+        steps=12,
+        lr=0.02,
+        warmup=0.0,
+        momentum=(1.0, 1.0),
+        center_momentum=1.0,
+        weight_decay=(0.0, 0.0),
+        batch_size=8,
+    )
     result = run_pretrain(config)
     losses = logged(tmp_path / "run")
     assert result.steps == 12 and result.skipped_images == 1
@@ -81,7 +106,9 @@ def test_decoding_on_the_device_trains_from_jpegs(tmp_path: Path) -> None:
     root = tmp_path / "images"
     root.mkdir()
     for index in range(6):
-        image = cv2.GaussianBlur((np.random.default_rng(index).random((48, 64, 3)) * 255).astype(np.uint8), (0, 0), 4)
+        image = cv2.GaussianBlur(
+            (np.random.default_rng(index).random((48, 64, 3)) * 255).astype(np.uint8), (0, 0), 4
+        )
         cv2.imwrite(str(root / f"image_{index}.{'png' if index == 0 else 'jpg'}"), image)
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     config = tiny_config(root, tmp_path / "run", decode="device", steps=3, batch_size=4)
@@ -131,23 +158,74 @@ def test_resume_refuses_changed_settings(image_folder: Path, tmp_path: Path) -> 
 
     run_pretrain(tiny_config(image_folder, tmp_path / "run", steps=1, objective="dino"))
     with pytest.raises(UserError, match="batch_size"):
-        run_pretrain(tiny_config(image_folder, tmp_path / "run", steps=1, objective="dino", batch_size=2, resume=True))
+        run_pretrain(
+            tiny_config(image_folder, tmp_path / "run", steps=1, objective="dino", batch_size=2, resume=True)
+        )
 
 
 def test_cli_writes_run_folder(image_folder: Path, tmp_path: Path) -> None:
     # test_vit has 16-px patches: a 32-px global view is a 2×2 grid, enough for the plumbing.
-    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--arch", "test_vit",
-            "--global-size", "32", "--local-size", "16", "--local-crops", "1", "--batch-size", "4", "--steps", "1",
-            "--workers", "0", "--device", "cpu", "--prototypes", "32", "--head-hidden-dim", "32", "--log-every", "1"]
+    args = [
+        "pretrain",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "run"),
+        "--arch",
+        "test_vit",
+        "--global-size",
+        "32",
+        "--local-size",
+        "16",
+        "--local-crops",
+        "1",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--prototypes",
+        "32",
+        "--head-hidden-dim",
+        "32",
+        "--log-every",
+        "1",
+    ]
     result = CliRunner().invoke(cli_app(), args)
     assert result.exit_code == 0, result.output
-    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "backbone.pt"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "backbone.pt"} <= {
+        p.name for p in (tmp_path / "run").iterdir()
+    }
     assert "1 unreadable" in result.output
 
 
-CLI_TINY_RUN = ["--arch", "test_vit", "--global-size", "32", "--local-size", "16", "--local-crops", "1", "--batch-size",
-                "4", "--steps", "1", "--workers", "0", "--device", "cpu", "--prototypes", "32", "--head-hidden-dim", "32",
-                "--log-every", "1"]
+CLI_TINY_RUN = [
+    "--arch",
+    "test_vit",
+    "--global-size",
+    "32",
+    "--local-size",
+    "16",
+    "--local-crops",
+    "1",
+    "--batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--prototypes",
+    "32",
+    "--head-hidden-dim",
+    "32",
+    "--log-every",
+    "1",
+]
 
 
 def test_an_existing_run_is_refused_without_resume_or_overwrite(image_folder: Path, tmp_path: Path) -> None:
@@ -174,7 +252,9 @@ def test_an_existing_run_is_refused_without_resume_or_overwrite(image_folder: Pa
 def test_a_file_as_out_is_refused(image_folder: Path, tmp_path: Path) -> None:
     target = tmp_path / "run"
     target.write_text("not a folder")
-    result = CliRunner().invoke(cli_app(), ["pretrain", "--data", str(image_folder), "--out", str(target), *CLI_TINY_RUN])
+    result = CliRunner().invoke(
+        cli_app(), ["pretrain", "--data", str(image_folder), "--out", str(target), *CLI_TINY_RUN]
+    )
     assert result.exit_code == 2 and "is a file" in result.output
     assert target.read_text() == "not a folder"
 
@@ -182,7 +262,9 @@ def test_a_file_as_out_is_refused(image_folder: Path, tmp_path: Path) -> None:
 def test_a_collapsed_teacher_is_reported(image_folder: Path, tmp_path: Path) -> None:
     # LayerScale 1e-5 leaves the blocks off: every image gets the same class token, the centered
     # teacher (here centered on the last batch at once) is uniform, and the run must say so.
-    collapsed = tiny_config(image_folder, tmp_path / "off", layer_scale_init=1e-5, center_momentum=0.0, steps=4)
+    collapsed = tiny_config(
+        image_folder, tmp_path / "off", layer_scale_init=1e-5, center_momentum=0.0, steps=4
+    )
     collapsed_result = run_pretrain(collapsed)
     (warning,) = collapsed_result.collapse_warnings
     assert collapsed_result.verdict() == ""  # the warning speaks for it
@@ -191,15 +273,23 @@ def test_a_collapsed_teacher_is_reported(image_folder: Path, tmp_path: Path) -> 
     result = run_pretrain(healthy)
     assert result.collapse_warnings == ()
     # A healthy run says so, with the readings: entropy of log K = ln 64 = 4.16 at most, and the rank.
-    verdict = re.fullmatch(r"no collapse \(image teacher entropy ([\d.]+) of 4\.16, point teacher entropy "
-                           r"([\d.]+) of 4\.16, effective rank ([\d.]+)\)", result.verdict())
+    verdict = re.fullmatch(
+        r"no collapse \(image teacher entropy ([\d.]+) of 4\.16, point teacher entropy "
+        r"([\d.]+) of 4\.16, effective rank ([\d.]+)\)",
+        result.verdict(),
+    )
     assert verdict, result.verdict()
     assert all(0 < float(value) for value in verdict.groups())
 
 
 def test_cli_prints_collapse_warnings(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, ("image-level objective collapsed: ...",),
-                                              "teacher entropy 4.15 of 4.16, effective rank 1.0")
+    finished = pretrain_module.PretrainResult(
+        tmp_path / "run",
+        2,
+        0,
+        ("image-level objective collapsed: ...",),
+        "teacher entropy 4.15 of 4.16, effective rank 1.0",
+    )
     monkeypatch.setattr(pretrain_module, "run_pretrain", lambda config: finished)
     args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--device", "cpu"]
     result = CliRunner().invoke(cli_app(), args)
@@ -209,7 +299,9 @@ def test_cli_prints_collapse_warnings(image_folder: Path, tmp_path: Path, monkey
 
 
 def test_cli_prints_the_verdict_of_a_healthy_run(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    finished = pretrain_module.PretrainResult(tmp_path / "run", 2, 0, (), "teacher entropy 2.20 of 8.32, effective rank 4.9")
+    finished = pretrain_module.PretrainResult(
+        tmp_path / "run", 2, 0, (), "teacher entropy 2.20 of 8.32, effective rank 4.9"
+    )
     monkeypatch.setattr(pretrain_module, "run_pretrain", lambda config: finished)
     args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--device", "cpu"]
     result = CliRunner().invoke(cli_app(), args)
@@ -221,7 +313,10 @@ def test_crr_readings_name_the_embedding_spread() -> None:
     from training.monitors import monitor_readings
 
     records = [{"feature_std_image": 0.05, "effective_rank": 12.0}] * 4
-    assert monitor_readings(records, prototypes={}, projection_dim=256) == "embedding std 0.050 of 0.062, effective rank 12.0"
+    assert (
+        monitor_readings(records, prototypes={}, projection_dim=256)
+        == "embedding std 0.050 of 0.062, effective rank 12.0"
+    )
 
 
 def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_path: Path) -> None:
@@ -230,7 +325,9 @@ def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_pat
     payload = torch.load(tmp_path / "run" / "backbone.pt", weights_only=False)
     assert payload["model_kwargs"] == {**TINY, "init_values": 0.5}
     backbone = load_backbone(tmp_path / "run")  # rebuilt with LayerScale, so its learned gammas load
-    assert torch.allclose(backbone.blocks[0].ls1.gamma, torch.full_like(backbone.blocks[0].ls1.gamma, 0.5), atol=0.05)
+    assert torch.allclose(
+        backbone.blocks[0].ls1.gamma, torch.full_like(backbone.blocks[0].ls1.gamma, 0.5), atol=0.05
+    )
 
 
 @pytest.mark.parametrize(
@@ -244,9 +341,23 @@ def test_layer_scale_init_is_saved_with_the_backbone(image_folder: Path, tmp_pat
         (["--photometric", "heavy"], "--photometric must be one of dino, inspection"),
     ],
 )
-def test_cli_bad_input_is_one_line(extra: list[str], message: str, image_folder: Path, tmp_path: Path) -> None:
-    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--steps", "1",
-            "--device", "cpu", "--workers", "0", *extra]
+def test_cli_bad_input_is_one_line(
+    extra: list[str], message: str, image_folder: Path, tmp_path: Path
+) -> None:
+    args = [
+        "pretrain",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
     result = CliRunner().invoke(cli_app(), args)
     assert result.exit_code != 0
     assert message in result.output

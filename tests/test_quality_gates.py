@@ -1,4 +1,4 @@
-"""The quality gates run with the suite: ruff lint, mypy --strict on the service, the import contracts.
+"""The quality gates run with the suite: ruff lint and format, mypy --strict on the service, the import contracts.
 
 Each tool reads its configuration from the repository (`pyproject.toml`, `.importlinter`), so these
 tests and a developer running the tool by hand check the same thing.
@@ -24,7 +24,10 @@ def run_tool(*command: str) -> subprocess.CompletedProcess[str]:
     if not tool.exists():
         pytest.fail(f"{command[0]} is not installed beside {sys.executable}: pip install -e '.[dev]'")
     # The checkout first on the path, so an installed copy of the package is never what gets checked.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.run(
         [str(tool), *command[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
@@ -36,6 +39,11 @@ def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
 
 def test_ruff_lint_is_clean() -> None:
     assert_clean(run_tool("ruff", "check", "inspect_svc", "training", "benchmarks", "tests", "alembic"))
+
+
+def test_ruff_format_is_kept() -> None:
+    """Every Python file is as `ruff format` writes it, so diffs show changes, not layout."""
+    assert_clean(run_tool("ruff", "format", "--check", "."))
 
 
 def test_import_contracts_are_kept() -> None:

@@ -29,7 +29,9 @@ def vit():
 @pytest.mark.parametrize("attention", ["split", "masked"])
 @pytest.mark.parametrize("size", [32, 16])
 @pytest.mark.parametrize("content", ["zero", "learned"])
-def test_class_and_patch_outputs_ignore_reference_tokens(vit, size: int, content: str, attention: str) -> None:
+def test_class_and_patch_outputs_ignore_reference_tokens(
+    vit, size: int, content: str, attention: str
+) -> None:
     images = torch.randn(3, 3, size, size)
     points = torch.rand(3, 5, 2) * 2 - 1
     ref_content = torch.zeros(vit.embed_dim) if content == "zero" else torch.randn(vit.embed_dim)
@@ -60,7 +62,9 @@ def test_reference_tokens_do_not_see_each_other(vit, attention: str) -> None:
 def test_split_attention_equals_the_masked_formulation(model_kwargs: dict) -> None:
     """The fast split form is the paper's masked attention computed another way: outputs and gradients agree."""
     torch.manual_seed(1)
-    model = create_vit("test_vit", img_size=32, model_kwargs=model_kwargs).train()  # train mode: dropout paths on
+    model = create_vit(
+        "test_vit", img_size=32, model_kwargs=model_kwargs
+    ).train()  # train mode: dropout paths on
     with torch.no_grad():
         model.pos_embed.normal_()
     images = torch.randn(2, 3, 32, 32)
@@ -82,14 +86,21 @@ def test_split_attention_equals_the_masked_formulation(model_kwargs: dict) -> No
 
 def test_unknown_reference_attention_is_refused(vit) -> None:
     with pytest.raises(ValueError, match="reference attention"):
-        forward_with_references(vit, torch.randn(1, 3, 32, 32), torch.zeros(1, 1, 2), torch.zeros(vit.embed_dim),
-                                attention="sparse")
+        forward_with_references(
+            vit,
+            torch.randn(1, 3, 32, 32),
+            torch.zeros(1, 1, 2),
+            torch.zeros(vit.embed_dim),
+            attention="sparse",
+        )
 
 
 def test_mask_layout() -> None:
     mask = reference_attention_mask(1, 2, 3, dtype=torch.float32, device=torch.device("cpu"))[0, 0]
     allowed = torch.isfinite(mask)
-    assert not allowed[:, 1:3].logical_and(~torch.eye(6, dtype=torch.bool)[:, 1:3]).any()  # refs only see themselves
+    assert (
+        not allowed[:, 1:3].logical_and(~torch.eye(6, dtype=torch.bool)[:, 1:3]).any()
+    )  # refs only see themselves
     assert allowed[1, 1] and allowed[2, 2] and not allowed[1, 2]
     assert not allowed[1, 0] and allowed[1, 3:].all()  # a ref reads patches, not the class token
     assert allowed[0, 0] and allowed[0, 3:].all() and allowed[3:, 0].all()  # plain path fully open
@@ -106,7 +117,9 @@ def test_position_codes_hit_patch_centres(vit) -> None:
 
 
 def test_backbone_round_trip(vit, tmp_path) -> None:
-    save_backbone(tmp_path / "backbone.pt", vit, arch="test_vit", img_size=32, objective="densedino", model_kwargs=TINY)
+    save_backbone(
+        tmp_path / "backbone.pt", vit, arch="test_vit", img_size=32, objective="densedino", model_kwargs=TINY
+    )
     loaded = load_backbone(tmp_path)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -135,7 +148,11 @@ def test_split_block_compiles_without_graph_breaks(vit) -> None:
     from training.models.reference_tokens import reference_block
 
     compiled = torch.compile(reference_block, backend="aot_eager", fullgraph=True)
-    images, points, content = torch.randn(2, 3, 32, 32), torch.rand(2, 4, 2) * 2 - 1, torch.zeros(vit.embed_dim)
+    images, points, content = (
+        torch.randn(2, 3, 32, 32),
+        torch.rand(2, 4, 2) * 2 - 1,
+        torch.zeros(vit.embed_dim),
+    )
     with torch.no_grad():
         eager = forward_with_references(vit, images, points, content)
         traced = forward_with_references(vit, images, points, content, block_fn=compiled)

@@ -59,7 +59,9 @@ def replica_settings(tmp_path: Path, name: str, **overrides: object) -> Settings
 @contextmanager
 def two_replicas(tmp_path: Path, test_bundle: Bundle) -> Iterator[tuple[TestClient, TestClient]]:
     with ExitStack() as stack:
-        first = stack.enter_context(TestClient(create_app(replica_settings(tmp_path, "a", model=test_bundle.root))))
+        first = stack.enter_context(
+            TestClient(create_app(replica_settings(tmp_path, "a", model=test_bundle.root)))
+        )
         second = stack.enter_context(TestClient(create_app(replica_settings(tmp_path, "b"))))
         yield first, second
 
@@ -71,29 +73,46 @@ def serving(client: TestClient) -> str:
 def test_activation_through_one_replica_reaches_the_other(tmp_path, test_bundle, second_bundle):
     with two_replicas(tmp_path, test_bundle) as (replica_a, replica_b):
         assert serving(replica_b) == "test-1"  # started without --model: the database's active version
-        assert replica_a.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code == 201
+        assert (
+            replica_a.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code
+            == 201
+        )
         assert replica_a.post("/models/test-2/activate", headers=ADMIN).status_code == 200
         wait_for(lambda: serving(replica_b) == "test-2")
         checks = replica_b.get("/readyz").json()["checks"]
-        assert checks["replica"] == "b" and checks["model_wanted"] == "test-2" and checks["model_in_sync"] is True
+        assert (
+            checks["replica"] == "b"
+            and checks["model_wanted"] == "test-2"
+            and checks["model_in_sync"] is True
+        )
         listed = replica_b.get("/models", headers=ADMIN)
         assert listed.headers["X-Replica-Id"] == "b"
         assert {m["version"]: (m["active"], m["serving"]) for m in listed.json()} == {
-            "test-2": (True, True), "test-1": (False, False),
+            "test-2": (True, True),
+            "test-1": (False, False),
         }
         # A rollback through the other replica travels back the same way.
         assert replica_b.post("/models/rollback", headers=ADMIN).json()["version"] == "test-1"
         wait_for(lambda: serving(replica_a) == "test-1")
 
 
-def test_a_version_that_cannot_load_here_leaves_the_serving_one_in_place(tmp_path, test_bundle, second_bundle):
+def test_a_version_that_cannot_load_here_leaves_the_serving_one_in_place(
+    tmp_path, test_bundle, second_bundle
+):
     with two_replicas(tmp_path, test_bundle) as (replica_a, replica_b):
-        assert replica_a.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code == 201
+        assert (
+            replica_a.post("/models", json={"path": str(second_bundle.root)}, headers=ADMIN).status_code
+            == 201
+        )
         service = replica_a.app.state.service
         # The database names a version whose bundle is gone from everywhere.
         with session_scope(service.sessions) as session:
-            session.execute(text("UPDATE model_versions SET bundle_key = NULL, bundle_path = '/nonexistent'"
-                                 " WHERE version = 'test-2'"))
+            session.execute(
+                text(
+                    "UPDATE model_versions SET bundle_key = NULL, bundle_path = '/nonexistent'"
+                    " WHERE version = 'test-2'"
+                )
+            )
             repo.mark_model_active(session, version="test-2")
         wait_for(lambda: replica_b.get("/readyz").json()["checks"]["model_wanted"] == "test-2")
         ready = replica_b.get("/readyz")
@@ -109,8 +128,12 @@ def test_a_frame_retried_on_another_replica_gets_its_first_answer(tmp_path, test
     with two_replicas(tmp_path, test_bundle) as (replica_a, replica_b):
         key = add_camera(replica_a)
         headers = {**key, "Content-Type": "image/png"}
-        first = replica_a.post("/inspect", content=png_bytes(seed=1), headers=headers, params={"frame_id": "f-1"})
-        again = replica_b.post("/inspect", content=png_bytes(seed=2), headers=headers, params={"frame_id": "f-1"})
+        first = replica_a.post(
+            "/inspect", content=png_bytes(seed=1), headers=headers, params={"frame_id": "f-1"}
+        )
+        again = replica_b.post(
+            "/inspect", content=png_bytes(seed=2), headers=headers, params={"frame_id": "f-1"}
+        )
         assert first.status_code == again.status_code == 200
         assert again.json()["id"] == first.json()["id"] and again.json()["score"] == first.json()["score"]
         assert len(replica_b.get("/inspections", headers=ADMIN).json()["items"]) == 1
@@ -130,9 +153,15 @@ def test_a_model_served_while_the_database_was_away_is_recorded_when_it_returns(
         models = client.app.state.service.models
         with session_scope(models.sessions) as session:
             session.execute(text("DELETE FROM model_versions"))
-        models.unrecorded = open_bundle(test_bundle.root, settings)  # as start-up leaves it after a failed record
-        wait_for(lambda: [m["version"] for m in client.get("/models", headers=ADMIN).json() if m["active"]]
-                 == ["test-1"])
+        models.unrecorded = open_bundle(
+            test_bundle.root, settings
+        )  # as start-up leaves it after a failed record
+        wait_for(
+            lambda: (
+                [m["version"] for m in client.get("/models", headers=ADMIN).json() if m["active"]]
+                == ["test-1"]
+            )
+        )
         assert models.unrecorded is None
 
 
@@ -204,7 +233,9 @@ class Cameras:
                 continue
             if response.status_code == 200:
                 with self._lock:
-                    self.counts.acknowledged[frame_id] = Acknowledged(response.json()["id"], replica.name, attempt, phase)
+                    self.counts.acknowledged[frame_id] = Acknowledged(
+                        response.json()["id"], replica.name, attempt, phase
+                    )
                 return
             self._refused(phase, str(response.status_code))
             time.sleep(0.1)
@@ -242,7 +273,9 @@ def test_three_replicas_survive_a_kill_an_outage_and_a_model_switch(
         for replica in replicas[1:]:
             replica.start()
         for replica in replicas[1:]:
-            assert replica.wait_ready()["checks"]["model_version"] == "test-1"  # fetched from the object store
+            assert (
+                replica.wait_ready()["checks"]["model_version"] == "test-1"
+            )  # fetched from the object store
         with httpx.Client(base_url=replicas[0].url, headers=ADMIN, timeout=30) as admin:
             api_key = admin.post("/cameras", json={"name": "cam-r", "line": "line-a"}).json()["api_key"]
             assert admin.post("/models", json={"path": str(second_bundle.root)}).status_code == 201
@@ -284,12 +317,17 @@ def test_three_replicas_survive_a_kill_an_outage_and_a_model_switch(
         try:
             with engine.connect() as connection:
                 rows = dict(connection.execute(text("SELECT frame_id, id FROM inspections")).all())
-                duplicates = connection.execute(text(
-                    "SELECT COUNT(*) FROM (SELECT camera_id, frame_id FROM inspections"
-                    " GROUP BY camera_id, frame_id HAVING COUNT(*) > 1) AS repeated"
-                )).scalar_one()
-                versions = dict(connection.execute(text(
-                    "SELECT model_version, COUNT(*) FROM inspections GROUP BY model_version")).all())
+                duplicates = connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM (SELECT camera_id, frame_id FROM inspections"
+                        " GROUP BY camera_id, frame_id HAVING COUNT(*) > 1) AS repeated"
+                    )
+                ).scalar_one()
+                versions = dict(
+                    connection.execute(
+                        text("SELECT model_version, COUNT(*) FROM inspections GROUP BY model_version")
+                    ).all()
+                )
         finally:
             engine.dispose()
         acknowledged = counts.acknowledged

@@ -182,14 +182,17 @@ def test_dashboard_download_is_the_same_export(reviewed, tmp_path):
     assert json.loads(archive.read("manifest.json"))["count"] == 5
 
 
-def test_bad_service_settings_are_a_one_line_cli_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_service_settings_are_a_one_line_cli_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from training.cli import app
 
     monkeypatch.setenv("INSPECT_PORT", "not-a-port")
     result = CliRunner().invoke(
-        app, ["dataset-from-reviews", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "out")]
+        app,
+        ["dataset-from-reviews", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "out")],
     )
     assert result.exit_code == 2
     assert result.output.strip() == (

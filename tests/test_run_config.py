@@ -65,30 +65,78 @@ def test_the_flags_take_default_and_help_from_the_config(verb: str) -> None:
         assert param.help.startswith(help_of(config_class, name)) and param.help, name
 
 
-@pytest.mark.parametrize(("build", "message"), [
-    (lambda: FinetuneConfig(backbone="b", data="d", out="o", steps=0), "--steps must be at least 1, got 0"),
-    (lambda: FinetuneConfig(backbone="b", data="d", out="o", target_recall=0.0), "--target-recall must be in (0, 1]"),
-    (lambda: FinetuneConfig(backbone="b", data="d", out="o", anomaly_stride=0), "--anomaly-stride must be at least 1"),
-    (lambda: FinetuneConfig(backbone="b", data="d", out="o", head_context=4), "--head-context"),
-    (lambda: FinetuneConfig(backbone="b", data="d", out="o", device="gpu"), "--device must be cpu, cuda or auto"),
-    (lambda: FitNormalConfig(backbone="b", data="d", out="o", neighbour_tiles=-1), "--neighbour-tiles must be 0"),
-    (lambda: FitNormalConfig(backbone="b", data="d", out="o", holdout_fraction=1.0), "--holdout-fraction"),
-    (lambda: FitNormalConfig(backbone="b", data="d", out="o", discriminator_steps=-1), "--discriminator-steps"),
-    (lambda: PretrainConfig(data="d", out="o", clip_grad=0.0), "--clip-grad must be positive"),
-    (lambda: PretrainConfig(data="d", out="o", warmup=1.0), "--warmup must lie in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: FinetuneConfig(backbone="b", data="d", out="o", steps=0),
+            "--steps must be at least 1, got 0",
+        ),
+        (
+            lambda: FinetuneConfig(backbone="b", data="d", out="o", target_recall=0.0),
+            "--target-recall must be in (0, 1]",
+        ),
+        (
+            lambda: FinetuneConfig(backbone="b", data="d", out="o", anomaly_stride=0),
+            "--anomaly-stride must be at least 1",
+        ),
+        (lambda: FinetuneConfig(backbone="b", data="d", out="o", head_context=4), "--head-context"),
+        (
+            lambda: FinetuneConfig(backbone="b", data="d", out="o", device="gpu"),
+            "--device must be cpu, cuda or auto",
+        ),
+        (
+            lambda: FitNormalConfig(backbone="b", data="d", out="o", neighbour_tiles=-1),
+            "--neighbour-tiles must be 0",
+        ),
+        (
+            lambda: FitNormalConfig(backbone="b", data="d", out="o", holdout_fraction=1.0),
+            "--holdout-fraction",
+        ),
+        (
+            lambda: FitNormalConfig(backbone="b", data="d", out="o", discriminator_steps=-1),
+            "--discriminator-steps",
+        ),
+        (lambda: PretrainConfig(data="d", out="o", clip_grad=0.0), "--clip-grad must be positive"),
+        (lambda: PretrainConfig(data="d", out="o", warmup=1.0), "--warmup must lie in [0, 1)"),
+    ],
+)
 def test_each_config_checks_itself_with_the_flags_name(build, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
         build()
 
 
 def test_a_bad_option_is_refused_by_the_config_before_any_data_is_read(tmp_path: Path) -> None:
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", "random:test_vit3", "--data", str(tmp_path / "none"),
-                                         "--out", str(tmp_path / "run"), "--steps", "0"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            "random:test_vit3",
+            "--data",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "0",
+        ],
+    )
     assert result.exit_code == 2
     assert "error: --steps must be at least 1, got 0" in result.output
-    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", "random:test_vit3", "--data", str(tmp_path),
-                                         "--out", str(tmp_path / "run"), "--holdout-fraction", "0"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            "random:test_vit3",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--holdout-fraction",
+            "0",
+        ],
+    )
     assert result.exit_code == 2 and "--holdout-fraction must lie between 0 and 1" in result.output
 
 
@@ -102,13 +150,39 @@ def test_pretrain_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
         raise UserError("stopped before training")
 
     monkeypatch.setattr(training.pretrain, "run_pretrain", refuse)
-    result = runner.invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet",
-                                 "--weight-decay", "0.01", "0.1", "--global-scale", "0.3", "0.9", "--teacher-momentum",
-                                 "0.99", "--prototypes", "128", "--student-temp", "0.2", "--learned-ref-content",
-                                 "--workers", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--weight-decay",
+            "0.01",
+            "0.1",
+            "--global-scale",
+            "0.3",
+            "0.9",
+            "--teacher-momentum",
+            "0.99",
+            "--prototypes",
+            "128",
+            "--student-temp",
+            "0.2",
+            "--learned-ref-content",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 2 and "stopped before training" in result.output
     config = seen[0]
-    assert (config.weight_decay, config.global_scale, config.momentum) == ((0.01, 0.1), (0.3, 0.9), (0.99, 1.0))
+    assert (config.weight_decay, config.global_scale, config.momentum) == (
+        (0.01, 0.1),
+        (0.3, 0.9),
+        (0.99, 1.0),
+    )
     assert (config.num_prototypes, config.student_temp, config.learned_ref_content) == (128, 0.2, True)
     assert (config.workers, config.progress) == (0, False)
 
@@ -116,14 +190,44 @@ def test_pretrain_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_finetune_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=3, normal=3, size=64)
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", "random:test_vit3", "--data", str(data), "--out",
-                                         str(run), "--image-size", "64", "--steps", "2", "--batch-size", "2",
-                                         "--bank-size", "16", "--lr", "0.002", "--unfreeze-last", "1",
-                                         "--anomaly-stride", "2", "--device", "auto", "--quiet"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            "random:test_vit3",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--image-size",
+            "64",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--bank-size",
+            "16",
+            "--lr",
+            "0.002",
+            "--unfreeze-last",
+            "1",
+            "--anomaly-stride",
+            "2",
+            "--device",
+            "auto",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((run / CONFIG_FILE).read_text())
     assert set(saved) == {f.name for f in dataclasses.fields(FinetuneConfig)}
-    assert (saved["lr"], saved["unfreeze_last"], saved["anomaly_stride"], saved["image_size"]) == (0.002, 1, 2, 64)
+    assert (saved["lr"], saved["unfreeze_last"], saved["anomaly_stride"], saved["image_size"]) == (
+        0.002,
+        1,
+        2,
+        64,
+    )
     # Resolved: the device used, and the defaults that follow other settings, as numbers.
     assert saved["device"] in {"cpu", "cuda:0"}
     assert (saved["anomaly_context"], saved["anomaly_pixel_weight"], saved["head_context"]) == (15, 4.0, 11)
@@ -137,9 +241,27 @@ def test_a_finetune_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path) 
 def test_a_fit_normal_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path) -> None:
     data = write_labeled_set(tmp_path / "data", defective=0, normal=4, size=64)
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", "random:test_vit3", "--data", str(data), "--out",
-                                         str(run), "--image-size", "64", "--bank-size", "16", "--holdout-fraction",
-                                         "0.5", "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            "random:test_vit3",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--image-size",
+            "64",
+            "--bank-size",
+            "16",
+            "--holdout-fraction",
+            "0.5",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((run / CONFIG_FILE).read_text())
     assert set(saved) == {f.name for f in dataclasses.fields(FitNormalConfig)}
@@ -151,9 +273,18 @@ def test_a_fit_normal_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path
 def test_a_bundle_without_training_config_still_loads(tmp_path: Path) -> None:
     from inspect_svc.bundle import BundleManifest
 
-    manifest = BundleManifest.model_validate({
-        "model_version": "v1", "created_at": "2026-01-01T00:00:00Z", "kind": "zero-label", "backbone": "b",
-        "patch_size": 16, "input_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3,
-        "tiling": {"tile": 64, "overlap": 8}, "onnx_sha256": "0" * 64,
-    })
+    manifest = BundleManifest.model_validate(
+        {
+            "model_version": "v1",
+            "created_at": "2026-01-01T00:00:00Z",
+            "kind": "zero-label",
+            "backbone": "b",
+            "patch_size": 16,
+            "input_size": 64,
+            "mean": [0.5] * 3,
+            "std": [0.2] * 3,
+            "tiling": {"tile": 64, "overlap": 8},
+            "onnx_sha256": "0" * 64,
+        }
+    )
     assert manifest.training_config is None

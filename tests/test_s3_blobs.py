@@ -82,7 +82,9 @@ def test_settings_refuse_s3_without_bucket_or_with_half_credentials(tmp_path):
         make_settings(tmp_path, blob_store="s3")
     with pytest.raises(ValueError, match="both"):
         make_settings(tmp_path, blob_store="s3", s3_bucket="frames", s3_access_key="only-half")
-    settings = make_settings(tmp_path, blob_store="s3", s3_bucket="frames", s3_access_key="a", s3_secret_key="b")
+    settings = make_settings(
+        tmp_path, blob_store="s3", s3_bucket="frames", s3_access_key="a", s3_secret_key="b"
+    )
     assert "b" not in repr(settings.s3_secret_key)
 
 
@@ -91,8 +93,12 @@ def test_the_service_stores_frames_in_s3_and_streams_them_back(tmp_path, test_bu
     with TestClient(create_app(settings)) as client:
         key = add_camera(client)
         body = png_bytes(seed=5)
-        result = client.post("/inspect", content=body, headers={**key, "Content-Type": "image/png"},
-                             params={"frame_id": "s3-1"})
+        result = client.post(
+            "/inspect",
+            content=body,
+            headers={**key, "Content-Type": "image/png"},
+            params={"frame_id": "s3-1"},
+        )
         assert result.status_code == 200, result.text
         inspection = result.json()
         image = client.get(f"/inspections/{inspection['id']}/image", headers=key)
@@ -113,13 +119,18 @@ def test_the_service_stores_frames_in_s3_and_streams_them_back(tmp_path, test_bu
 
 def test_no_row_is_written_while_the_object_store_refuses_the_frame(tmp_path, test_bundle, s3_overrides):
     settings = make_settings(
-        tmp_path, model=test_bundle.root,
+        tmp_path,
+        model=test_bundle.root,
         **{**s3_overrides, "s3_endpoint": f"http://127.0.0.1:{closed_port()}", "s3_timeout_s": 1.0},
     )
     with TestClient(create_app(settings)) as client:
         key = add_camera(client)
-        refused = client.post("/inspect", content=png_bytes(), headers={**key, "Content-Type": "image/png"},
-                              params={"frame_id": "lost"})
+        refused = client.post(
+            "/inspect",
+            content=png_bytes(),
+            headers={**key, "Content-Type": "image/png"},
+            params={"frame_id": "lost"},
+        )
         assert refused.status_code == 503 and "Retry-After" in refused.headers
         assert "object store" in refused.json()["detail"]
         assert client.get("/inspections", headers=ADMIN).json()["items"] == []
@@ -147,10 +158,17 @@ def test_a_replica_without_the_bundle_files_activates_from_the_object_store(
 ):
     source = tmp_path / "upload" / "test-2"
     shutil.copytree(second_bundle.root, source)
-    first = make_settings(tmp_path / "a", database_url=database_url, model=test_bundle.root, auto_migrate=True,
-                          replica_id="a", **s3_overrides)
-    second = make_settings(tmp_path / "b", database_url=database_url, auto_migrate=True, replica_id="b",
-                           **s3_overrides)
+    first = make_settings(
+        tmp_path / "a",
+        database_url=database_url,
+        model=test_bundle.root,
+        auto_migrate=True,
+        replica_id="a",
+        **s3_overrides,
+    )
+    second = make_settings(
+        tmp_path / "b", database_url=database_url, auto_migrate=True, replica_id="b", **s3_overrides
+    )
     with TestClient(create_app(first)) as replica_a:
         assert replica_a.post("/models", json={"path": str(source)}, headers=ADMIN).status_code == 201
     shutil.rmtree(source)  # the registering replica's copy is gone: only the object store has it now

@@ -56,7 +56,9 @@ enabled = false
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory, test_bundle):
-    app = create_app(make_settings(tmp_path_factory.mktemp("fuzz"), model=test_bundle.root, max_pixels=200_000))
+    app = create_app(
+        make_settings(tmp_path_factory.mktemp("fuzz"), model=test_bundle.root, max_pixels=200_000)
+    )
     # The TestClient runs the lifespan (migrations, model, storage); schemathesis then calls the same app.
     with TestClient(app) as client:
         camera = add_camera(client, "fuzz-cam")

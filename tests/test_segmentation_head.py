@@ -19,7 +19,9 @@ from training.predictor import TorchPredictor
 
 
 def tiny_model(tile: int = 32) -> InspectionModel:
-    backbone = fix_input_size(create_vit("vit_tiny_patch16_224", img_size=tile, model_kwargs={"depth": 4}), tile)
+    backbone = fix_input_size(
+        create_vit("vit_tiny_patch16_224", img_size=tile, model_kwargs={"depth": 4}), tile
+    )
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(4))
     return InspectionModel(backbone, segmentation=head).eval()
 

@@ -38,7 +38,9 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def record(frame_id: str, *, camera_id: str = "cam-1", minutes: int = 0, **overrides: object) -> InspectionCreate:
+def record(
+    frame_id: str, *, camera_id: str = "cam-1", minutes: int = 0, **overrides: object
+) -> InspectionCreate:
     values: dict[str, object] = dict(
         id=str(uuid.uuid4()),
         camera_id=camera_id,
@@ -91,12 +93,18 @@ def test_filters_and_keyset_paging_visit_each_row_once(sessions):
         for index in range(7):
             verdict = "ok" if index % 2 else "defect"
             # Two rows share each timestamp, so the id tie-break is exercised.
-            repo.insert_inspection(session, inspection=record(f"f{index}", minutes=index // 2, verdict=verdict))
-        repo.insert_inspection(session, inspection=record("other", camera_id="cam-9", line="line-z", minutes=9))
+            repo.insert_inspection(
+                session, inspection=record(f"f{index}", minutes=index // 2, verdict=verdict)
+            )
+        repo.insert_inspection(
+            session, inspection=record("other", camera_id="cam-9", line="line-z", minutes=9)
+        )
     seen, cursor = [], None
     with session_scope(sessions) as session:
         while True:
-            page = repo.list_inspections(session, filters=InspectionFilter(line="line-a"), limit=3, cursor=cursor)
+            page = repo.list_inspections(
+                session, filters=InspectionFilter(line="line-a"), limit=3, cursor=cursor
+            )
             seen += [item.frame_id for item in page.items]
             if page.next_cursor is None:
                 break
@@ -106,9 +114,14 @@ def test_filters_and_keyset_paging_visit_each_row_once(sessions):
         assert times == sorted(times, reverse=True)
         ok = repo.list_inspections(session, filters=InspectionFilter(verdict="ok")).items
         assert {item.frame_id for item in ok} == {"f1", "f3", "f5"}
-        window = InspectionFilter(since=BASE_TIME + timedelta(minutes=1), until=BASE_TIME + timedelta(minutes=3))
+        window = InspectionFilter(
+            since=BASE_TIME + timedelta(minutes=1), until=BASE_TIME + timedelta(minutes=3)
+        )
         assert {item.frame_id for item in repo.list_inspections(session, filters=window).items} == {
-            "f2", "f3", "f4", "f5"
+            "f2",
+            "f3",
+            "f4",
+            "f5",
         }
         with pytest.raises(repo.InvalidCursor):
             repo.list_inspections(session, filters=InspectionFilter(), cursor="!!")
@@ -119,7 +132,9 @@ def test_reviews_mark_inspections_reviewed(sessions):
     with session_scope(sessions) as session:
         repo.insert_inspection(session, inspection=stored)
         repo.insert_inspection(session, inspection=record("r-2"))
-        reviewer = repo.create_user(session, user=UserCreate(username="ann", password="s3cret-pass", role="reviewer"))
+        reviewer = repo.create_user(
+            session, user=UserCreate(username="ann", password="s3cret-pass", role="reviewer")
+        )
         review = repo.add_review(
             session, review=ReviewCreate(inspection_id=stored.id, reviewer_id=reviewer.id, verdict="reject")
         )
@@ -135,7 +150,9 @@ def test_reviews_mark_inspections_reviewed(sessions):
 def test_cameras_are_found_by_key_hash_only_while_active(sessions):
     api_key = new_api_key()
     with session_scope(sessions) as session:
-        repo.create_camera(session, camera=CameraCreate(name="cam-1", line="line-a"), api_key_hash=hash_api_key(api_key))
+        repo.create_camera(
+            session, camera=CameraCreate(name="cam-1", line="line-a"), api_key_hash=hash_api_key(api_key)
+        )
     with session_scope(sessions) as session:
         camera = repo.camera_for_key_hash(session, api_key_hash=hash_api_key(api_key))
         assert camera is not None and camera.line == "line-a"
@@ -164,15 +181,22 @@ def test_model_versions_activate_and_roll_back(sessions, test_bundle, second_bun
     with session_scope(sessions) as session:
         assert repo.active_model_version(session).version == "test-2"
         assert repo.previous_model_version(session).version == "test-1"
-        assert {m.version: m.active for m in repo.list_model_versions(session)} == {"test-1": False, "test-2": True}
-        assert repo.get_model_version(session, version="test-2").thresholds == ThresholdsUsed(pixel=0.9, image=0.95)
+        assert {m.version: m.active for m in repo.list_model_versions(session)} == {
+            "test-1": False,
+            "test-2": True,
+        }
+        assert repo.get_model_version(session, version="test-2").thresholds == ThresholdsUsed(
+            pixel=0.9, image=0.95
+        )
         with pytest.raises(LookupError):
             repo.mark_model_active(session, version="nope")
 
 
 def test_users_and_login_sessions(sessions):
     with session_scope(sessions) as session:
-        user = repo.create_user(session, user=UserCreate(username="bob", password="correct-horse", role="admin"))
+        user = repo.create_user(
+            session, user=UserCreate(username="bob", password="correct-horse", role="admin")
+        )
         assert repo.authenticate_user(session, username="bob", password="wrong-horse") is None
         assert repo.authenticate_user(session, username="bob", password="correct-horse").id == user.id
         token, opened = repo.create_login_session(session, user_id=user.id, ttl=timedelta(hours=1))

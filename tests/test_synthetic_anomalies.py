@@ -24,8 +24,9 @@ def _normal(size: int = 64, seed: int = 0) -> np.ndarray:
 def test_each_kind_changes_only_inside_its_mask(kind: str) -> None:
     image = _normal()
     sources = [(np.random.default_rng(1).random((80, 80, 3)) * 255).astype(np.uint8)]
-    changed, mask = add_synthetic_anomaly(image, np.zeros((64, 64), np.float32), np.random.default_rng(2),
-                                          sources, kind=kind)
+    changed, mask = add_synthetic_anomaly(
+        image, np.zeros((64, 64), np.float32), np.random.default_rng(2), sources, kind=kind
+    )
     region = mask > 0
     assert region.any() and not region.all()
     assert np.array_equal(changed[~region], image[~region])
@@ -63,7 +64,9 @@ def test_fit_normal_with_a_discriminator_saves_a_fused_model(tmp_path: Path) -> 
     data = write_labeled_set(tmp_path / "data", defective=0, normal=6)
     common = {"backbone": TINY_BACKBONE, "data": data, "image_size": 32, "bank_size": 32}
     fit_normal(FitNormalConfig(**common, out=tmp_path / "plain"))
-    thresholds = fit_normal(FitNormalConfig(**common, out=tmp_path / "disc", discriminator_steps=2, batch_size=4))
+    thresholds = fit_normal(
+        FitNormalConfig(**common, out=tmp_path / "disc", discriminator_steps=2, batch_size=4)
+    )
     assert load_run(tmp_path / "plain").model.segmentation is None
     run = load_run(tmp_path / "disc")
     assert run.model.segmentation is not None and run.model.anomaly is not None
@@ -78,7 +81,9 @@ def test_negative_discriminator_steps_are_a_user_error(tmp_path: Path) -> None:
 
     data = write_labeled_set(tmp_path / "data", defective=0, normal=4)
     with pytest.raises(UserError, match="discriminator-steps"):
-        fit_normal(FitNormalConfig(backbone=TINY_BACKBONE, data=data, out=tmp_path / "o", discriminator_steps=-1))
+        fit_normal(
+            FitNormalConfig(backbone=TINY_BACKBONE, data=data, out=tmp_path / "o", discriminator_steps=-1)
+        )
 
 
 def test_the_cli_flags_reach_the_training(tmp_path: Path) -> None:
@@ -88,11 +93,41 @@ def test_the_cli_flags_reach_the_training(tmp_path: Path) -> None:
 
     data = write_labeled_set(tmp_path / "data", defective=3, normal=5)
     runner = CliRunner()
-    result = runner.invoke(model_cli(), ["fit-normal", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "zero"), "--image-size", "32", "--bank-size", "32",
-                                         "--batch-size", "4", "--discriminator-steps", "2"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "fit-normal",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "zero"),
+            "--image-size",
+            "32",
+            "--bank-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--discriminator-steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_run(tmp_path / "zero").model.segmentation is not None
-    result = runner.invoke(model_cli(), ["finetune", "--backbone", TINY_BACKBONE, "--data", str(data), "--out",
-                                         str(tmp_path / "ft"), *TINY_FINETUNE_ARGS, "--synthetic-anomalies", "1.5"])
+    result = runner.invoke(
+        model_cli(),
+        [
+            "finetune",
+            "--backbone",
+            TINY_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "ft"),
+            *TINY_FINETUNE_ARGS,
+            "--synthetic-anomalies",
+            "1.5",
+        ],
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -39,7 +39,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    path: Path, *, step: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, config: dict[str, Any]
+    path: Path,
+    *,
+    step: int,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
 ) -> None:
     """Write the training state atomically (a crash while saving keeps the previous checkpoint)."""
     payload = {

@@ -36,8 +36,11 @@ MIN_SYNTHETIC_DEFECTS = 24
 MAX_SYNTHETIC_PER_IMAGE = 6
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
 # Names the rule above; a study re-runs its saved results when it changes.
-DECISION_RULE = (f"image threshold for recall {DEFAULT_TARGET_RECALL} on real + synthetic validation defects; "
-                 f"image score = mean of the top {TOP_PIXELS_TILE_SHARE:.6f} x tile area pixels")
+DECISION_RULE = (
+    f"image threshold for recall {DEFAULT_TARGET_RECALL} on real + synthetic validation defects; "
+    f"image score = mean of the top {TOP_PIXELS_TILE_SHARE:.6f} x tile area pixels"
+)
+
 
 @dataclass(frozen=True)
 class ImageDecision:
@@ -111,7 +114,9 @@ def _draw_in_square(
 
 
 def _paste(clean: np.ndarray, piece: DefectPiece, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    pasted, mask = paste_piece(clean.astype(np.float32) / 255.0, np.zeros(clean.shape[:2], np.float32), piece, rng)
+    pasted, mask = paste_piece(
+        clean.astype(np.float32) / 255.0, np.zeros(clean.shape[:2], np.float32), piece, rng
+    )
     return np.clip(pasted * 255.0 + 0.5, 0, 255).astype(np.uint8), mask > 0
 
 
@@ -159,7 +164,9 @@ class LineThreshold:
     normal_images: int
 
 
-def calibrate_line(normal_maps: Sequence[np.ndarray], *, max_false_alarm_rate: float, top_pixels: int) -> LineThreshold:
+def calibrate_line(
+    normal_maps: Sequence[np.ndarray], *, max_false_alarm_rate: float, top_pixels: int
+) -> LineThreshold:
     """The lowest image threshold that rejects at most `max_false_alarm_rate` of the line's normal images.
 
     Raises:
@@ -200,17 +207,24 @@ def calibrate_bundle(
     if not LINE_NAME.fullmatch(line):
         raise UserError(f"--line {line!r}: use 1-64 letters, digits and . _ : - (the service's line names)")
     if not bundle_path.is_dir():
-        raise UserError(f"{bundle_path} is not a bundle directory (unzip a .zip bundle first: calibration writes into it)")
+        raise UserError(
+            f"{bundle_path} is not a bundle directory (unzip a .zip bundle first: calibration writes into it)"
+        )
     try:
         bundle = load_bundle(bundle_path)
     except BundleError as error:
         raise UserError(str(error)) from None
     images, _ = read_images(list_normal_images(normal))
     if len(images) < 2:
-        raise UserError(f"{normal} holds {len(images)} readable defect-free image(s); calibration needs at least 2")
+        raise UserError(
+            f"{normal} holds {len(images)} readable defect-free image(s); calibration needs at least 2"
+        )
     predictor = Predictor(bundle)
-    result = calibrate_line([predictor.predict(image) for image in images], max_false_alarm_rate=max_false_alarm_rate,
-                            top_pixels=bundle.manifest.image_score.top_pixels)
+    result = calibrate_line(
+        [predictor.predict(image) for image in images],
+        max_false_alarm_rate=max_false_alarm_rate,
+        top_pixels=bundle.manifest.image_score.top_pixels,
+    )
     calibration = dict(bundle.manifest.line_calibration)
     calibration[line] = LineCalibration(**asdict(result))
     rewrite_manifest(bundle, bundle.manifest.model_copy(update={"line_calibration": calibration}))

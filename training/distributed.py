@@ -56,7 +56,10 @@ def init_distributed(device_choice: str) -> DistributedContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistributedContext(rank=rank, world_size=size, local_rank=local_rank, device=device)
 
 

@@ -79,8 +79,14 @@ def _bundle_model(bundle: Bundle, source: str, root: Path | None = None) -> Load
     thresholds = bundle.manifest.thresholds
     return LoadedModel(
         Predictor(bundle).predict,
-        {"pixel": thresholds.pixel, "image": thresholds.image, "image_top_pixels": bundle.manifest.image_score.top_pixels},
-        source, root or bundle.root, bundle.manifest.data_fingerprint,
+        {
+            "pixel": thresholds.pixel,
+            "image": thresholds.image,
+            "image_top_pixels": bundle.manifest.image_score.top_pixels,
+        },
+        source,
+        root or bundle.root,
+        bundle.manifest.data_fingerprint,
     )
 
 
@@ -96,8 +102,12 @@ def _load_run(spec: Path, scratch: Path | None) -> LoadedModel:
         except (UserError, ImportError) as error:  # parity failed, or the onnx packages are missing
             log.warning("evaluating in PyTorch instead of ONNX Runtime (slower): %s", error)
     run = load_run(spec)
-    predictor = TorchPredictor(run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
-    return LoadedModel(predictor.predict, {"image_top_pixels": 1, **run.thresholds}, "run", spec, run.data_fingerprint)
+    predictor = TorchPredictor(
+        run.model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std
+    )
+    return LoadedModel(
+        predictor.predict, {"image_top_pixels": 1, **run.thresholds}, "run", spec, run.data_fingerprint
+    )
 
 
 def check_not_pretraining_run(spec: Path) -> None:
@@ -109,15 +119,25 @@ def check_not_pretraining_run(spec: Path) -> None:
     from training.checkpoint import CHECKPOINT_FILE
     from training.models.backbone import BACKBONE_FILE
 
-    is_run = spec.is_dir() and not (spec / "model.pt").is_file() and any(
-        (spec / name).is_file() for name in (BACKBONE_FILE, CHECKPOINT_FILE))
+    is_run = (
+        spec.is_dir()
+        and not (spec / "model.pt").is_file()
+        and any((spec / name).is_file() for name in (BACKBONE_FILE, CHECKPOINT_FILE))
+    )
     if is_run or (spec.is_file() and spec.suffix == ".pt"):
-        raise UserError(f"{spec} is a pretraining run: finetune or fit-normal it first "
-                        f"(train-pipeline finetune --backbone {spec} --data LABELED --out RUN), then evaluate RUN")
+        raise UserError(
+            f"{spec} is a pretraining run: finetune or fit-normal it first "
+            f"(train-pipeline finetune --backbone {spec} --data LABELED --out RUN), then evaluate RUN"
+        )
 
 
 def evaluate(
-    model_spec: Path, data: Path, out: Path, *, report_count: int = 8, warn: Callable[[str], None] | None = None
+    model_spec: Path,
+    data: Path,
+    out: Path,
+    *,
+    report_count: int = 8,
+    warn: Callable[[str], None] | None = None,
 ) -> dict:
     """Predict every labeled image, write `metrics.json` and `report.html` into `out`; returns the metrics.
 
@@ -140,27 +160,47 @@ def evaluate(
 
 
 def _evaluate(
-    model: LoadedModel, data: Path, loaded: LabeledImages, out: Path, report_count: int,
+    model: LoadedModel,
+    data: Path,
+    loaded: LabeledImages,
+    out: Path,
+    report_count: int,
     warn: Callable[[str], None] | None,
 ) -> dict:
     overlap = overlap_with_training(model, data, loaded.samples)
     if overlap.seen:
         (warn or log.warning)(overlap.warning())
     maps = [model.predict(image) for image in progress(loaded.images, "evaluating")]
-    metrics = metrics_by_group(maps, loaded.masks, [s.defect_types for s in loaded.samples], model.thresholds,
-                               lines=[s.line for s in loaded.samples])
+    metrics = metrics_by_group(
+        maps,
+        loaded.masks,
+        [s.defect_types for s in loaded.samples],
+        model.thresholds,
+        lines=[s.line for s in loaded.samples],
+    )
     metrics["model"] = {"source": model.source, "thresholds": model.thresholds}
     metrics["training_overlap"] = {"seen_in_training": overlap.seen, "evaluated": overlap.evaluated}
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    cases = [Case(s.stem, img, m, p, s.defect_types)
-             for s, img, m, p in zip(loaded.samples, loaded.images, loaded.masks, maps, strict=True)]
+    cases = [
+        Case(s.stem, img, m, p, s.defect_types)
+        for s, img, m, p in zip(loaded.samples, loaded.images, loaded.masks, maps, strict=True)
+    ]
     write_report(out, cases, metrics, model.thresholds["pixel"], count=report_count)
     return metrics
 
 
-HEADLINE = ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "f1", "iou", "verdict_precision", "verdict_recall",
-            "false_alarm_rate")
+HEADLINE = (
+    "pixel_auroc",
+    "aupro",
+    "pixel_ap",
+    "image_auroc",
+    "f1",
+    "iou",
+    "verdict_precision",
+    "verdict_recall",
+    "false_alarm_rate",
+)
 
 
 def overlap_with_training(model: LoadedModel, data: Path, samples: list[LabeledSample]) -> Overlap:
@@ -178,8 +218,12 @@ def overlap_with_training(model: LoadedModel, data: Path, samples: list[LabeledS
 
 
 def metrics_by_group(
-    maps: list[np.ndarray], masks: list[np.ndarray], types: list[tuple[str, ...]], thresholds: dict[str, float],
-    *, lines: list[str | None] | None = None,
+    maps: list[np.ndarray],
+    masks: list[np.ndarray],
+    types: list[tuple[str, ...]],
+    thresholds: dict[str, float],
+    *,
+    lines: list[str | None] | None = None,
 ) -> dict:
     """Overall metrics plus `per_defect_type` and `thin_defects` (each group with all defect-free images).
 
@@ -190,22 +234,29 @@ def metrics_by_group(
     top_pixels = int(thresholds.get("image_top_pixels", 1))
 
     def summary(indices: list[int]) -> dict:
-        return segmentation_summary([maps[i] for i in indices], [masks[i] for i in indices],
-                                    pixel_threshold=thresholds["pixel"], image_threshold=thresholds["image"],
-                                    top_pixels=top_pixels)
+        return segmentation_summary(
+            [maps[i] for i in indices],
+            [masks[i] for i in indices],
+            pixel_threshold=thresholds["pixel"],
+            image_threshold=thresholds["image"],
+            top_pixels=top_pixels,
+        )
 
     normal = [i for i, m in enumerate(masks) if not m.any()]
     result: dict = {"overall": summary(list(range(len(maps))))}
     result.update({k: result["overall"][k] for k in HEADLINE})
     names = sorted({t for group in types for t in group})
     result["per_defect_type"] = {
-        name: summary(normal + [i for i, group in enumerate(types) if name in group and masks[i].any()]) for name in names
+        name: summary(normal + [i for i, group in enumerate(types) if name in group and masks[i].any()])
+        for name in names
     }
     thin = [i for i, group in enumerate(types) if THIN_DEFECT_TYPES & set(group) and masks[i].any()]
     if thin:
         result["thin_defects"] = summary(normal + thin)
     named = sorted({line for line in lines or [] if line is not None})
     if len(named) >= 2:
-        result["per_line"] = {name: summary([i for i, line in enumerate(lines or []) if line == name]) for name in named}
+        result["per_line"] = {
+            name: summary([i for i, line in enumerate(lines or []) if line == name]) for name in named
+        }
         result["lines"] = line_breakdown(result["per_line"])
     return result

@@ -67,8 +67,14 @@ def export_onnx(run: RunModel, path: Path, *, opset: int = MIN_OPSET) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about constant shapes, all static here by design
         torch.onnx.export(
-            run.model.eval(), (example,), str(path), input_names=["image"], output_names=["prob"],
-            dynamic_axes={"image": {0: "batch"}, "prob": {0: "batch"}}, opset_version=opset, dynamo=False,
+            run.model.eval(),
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["prob"],
+            dynamic_axes={"image": {0: "batch"}, "prob": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
         )
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -104,7 +110,12 @@ def model_version(onnx_path: Path) -> str:
 
 
 def export_run(
-    run_dir: Path, out: Path, *, opset: int = MIN_OPSET, precision: Precision = "fp32", eval_data: Path | None = None
+    run_dir: Path,
+    out: Path,
+    *,
+    opset: int = MIN_OPSET,
+    precision: Precision = "fp32",
+    eval_data: Path | None = None,
 ) -> ExportResult:
     """Export `run_dir` to the bundle folder `out`, at fp32 or as a measured fp16/INT8 variant.
 
@@ -135,7 +146,9 @@ def export_run(
             copy_training_images(run.root, out)
             return ExportResult(bundle, diff)
         variant_path, method = _derive_variant(run, onnx_path, scratch, precision)
-        report = _measure_variant(run, onnx_path, variant_path, precision, method, eval_data, scratch, metrics)
+        report = _measure_variant(
+            run, onnx_path, variant_path, precision, method, eval_data, scratch, metrics
+        )
         check_tolerance(report)
         metrics[precision] = report.as_metrics()
         bundle = write_bundle(out, variant_path, _manifest(run, variant_path, metrics, precision))
@@ -191,8 +204,14 @@ def _derive_variant(run: RunModel, fp32_path: Path, scratch: Path, precision: Pr
 
 
 def _measure_variant(
-    run: RunModel, fp32_path: Path, variant_path: Path, precision: Precision, method: str,
-    eval_data: Path | None, scratch: Path, metrics: dict,
+    run: RunModel,
+    fp32_path: Path,
+    variant_path: Path,
+    precision: Precision,
+    method: str,
+    eval_data: Path | None,
+    scratch: Path,
+    metrics: dict,
 ) -> VariantReport:
     from inspect_svc.engine.session import available_cpus
 
@@ -201,16 +220,24 @@ def _measure_variant(
     max_diff, mean_diff = probability_diffs(fp32_path, variant_path, tiles)
     aurocs: dict[str, float] = {}
     if eval_data is not None:
-        for name, path, graph_precision in (("fp32", fp32_path, "fp32"), ("variant", variant_path, precision)):
+        for name, path, graph_precision in (
+            ("fp32", fp32_path, "fp32"),
+            ("variant", variant_path, precision),
+        ):
             bundle_dir = scratch / f"bundle-{name}"
             write_bundle(bundle_dir, path, _manifest(run, path, metrics, graph_precision))
             aurocs[name] = labeled_pixel_auroc(bundle_dir, eval_data)
     return VariantReport(
-        precision=precision, method=method, max_abs_diff=max_diff, mean_abs_diff=mean_diff,
+        precision=precision,
+        method=method,
+        max_abs_diff=max_diff,
+        mean_abs_diff=mean_diff,
         fp32_ms_per_batch=ms_per_batch(fp32_path, batch, threads=threads),
         variant_ms_per_batch=ms_per_batch(variant_path, batch, threads=threads),
-        batch=len(batch), threads=threads,
-        pixel_auroc_fp32=aurocs.get("fp32"), pixel_auroc_variant=aurocs.get("variant"),
+        batch=len(batch),
+        threads=threads,
+        pixel_auroc_fp32=aurocs.get("fp32"),
+        pixel_auroc_variant=aurocs.get("variant"),
     )
 
 
@@ -218,7 +245,9 @@ def _manifest_metrics(run: RunModel, parity: float) -> dict:
     validation = run.metrics.get("validation", {})
     flat = {k: v for k, v in validation.items() if isinstance(v, (int, float, str)) and not _is_nan(v)}
     metrics = {"validation": flat, "export_parity_max_abs_diff": parity}
-    if isinstance(validation.get("decision"), dict):  # how the image threshold was chosen, and what it promises
+    if isinstance(
+        validation.get("decision"), dict
+    ):  # how the image threshold was chosen, and what it promises
         metrics["decision"] = {k: v for k, v in validation["decision"].items() if not _is_nan(v)}
     return metrics
 

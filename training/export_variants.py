@@ -81,9 +81,11 @@ class VariantReport:
         return values
 
     def summary(self) -> str:
-        text = (f"{self.precision} ({self.method}): max |Δp| {self.max_abs_diff:.3f}, mean |Δp| {self.mean_abs_diff:.4f}; "
-                f"CPU {self.fp32_ms_per_batch:.1f} → {self.variant_ms_per_batch:.1f} ms per {self.batch} tiles "
-                f"({self.speedup:.2f}x, {self.threads} threads)")
+        text = (
+            f"{self.precision} ({self.method}): max |Δp| {self.max_abs_diff:.3f}, mean |Δp| {self.mean_abs_diff:.4f}; "
+            f"CPU {self.fp32_ms_per_batch:.1f} → {self.variant_ms_per_batch:.1f} ms per {self.batch} tiles "
+            f"({self.speedup:.2f}x, {self.threads} threads)"
+        )
         if self.auroc_change is not None:
             text += f"; pixel AUROC {self.pixel_auroc_fp32:.4f} → {self.pixel_auroc_variant:.4f} ({self.auroc_change:+.4f})"
         return text
@@ -113,14 +115,24 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, m
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         if method == "dynamic":
             quantize_dynamic(
-                str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
+                str(prepared),
+                str(out_path),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=excluded,
             )
             return
         quantize_static(
-            str(prepared), str(out_path), _TileReader(calibration), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Conv", "Gemm"], nodes_to_exclude=excluded,
+            str(prepared),
+            str(out_path),
+            _TileReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Conv", "Gemm"],
+            nodes_to_exclude=excluded,
             # Weight ranges of a trained ViT are roughly symmetric; symmetric weights let ORT use its
             # fastest int8 kernels. Activations keep their asymmetric ranges (post-GELU/ReLU).
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
@@ -159,7 +171,9 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
         if source is not None and cast_to(source) == TensorProto.FLOAT16:
             node.input[0] = source.input[0]
     used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-    dead = [node for node in graph.node if node.op_type == "Cast" and not any(out in used for out in node.output)]
+    dead = [
+        node for node in graph.node if node.op_type == "Cast" and not any(out in used for out in node.output)
+    ]
     for node in dead:
         graph.node.remove(node)
     return model
@@ -178,7 +192,9 @@ class _TileReader:
 
 def probability_diffs(reference: Path, variant: Path, tiles: np.ndarray) -> tuple[float, float]:
     """(max, mean) |p_variant − p_fp32| over `tiles`, both graphs on the CPU."""
-    expected, actual = (_cpu_session(path).run(["prob"], {"image": tiles})[0] for path in (reference, variant))
+    expected, actual = (
+        _cpu_session(path).run(["prob"], {"image": tiles})[0] for path in (reference, variant)
+    )
     difference = np.abs(actual.astype(np.float64) - expected)
     return float(difference.max()), float(difference.mean())
 
@@ -225,12 +241,16 @@ def check_tolerance(report: VariantReport) -> None:
     """
     limit = MAX_PROB_DIFF[report.precision]
     if not report.max_abs_diff <= limit:
-        raise UserError(f"{report.precision} export failed: probabilities differ from fp32 by up to "
-                        f"{report.max_abs_diff:.3f} (tolerance {limit}); no bundle was written")
+        raise UserError(
+            f"{report.precision} export failed: probabilities differ from fp32 by up to "
+            f"{report.max_abs_diff:.3f} (tolerance {limit}); no bundle was written"
+        )
     change = report.auroc_change
     if change is not None and not change >= -MAX_AUROC_DROP:
-        raise UserError(f"{report.precision} export failed: pixel AUROC drops by {-change:.4f} "
-                        f"(tolerance {MAX_AUROC_DROP}); no bundle was written")
+        raise UserError(
+            f"{report.precision} export failed: pixel AUROC drops by {-change:.4f} "
+            f"(tolerance {MAX_AUROC_DROP}); no bundle was written"
+        )
 
 
 def _cpu_session(onnx_path: Path, *, threads: int | None = None):

@@ -62,9 +62,9 @@ log = logging.getLogger(__name__)
 DEFECT_CROP_PROBABILITY = 0.7  # share of crops centred near a defect pixel
 
 
-
-
-def split_train_val(samples: list[LabeledSample], fraction: float, seed: int) -> tuple[list[LabeledSample], list[LabeledSample]]:
+def split_train_val(
+    samples: list[LabeledSample], fraction: float, seed: int
+) -> tuple[list[LabeledSample], list[LabeledSample]]:
     """Deterministic split, made separately for defective and defect-free samples so both reach validation.
 
     With a single defective sample there is nothing to hold out: it trains, and validation reuses it.
@@ -80,7 +80,9 @@ def split_train_val(samples: list[LabeledSample], fraction: float, seed: int) ->
     return train, val
 
 
-def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
+def focal_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.75, gamma: float = 2.0
+) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al., 2017) + soft dice over the batch."""
     prob = torch.sigmoid(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -102,8 +104,15 @@ class CropSampler:
     """
 
     def __init__(
-        self, data: LabeledImages, tile: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int,
-        *, copy_paste: float = 0.0, synthetic: float = 0.0,
+        self,
+        data: LabeledImages,
+        tile: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        seed: int,
+        *,
+        copy_paste: float = 0.0,
+        synthetic: float = 0.0,
     ) -> None:
         if not 0.0 <= copy_paste <= 1.0:
             raise UserError(f"--copy-paste must be a share between 0 and 1, got {copy_paste}")
@@ -125,16 +134,24 @@ class CropSampler:
 
     def _one(self) -> tuple[np.ndarray, np.ndarray]:
         near_defect = bool(self.defective) and self.rng.random() < DEFECT_CROP_PROBABILITY
-        index = int(self.rng.choice(self.defective)) if near_defect else int(self.rng.integers(len(self.data.images)))
+        index = (
+            int(self.rng.choice(self.defective))
+            if near_defect
+            else int(self.rng.integers(len(self.data.images)))
+        )
         image, mask = _pad_to(self.data.images[index], self.tile), _pad_to(self.data.masks[index], self.tile)
         top, left = self._corner(mask if near_defect else None, image.shape[:2])
         image = image[top : top + self.tile, left : left + self.tile].astype(np.float32) / 255.0
         mask = mask[top : top + self.tile, left : left + self.tile].astype(np.float32)
         if self.pieces and self.rng.random() < self.copy_paste:
-            image, mask = paste_piece(image, mask, self.pieces[int(self.rng.integers(len(self.pieces)))], self.rng)
+            image, mask = paste_piece(
+                image, mask, self.pieces[int(self.rng.integers(len(self.pieces)))], self.rng
+            )
         if self.synthetic and self.rng.random() < self.synthetic:
             image, mask = add_synthetic_anomaly(image, mask, self.rng, self.data.images)
-        image = np.clip((image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1)
+        image = np.clip(
+            (image - 0.5) * self.rng.uniform(0.8, 1.2) + 0.5 + self.rng.uniform(-0.08, 0.08), 0, 1
+        )
         image, mask = self._flip_rotate(image, mask)
         planes = (image.transpose(2, 0, 1) - self.mean) / self.std
         return np.ascontiguousarray(planes, dtype=np.float32), np.ascontiguousarray(mask)
@@ -142,7 +159,9 @@ class CropSampler:
     def _corner(self, mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[int, int]:
         height, width = shape
         if mask is None or not mask.any():
-            return int(self.rng.integers(height - self.tile + 1)), int(self.rng.integers(width - self.tile + 1))
+            return int(self.rng.integers(height - self.tile + 1)), int(
+                self.rng.integers(width - self.tile + 1)
+            )
         rows, cols = np.nonzero(mask)
         pick = int(self.rng.integers(len(rows)))
         # The defect pixel lands anywhere in the crop's middle half, not always at its centre.
@@ -175,7 +194,9 @@ def total_steps(config: FinetuneConfig, train_images: int) -> int:
     return max(1, int(config.steps or 1))
 
 
-def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneConfig, device: torch.device) -> list[float]:
+def train_head(
+    model: InspectionModel, sampler: CropSampler, config: FinetuneConfig, device: torch.device
+) -> list[float]:
     """Choose what trains (the head, and the last backbone blocks if unfrozen), then optimise it."""
     model.segmentation.requires_grad_(True)
     model.backbone.requires_grad_(False)
@@ -188,8 +209,15 @@ def train_head(model: InspectionModel, sampler: CropSampler, config: FinetuneCon
     if backbone_params:
         groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
     steps = total_steps(config, len(sampler.data.images))
-    return optimise_segmentation(model.segmentation_logits, model, groups, sampler,
-                                 steps=steps, batch_size=config.batch_size, device=device)
+    return optimise_segmentation(
+        model.segmentation_logits,
+        model,
+        groups,
+        sampler,
+        steps=steps,
+        batch_size=config.batch_size,
+        device=device,
+    )
 
 
 def optimise_segmentation(
@@ -211,7 +239,8 @@ def optimise_segmentation(
     optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-4)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
     )
     module.train()
     losses = []
@@ -252,26 +281,57 @@ def finetune(config: FinetuneConfig) -> dict:
     tile = config.image_size
     backbone = fix_input_size(load_backbone(config.backbone, img_size=tile), tile)
     mean, std = PIXEL_MEAN, PIXEL_STD
-    head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=config.head_context)
+    head = SegmentationHead(
+        backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=config.head_context
+    )
     model = InspectionModel(backbone, segmentation=head).to(device)
-    sampler = CropSampler(train, tile, mean, std, config.seed, copy_paste=config.copy_paste,
-                          synthetic=config.synthetic_anomalies)
+    sampler = CropSampler(
+        train,
+        tile,
+        mean,
+        std,
+        config.seed,
+        copy_paste=config.copy_paste,
+        synthetic=config.synthetic_anomalies,
+    )
     losses = train_head(model, sampler, config, device)
 
-    predictor = TorchPredictor(model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device)
+    predictor = TorchPredictor(
+        model, tile=tile, overlap=default_overlap(tile), mean=mean, std=std, device=device
+    )
     normal_train = [img for img, m in zip(train.images, train.masks, strict=True) if not m.any()]
     if config.anomaly_branch and len(normal_train) >= 2:
         add_anomaly_branch(model, predictor, normal_train, val, config, mean, std, device)
     elif config.anomaly_branch:
-        log.warning("fewer than 2 defect-free training images: no anomaly branch, the model is supervised only")
+        log.warning(
+            "fewer than 2 defect-free training images: no anomaly branch, the model is supervised only"
+        )
     pieces = cut_defect_pieces(train.images, train.masks)
-    thresholds, metrics = choose_thresholds(predictor, val, pieces, target_recall=config.target_recall,
-                                            top_pixels=config.image_top_pixels, seed=config.seed)
-    metrics.update(kind=model.kind, train_images=len(train.images), train_defective=len(train.defective_indices()),
-                   val_images=len(val.images), final_loss=float(np.mean(losses[-10:])), steps=len(losses))
+    thresholds, metrics = choose_thresholds(
+        predictor,
+        val,
+        pieces,
+        target_recall=config.target_recall,
+        top_pixels=config.image_top_pixels,
+        seed=config.seed,
+    )
+    metrics.update(
+        kind=model.kind,
+        train_images=len(train.images),
+        train_defective=len(train.defective_indices()),
+        val_images=len(val.images),
+        final_loss=float(np.mean(losses[-10:])),
+        steps=len(losses),
+    )
     save_run(
-        config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=tile, mean=mean, std=std,
-        thresholds=thresholds, metrics={"validation": metrics},
+        config.out,
+        model.cpu(),
+        recipe=backbone_recipe(config.backbone),
+        tile=tile,
+        mean=mean,
+        std=std,
+        thresholds=thresholds,
+        metrics={"validation": metrics},
         data_fingerprint=_fingerprint(samples, config.data_roots),
         sample_tiles=sample_tiles(val.images, tile, mean, std),
     )
@@ -284,7 +344,9 @@ def select_samples(config: FinetuneConfig) -> list[LabeledSample]:
     labeled = load_labeled_sets(config.data_roots)
     if not labeled.defective:
         folders = ", ".join(str(root) for root in config.data_roots)
-        raise UserError(f"{folders} hold(s) no image with a defect mask; use fit-normal for defect-free images only")
+        raise UserError(
+            f"{folders} hold(s) no image with a defect mask; use fit-normal for defect-free images only"
+        )
     defective = labeled.defective
     if config.labeled_defects is not None:
         defective = pick_per_line(defective, config.labeled_defects, config.seed)
@@ -301,8 +363,14 @@ def _fingerprint(samples: list[LabeledSample], roots: tuple[Path, ...]) -> str:
 
 
 def add_anomaly_branch(
-    model: InspectionModel, predictor: TorchPredictor, normal_train: list[np.ndarray], val: LabeledImages,
-    config: FinetuneConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+    model: InspectionModel,
+    predictor: TorchPredictor,
+    normal_train: list[np.ndarray],
+    val: LabeledImages,
+    config: FinetuneConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
 ) -> None:
     """Memory bank from defect-free training images; calibration on held-out normals; fusion weight on validation.
 
@@ -315,20 +383,41 @@ def add_anomaly_branch(
     if not calibration:
         bank_idx, calib_idx = holdout_split(len(normal_train), config.val_fraction, config.seed)
         bank, calibration = [normal_train[i] for i in bank_idx], [normal_train[i] for i in calib_idx]
-    model.anomaly = empty_anomaly_head(model.backbone, config.anomaly_features, config.anomaly_stride,
-                                       config.anomaly_context, config.anomaly_pixel_weight).to(device)
-    fill_memory_bank(model, bank, tile=config.image_size, mean=mean, std=std, bank_size=config.bank_size,
-                     device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles)
+    model.anomaly = empty_anomaly_head(
+        model.backbone,
+        config.anomaly_features,
+        config.anomaly_stride,
+        config.anomaly_context,
+        config.anomaly_pixel_weight,
+    ).to(device)
+    fill_memory_bank(
+        model,
+        bank,
+        tile=config.image_size,
+        mean=mean,
+        std=std,
+        bank_size=config.bank_size,
+        device=device,
+        seed=config.seed,
+        neighbour_tiles=config.neighbour_tiles,
+    )
     calibrate_on_normal(model, predictor, calibration)
-    branch_maps = [predictor.predict_outputs(img, model.branch_probabilities)
-                   for img in progress(val.images, "fusion weight")]
+    branch_maps = [
+        predictor.predict_outputs(img, model.branch_probabilities)
+        for img in progress(val.images, "fusion weight")
+    ]
     weight = fit_fusion_weight([b[0] for b in branch_maps], [b[1] for b in branch_maps], val.masks)
     model.fusion_weight.fill_(weight)
 
 
 def choose_thresholds(
-    predictor: TorchPredictor, val: LabeledImages, pieces: Sequence[DefectPiece] = (), *,
-    target_recall: float = DEFAULT_TARGET_RECALL, top_pixels: int | None = None, seed: int = 0,
+    predictor: TorchPredictor,
+    val: LabeledImages,
+    pieces: Sequence[DefectPiece] = (),
+    *,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    top_pixels: int | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, float], dict]:
     """Pixel threshold at max pooled F1 on validation; image threshold for `target_recall`.
 
@@ -346,14 +435,26 @@ def choose_thresholds(
         [m for m, mask in zip(maps, val.masks, strict=True) if mask.any()],
         [predictor.predict(image) for image in synthetic_images],
         [m for m, mask in zip(maps, val.masks, strict=True) if not mask.any()],
-        target_recall=target_recall, top_pixels=top_pixels or default_top_pixels(predictor.tile),
+        target_recall=target_recall,
+        top_pixels=top_pixels or default_top_pixels(predictor.tile),
     )
     thresholds = {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}
-    metrics = segmentation_summary(maps, val.masks, pixel_threshold=pixel, image_threshold=decision.threshold,
-                                   top_pixels=decision.top_pixels)
+    metrics = segmentation_summary(
+        maps,
+        val.masks,
+        pixel_threshold=pixel,
+        image_threshold=decision.threshold,
+        top_pixels=decision.top_pixels,
+    )
     metrics["decision"] = decision.as_dict()
-    log.info("image threshold %.4f for recall %.2f: expected recall %.3f (real defects %.3f), false-alarm rate "
-             "%.3f on %d defect-free validation images", decision.threshold, decision.target_recall,
-             decision.expected_recall, decision.expected_recall_real, decision.expected_false_alarm_rate,
-             decision.normal_images)
+    log.info(
+        "image threshold %.4f for recall %.2f: expected recall %.3f (real defects %.3f), false-alarm rate "
+        "%.3f on %d defect-free validation images",
+        decision.threshold,
+        decision.target_recall,
+        decision.expected_recall,
+        decision.expected_recall_real,
+        decision.expected_false_alarm_rate,
+        decision.normal_images,
+    )
     return thresholds, metrics

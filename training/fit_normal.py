@@ -47,18 +47,25 @@ log = logging.getLogger(__name__)
 PIXEL_QUANTILE = 0.999  # pixel threshold: this quantile of held-out normal probabilities
 
 
-
-
 def normal_thresholds(
-    predict: Callable[[np.ndarray], np.ndarray], held_out: list[np.ndarray], maps: list[np.ndarray], *,
-    target_recall: float, top_pixels: int, seed: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+    held_out: list[np.ndarray],
+    maps: list[np.ndarray],
+    *,
+    target_recall: float,
+    top_pixels: int,
+    seed: int,
 ) -> tuple[dict[str, float], ImageDecision]:
     """Pixel threshold: a high quantile of the held-out normal maps. Image threshold: for the target
     recall of synthetic defects drawn on the held-out images (no real defect was ever seen)."""
     pixel = float(np.quantile(np.concatenate([m.ravel() for m in maps]), PIXEL_QUANTILE))
     synthetic_images, _ = synthetic_defects(held_out, [], seed)
     decision = choose_image_threshold(
-        [], [predict(image) for image in synthetic_images], maps, target_recall=target_recall, top_pixels=top_pixels
+        [],
+        [predict(image) for image in synthetic_images],
+        maps,
+        target_recall=target_recall,
+        top_pixels=top_pixels,
     )
     return {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}, decision
 
@@ -73,25 +80,54 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
     device = torch_device(config.device)
     images, paths = read_images(list_normal_images(config.data))
     if len(images) < 2:
-        raise UserError(f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2")
+        raise UserError(
+            f"{config.data} holds {len(images)} readable defect-free image(s); zero-label mode needs at least 2"
+        )
     bank_idx, held_idx = holdout_split(len(images), config.holdout_fraction, config.seed)
-    backbone = fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size).to(device).eval()
+    backbone = (
+        fix_input_size(load_backbone(config.backbone, img_size=config.image_size), config.image_size)
+        .to(device)
+        .eval()
+    )
     mean, std = PIXEL_MEAN, PIXEL_STD
     segmentation = None
     if config.discriminator_steps > 0:
         from training.synthetic_discriminator import train_synthetic_head
 
-        segmentation = train_synthetic_head(backbone, [images[i] for i in bank_idx], tile=config.image_size, mean=mean,
-                                            std=std, steps=config.discriminator_steps, batch_size=config.batch_size,
-                                            device=device, seed=config.seed)
-    model = InspectionModel(backbone, segmentation=segmentation,
-                            anomaly=empty_anomaly_head(backbone, "vit").to(device)).eval()
+        segmentation = train_synthetic_head(
+            backbone,
+            [images[i] for i in bank_idx],
+            tile=config.image_size,
+            mean=mean,
+            std=std,
+            steps=config.discriminator_steps,
+            batch_size=config.batch_size,
+            device=device,
+            seed=config.seed,
+        )
+    model = InspectionModel(
+        backbone, segmentation=segmentation, anomaly=empty_anomaly_head(backbone, "vit").to(device)
+    ).eval()
     fill_memory_bank(
-        model, [images[i] for i in bank_idx], tile=config.image_size, mean=mean, std=std,
-        bank_size=config.bank_size, device=device, seed=config.seed, neighbour_tiles=config.neighbour_tiles,
+        model,
+        [images[i] for i in bank_idx],
+        tile=config.image_size,
+        mean=mean,
+        std=std,
+        bank_size=config.bank_size,
+        device=device,
+        seed=config.seed,
+        neighbour_tiles=config.neighbour_tiles,
     )
-    predictor = TorchPredictor(model, tile=config.image_size, overlap=default_overlap(config.image_size),
-                               mean=mean, std=std, batch_size=config.batch_size, device=device)
+    predictor = TorchPredictor(
+        model,
+        tile=config.image_size,
+        overlap=default_overlap(config.image_size),
+        mean=mean,
+        std=std,
+        batch_size=config.batch_size,
+        device=device,
+    )
     held_out = [images[i] for i in held_idx]
     calibrate_on_normal(model, predictor, held_out)
     if segmentation is not None:
@@ -100,15 +136,31 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
     maps = [predictor.predict(image) for image in progress(held_out, "thresholds")]
     thresholds, decision = normal_thresholds(
-        predictor.predict, held_out, maps, target_recall=config.target_recall,
-        top_pixels=config.image_top_pixels or default_top_pixels(config.image_size), seed=config.seed,
+        predictor.predict,
+        held_out,
+        maps,
+        target_recall=config.target_recall,
+        top_pixels=config.image_top_pixels or default_top_pixels(config.image_size),
+        seed=config.seed,
     )
-    metrics = {"normal_images": len(images), "bank_images": len(bank_idx), "calibration_images": len(held_idx),
-               "held_out_max_probability": float(max(m.max() for m in maps)), "decision": decision.as_dict()}
+    metrics = {
+        "normal_images": len(images),
+        "bank_images": len(bank_idx),
+        "calibration_images": len(held_idx),
+        "held_out_max_probability": float(max(m.max() for m in maps)),
+        "decision": decision.as_dict(),
+    }
     save_run(
-        config.out, model.cpu(), recipe=backbone_recipe(config.backbone), tile=config.image_size, mean=mean, std=std,
-        thresholds=thresholds, metrics={"validation": metrics},
-        data_fingerprint=data_fingerprint(paths, config.data), sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
+        config.out,
+        model.cpu(),
+        recipe=backbone_recipe(config.backbone),
+        tile=config.image_size,
+        mean=mean,
+        std=std,
+        thresholds=thresholds,
+        metrics={"validation": metrics},
+        data_fingerprint=data_fingerprint(paths, config.data),
+        sample_tiles=sample_tiles(held_out, config.image_size, mean, std),
     )
     write_training_images(config.out, paths)
     write_config(replace(config, device=str(device)), config.out)

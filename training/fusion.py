@@ -9,7 +9,10 @@ from training.models.hybrid import fuse_branches
 
 
 def fit_fusion_weight(
-    p_head: list[np.ndarray], p_anomaly: list[np.ndarray], masks: list[np.ndarray], candidates: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    p_head: list[np.ndarray],
+    p_anomaly: list[np.ndarray],
+    masks: list[np.ndarray],
+    candidates: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
 ) -> float:
     """Pick the anomaly branch's weight w on validation maps, by pooled pixel AUROC + AUPRO.
 

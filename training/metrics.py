@@ -56,7 +56,9 @@ class BinaryScores:
 
     @property
     def f1(self) -> float:
-        return _ratio(2 * self.true_positives, 2 * self.true_positives + self.false_positives + self.false_negatives)
+        return _ratio(
+            2 * self.true_positives, 2 * self.true_positives + self.false_positives + self.false_negatives
+        )
 
     @property
     def iou(self) -> float:
@@ -91,7 +93,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u_statistic / (n_pos * n_neg))
 
 
-def aupro(score_maps: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.ndarray], max_fpr: float = 0.3) -> float:
+def aupro(
+    score_maps: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.ndarray], max_fpr: float = 0.3
+) -> float:
     """Normalised area under the per-region-overlap curve for false-positive rates up to `max_fpr`.
 
     Each connected defect region (8-connectivity, per image) weighs the same whatever its size, so a
@@ -290,13 +294,24 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 # Metrics compared across lines (or surfaces): the lower the worse, except the false-alarm rate.
-LINE_METRICS = ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "verdict_recall", "verdict_precision",
-                "false_alarm_rate")
+LINE_METRICS = (
+    "pixel_auroc",
+    "aupro",
+    "pixel_ap",
+    "image_auroc",
+    "verdict_recall",
+    "verdict_precision",
+    "false_alarm_rate",
+)
 HIGHER_IS_WORSE = frozenset({"false_alarm_rate"})
 
 
 def segmentation_summary(
-    score_maps: list[np.ndarray], masks: list[np.ndarray], *, pixel_threshold: float, image_threshold: float,
+    score_maps: list[np.ndarray],
+    masks: list[np.ndarray],
+    *,
+    pixel_threshold: float,
+    image_threshold: float,
     top_pixels: int = 1,
 ) -> dict[str, float | dict[str, float]]:
     """The standard metric set of a list of maps: pixel/image AUROC, AUPRO, pixel AP, F1/IoU, verdicts.
@@ -323,7 +338,9 @@ def segmentation_summary(
         "at_threshold": at_threshold.as_dict(),
         "at_best": best_f1_threshold(scores, labels).as_dict(),
         "image_at_threshold": verdicts.as_dict(),
-        "verdict_precision": verdicts.precision if verdicts.true_positives + verdicts.false_positives else float("nan"),
+        "verdict_precision": verdicts.precision
+        if verdicts.true_positives + verdicts.false_positives
+        else float("nan"),
         "verdict_recall": verdicts.recall if image_labels.any() else float("nan"),
         "false_alarm_rate": verdicts.false_alarm_rate if not image_labels.all() else float("nan"),
         "images": len(score_maps),
@@ -340,7 +357,11 @@ def line_breakdown(per_line: dict[str, dict]) -> dict[str, dict]:
     mean: dict[str, float] = {}
     worst: dict[str, dict] = {}
     for metric in LINE_METRICS:
-        values = {line: float(m[metric]) for line, m in per_line.items() if not np.isnan(float(m.get(metric, np.nan)))}
+        values = {
+            line: float(m[metric])
+            for line, m in per_line.items()
+            if not np.isnan(float(m.get(metric, np.nan)))
+        }
         if not values:
             continue
         mean[metric] = float(np.mean(list(values.values())))

@@ -44,24 +44,39 @@ class ModelRunConfig:
     backbone: str = setting(help="Pretrain run folder, backbone.pt, or random:<timm arch>.")
     out: Path = setting(help="Run folder to write (model, thresholds, metrics, config.json).")
     # The tile size the accuracies of docs/BENCHMARKS.md §1-§2 were measured at (larger tiles measured worse).
-    image_size: int = setting(128, help="Tile side in pixels (the model's input size; the measured recipe is 128).")
+    image_size: int = setting(
+        128, help="Tile side in pixels (the model's input size; the measured recipe is 128)."
+    )
     batch_size: int = setting(8, help="Tiles per step.")
     bank_size: int = setting(2048, help="Memory-bank rows a query is compared with.")
-    neighbour_tiles: int = setting(4, help="Score each tile against the banks of its N most similar normal tiles "
-                                           "(0: one bank for all tiles).")
-    target_recall: float = setting(DEFAULT_TARGET_RECALL, help=(
-        "The image threshold catches this share of validation defects (real ones plus synthetic ones drawn on "
-        "defect-free validation images); the false-alarm rate it costs is measured and stored in the bundle."))
+    neighbour_tiles: int = setting(
+        4,
+        help="Score each tile against the banks of its N most similar normal tiles "
+        "(0: one bank for all tiles).",
+    )
+    target_recall: float = setting(
+        DEFAULT_TARGET_RECALL,
+        help=(
+            "The image threshold catches this share of validation defects (real ones plus synthetic ones drawn on "
+            "defect-free validation images); the false-alarm rate it costs is measured and stored in the bundle."
+        ),
+    )
     image_top_pixels: int | None = setting(
-        None, help="k of the image score (the mean of the k hottest pixels). Default: about 1/1024 of the tile's area.")
+        None,
+        help="k of the image score (the mean of the k hottest pixels). Default: about 1/1024 of the tile's area.",
+    )
     device: str = setting("auto", help="auto (CUDA when present, else the CPU), cuda or cpu.")
     seed: int = setting(0, help="Seed of splits, crops and coreset.")
 
     def _check_shared(self) -> None:
         """Check the shared settings (messages name the CLI flags) and resolve the image score's k."""
         object.__setattr__(self, "out", Path(self.out))
-        for flag, value in (("--image-size", self.image_size), ("--batch-size", self.batch_size),
-                            ("--bank-size", self.bank_size), ("--image-top-pixels", self.image_top_pixels)):
+        for flag, value in (
+            ("--image-size", self.image_size),
+            ("--batch-size", self.batch_size),
+            ("--bank-size", self.bank_size),
+            ("--image-top-pixels", self.image_top_pixels),
+        ):
             if value is not None and value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         check_target_recall(self.target_recall)
@@ -78,32 +93,53 @@ class FinetuneConfig(ModelRunConfig):
     """Settings of `finetune` (the hybrid model: a supervised head fused with a memory-bank branch)."""
 
     data: Path | tuple[Path, ...] = setting(
-        help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders.")
+        help="Labeled folder (images/ + masks/, or MVTec AD layout); repeat to combine folders."
+    )
     steps: int | None = setting(500, help="Optimisation steps (ignored when --epochs is given).")
     epochs: int | None = setting(None, help="Passes of one crop per training image.")
     lr: float = setting(1e-3, help="Head learning rate; unfrozen blocks get --backbone-lr-scale of it.")
-    backbone_lr_scale: float = setting(0.1, help="Learning rate of the unfrozen backbone blocks, as a share of --lr.")
+    backbone_lr_scale: float = setting(
+        0.1, help="Learning rate of the unfrozen backbone blocks, as a share of --lr."
+    )
     unfreeze_last: int = setting(2, help="Backbone blocks fine-tuned (0 = frozen).")
     anomaly_branch: bool = setting(True, help="Fuse a zero-label anomaly map (hybrid model).")
     anomaly_features: str = setting(
-        "conv", help="conv: the head's encoder at 1/2 resolution (thin defects); vit: patch tokens.")
+        "conv", help="conv: the head's encoder at 1/2 resolution (thin defects); vit: patch tokens."
+    )
     anomaly_stride: int = setting(
-        1, help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser).")
-    anomaly_context: int | None = setting(None, help=(
-        "Hybrid memory-bank rows also carry the KxK mean and std of the features around them (odd K; 0: off). "
-        "Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit."))
-    anomaly_pixel_weight: float | None = setting(None, help=(
-        "Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale stains and "
-        "colour changes that learned features miss. Default: 4 on conv features, 0 on vit."))
-    head_context: int | None = setting(None, help=(
-        "The head compares each 1/4-resolution position with the mean and std of the KxK window around it and "
-        "with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11."))
+        1, help="Score every Nth feature position (2: 4x cheaper anomaly branch, a little coarser)."
+    )
+    anomaly_context: int | None = setting(
+        None,
+        help=(
+            "Hybrid memory-bank rows also carry the KxK mean and std of the features around them (odd K; 0: off). "
+            "Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit."
+        ),
+    )
+    anomaly_pixel_weight: float | None = setting(
+        None,
+        help=(
+            "Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale stains and "
+            "colour changes that learned features miss. Default: 4 on conv features, 0 on vit."
+        ),
+    )
+    head_context: int | None = setting(
+        None,
+        help=(
+            "The head compares each 1/4-resolution position with the mean and std of the KxK window around it and "
+            "with the whole tile (odd K >= 3; 0: off). Helps large, low-contrast defects. Default: 11."
+        ),
+    )
     copy_paste: float = setting(
-        0.0, help="Share of training crops that get one of the labeled defects pasted in (0: off).")
+        0.0, help="Share of training crops that get one of the labeled defects pasted in (0: off)."
+    )
     synthetic_anomalies: float = setting(
-        0.0, help="Share of training crops that get a generic synthetic anomaly drawn in (0: off).")
+        0.0, help="Share of training crops that get a generic synthetic anomaly drawn in (0: off)."
+    )
     labeled_defects: int | None = setting(None, help="Use only N labeled defect images per line.")
-    val_fraction: float = setting(0.2, help="Share of the labeled images held out to choose fusion and thresholds.")
+    val_fraction: float = setting(
+        0.2, help="Share of the labeled images held out to choose fusion and thresholds."
+    )
 
     def __post_init__(self) -> None:
         from training.models.anomaly import default_context, default_pixel_weight
@@ -115,27 +151,41 @@ class FinetuneConfig(ModelRunConfig):
         context = default_context(self.anomaly_features, self.anomaly_context)
         pixel_weight = default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight)
         head_context = default_head_context(self.head_context)
-        for name, value in (("anomaly_context", context), ("anomaly_pixel_weight", pixel_weight),
-                            ("head_context", head_context)):
+        for name, value in (
+            ("anomaly_context", context),
+            ("anomaly_pixel_weight", pixel_weight),
+            ("head_context", head_context),
+        ):
             object.__setattr__(self, name, value)
         self._validate()
-        check_anomaly_options(self.anomaly_features, self.anomaly_stride, self.neighbour_tiles, context, pixel_weight)
+        check_anomaly_options(
+            self.anomaly_features, self.anomaly_stride, self.neighbour_tiles, context, pixel_weight
+        )
         check_head_options(head_context)
 
     def _validate(self) -> None:
-        at_least = {"--steps": (self.steps, 1), "--epochs": (self.epochs, 1), "--unfreeze-last": (self.unfreeze_last, 0),
-                    "--labeled-defects": (self.labeled_defects, 1)}
+        at_least = {
+            "--steps": (self.steps, 1),
+            "--epochs": (self.epochs, 1),
+            "--unfreeze-last": (self.unfreeze_last, 0),
+            "--labeled-defects": (self.labeled_defects, 1),
+        }
         for flag, (value, low) in at_least.items():
             if value is not None and value < low:
                 raise UserError(f"{flag} must be at least {low}, got {value}")
-        for flag, share in (("--copy-paste", self.copy_paste), ("--synthetic-anomalies", self.synthetic_anomalies)):
+        for flag, share in (
+            ("--copy-paste", self.copy_paste),
+            ("--synthetic-anomalies", self.synthetic_anomalies),
+        ):
             if not 0.0 <= share <= 1.0:
                 raise UserError(f"{flag} must be a share between 0 and 1, got {share}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must lie between 0 and 1, got {self.val_fraction}")
         if self.lr <= 0 or self.backbone_lr_scale < 0:
-            raise UserError(f"--lr must be positive and --backbone-lr-scale 0 or more, got {self.lr} and "
-                            f"{self.backbone_lr_scale}")
+            raise UserError(
+                f"--lr must be positive and --backbone-lr-scale 0 or more, got {self.lr} and "
+                f"{self.backbone_lr_scale}"
+            )
 
     @property
     def data_roots(self) -> tuple[Path, ...]:
@@ -148,11 +198,16 @@ class FitNormalConfig(ModelRunConfig):
 
     data: Path = setting(help="Folder of defect-free images (or a labeled folder).")
     holdout_fraction: float = setting(
-        0.2, help="Share of the defect-free images held out to calibrate the map and set the thresholds.")
+        0.2, help="Share of the defect-free images held out to calibrate the map and set the thresholds."
+    )
     batch_size: int = setting(16, help=help_of(ModelRunConfig, "batch_size"))
-    discriminator_steps: int = setting(0, help=(
-        "Also train a head on the normal images with synthetic anomalies drawn in, for this many steps, and fuse "
-        "it with the memory bank (0: memory bank only)."))
+    discriminator_steps: int = setting(
+        0,
+        help=(
+            "Also train a head on the normal images with synthetic anomalies drawn in, for this many steps, and fuse "
+            "it with the memory bank (0: memory bank only)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -164,7 +219,11 @@ class FitNormalConfig(ModelRunConfig):
 
 
 def check_anomaly_options(
-    features: str = "vit", stride: int = 1, neighbour_tiles: int = 0, context: int = 0, pixel_weight: float = 0.0
+    features: str = "vit",
+    stride: int = 1,
+    neighbour_tiles: int = 0,
+    context: int = 0,
+    pixel_weight: float = 0.0,
 ) -> None:
     """The anomaly branch's options, checked before any work (messages name the CLI flags)."""
     from training.models.anomaly import ANOMALY_SOURCES, check_context, check_pixel_weight
@@ -178,7 +237,9 @@ def check_anomaly_options(
     try:
         check_context(context)
     except ValueError:
-        raise UserError(f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}") from None
+        raise UserError(
+            f"--anomaly-context must be 0 (off) or an odd window of at least 3, got {context}"
+        ) from None
     try:
         check_pixel_weight(pixel_weight)
     except ValueError:
@@ -193,4 +254,3 @@ def check_head_options(head_context: int) -> None:
         check_head_context(head_context)
     except ValueError as error:
         raise UserError(f"--head-context: {error}") from None
-

@@ -34,7 +34,9 @@ COLLAPSED_STD_SHARE = 0.1
 # The monitors are judged on the last quarter of the run, not on its (legitimately chaotic) start.
 JUDGED_SHARE = 0.25
 METRICS_FILE = "metrics.jsonl"
-_LAYER_SCALE_ADVICE = "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
+_LAYER_SCALE_ADVICE = (
+    "If the architecture starts its LayerScale tiny (test_vit3: 1e-5), give --layer-scale-init 1.0; "
+)
 
 
 def collapse_warnings(
@@ -55,7 +57,7 @@ def collapse_warnings(
     """
     if not records:
         return []
-    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))):]
+    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))) :]
     warnings = []
     for level, count in prototypes.items():
         entropy = _mean(judged, f"teacher_entropy_{level}")
@@ -92,7 +94,7 @@ def monitor_readings(
     """
     if not records:
         return ""
-    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))):]
+    judged = records[-max(1, math.ceil(JUDGED_SHARE * len(records))) :]
     parts = []
     for level, count in prototypes.items():
         entropy = _mean(judged, f"teacher_entropy_{level}")

@@ -75,13 +75,20 @@ class PretrainResult:
         """One line for a healthy run ("no collapse (…)"); the warnings speak for a collapsed one."""
         if self.collapse_warnings:
             return ""
-        return f"no collapse ({self.monitor_readings})" if self.monitor_readings else "no collapse monitor was logged"
+        return (
+            f"no collapse ({self.monitor_readings})"
+            if self.monitor_readings
+            else "no collapse monitor was logged"
+        )
 
 
 def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDistillationNet]:
     """Student (with stochastic depth) and its teacher copy (no stochastic depth, eval mode)."""
     backbone = create_vit(
-        config.arch, img_size=config.global_size, drop_path_rate=config.drop_path, model_kwargs=config.vit_kwargs
+        config.arch,
+        img_size=config.global_size,
+        drop_path_rate=config.drop_path,
+        model_kwargs=config.vit_kwargs,
     )
     dim = backbone.embed_dim
 
@@ -91,7 +98,10 @@ def build_networks(config: PretrainConfig) -> tuple[SelfDistillationNet, SelfDis
         return DINOHead(dim, prototypes, config.head_hidden_dim, config.projection_dim)
 
     student = SelfDistillationNet(
-        backbone, head(config.num_prototypes), head(config.point_prototype_count) if config.dense else None, learned_ref_content=config.learned_ref_content,
+        backbone,
+        head(config.num_prototypes),
+        head(config.point_prototype_count) if config.dense else None,
+        learned_ref_content=config.learned_ref_content,
         reference_attention=config.reference_attention,
     )
     teacher = make_teacher(student)
@@ -104,8 +114,12 @@ def build_loss(config: PretrainConfig) -> nn.Module:
     if config.objective == "densedino-crr":
         return CodingRateDistillationLoss(use_points=True, alpha=config.alpha, eps_sq=config.eps_sq)
     return DenseDINOLoss(
-        config.num_prototypes, point_prototypes=config.point_prototype_count, use_points=config.dense,
-        alpha=config.alpha, student_temp=config.student_temp, teacher_temp=config.teacher_temp,
+        config.num_prototypes,
+        point_prototypes=config.point_prototype_count,
+        use_points=config.dense,
+        alpha=config.alpha,
+        student_temp=config.student_temp,
+        teacher_temp=config.teacher_temp,
         center_momentum=config.center_momentum,
     )
 
@@ -125,13 +139,21 @@ def build_optimizer(student: nn.Module, lr: float, device: torch.device) -> torc
 def build_loader(config: PretrainConfig, ctx: DistributedContext) -> tuple[DataLoader, ResumableSampler]:
     paths = list_images(config.data)
     dataset = MultiCropDataset(paths, config.multicrop(), config.seed, decode_on=config.decode)
-    collate = collate_views if config.decode == "workers" else partial(collate_encoded, config=config.multicrop())
+    collate = (
+        collate_views if config.decode == "workers" else partial(collate_encoded, config=config.multicrop())
+    )
     sampler = ResumableSampler(
         len(dataset), batch_size=config.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=config.seed
     )
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-        num_workers=config.workers, pin_memory=ctx.device.type == "cuda", persistent_workers=config.workers > 0,
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=config.workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=config.workers > 0,
         prefetch_factor=4 if config.workers > 0 else None,
     )
     return loader, sampler
@@ -147,7 +169,9 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence((seed, rank, step)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _batches(loader: DataLoader, sampler: ResumableSampler, start_step: int) -> Iterator[ViewBatch | EncodedBatch]:
+def _batches(
+    loader: DataLoader, sampler: ResumableSampler, start_step: int
+) -> Iterator[ViewBatch | EncodedBatch]:
     """The batch stream from `start_step` on, epoch after epoch."""
     epoch, batch_in_epoch = divmod(start_step, sampler.batches_per_epoch)
     while True:
@@ -189,8 +213,11 @@ class Trainer:
         self.total_steps = config.steps or config.epochs * self.sampler.batches_per_epoch
         global_batch = config.batch_size * ctx.world_size
         self.schedules = TrainingSchedules.build(
-            total_steps=self.total_steps, warmup_steps=int(config.warmup * self.total_steps),
-            lr=config.lr * global_batch / 256, min_lr=config.min_lr, weight_decay=config.weight_decay,
+            total_steps=self.total_steps,
+            warmup_steps=int(config.warmup * self.total_steps),
+            lr=config.lr * global_batch / 256,
+            min_lr=config.min_lr,
+            weight_decay=config.weight_decay,
             momentum=config.momentum,
         )
         self.parts = self._step_parts()
@@ -206,9 +233,15 @@ class Trainer:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             student = DistributedDataParallel(student, device_ids=device_ids)
         return StepParts(
-            student=student, student_net=self.student_net, teacher=self.teacher_net,
-            loss=self.loss, optimizer=self.optimizer, device=self.ctx.device, dense=self.config.dense,
-            clip_grad=self.config.clip_grad, photometric=PHOTOMETRIC_RECIPES[self.config.photometric],
+            student=student,
+            student_net=self.student_net,
+            teacher=self.teacher_net,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            device=self.ctx.device,
+            dense=self.config.dense,
+            clip_grad=self.config.clip_grad,
+            photometric=PHOTOMETRIC_RECIPES[self.config.photometric],
         )
 
     def _stateful(self) -> dict[str, nn.Module]:
@@ -221,26 +254,42 @@ class Trainer:
 
     def settings(self, step: int) -> StepSettings:
         return StepSettings(
-            lr=float(self.schedules.lr[step]), weight_decay=float(self.schedules.weight_decay[step]),
+            lr=float(self.schedules.lr[step]),
+            weight_decay=float(self.schedules.weight_decay[step]),
             momentum=float(self.schedules.momentum[step]),
             freeze_prototypes=step < self.sampler.batches_per_epoch,
         )
 
     def save(self, step: int) -> None:
         if self.ctx.is_main:
-            save_checkpoint(self.config.out / CHECKPOINT_FILE, step=step, modules=self._stateful(),
-                            optimizer=self.optimizer, config=self.config.to_json())
-            save_backbone(self.config.out / BACKBONE_FILE, self.teacher_net.backbone, arch=self.config.arch,
-                          img_size=self.config.global_size, objective=self.config.objective,
-                          model_kwargs=self.config.vit_kwargs)
+            save_checkpoint(
+                self.config.out / CHECKPOINT_FILE,
+                step=step,
+                modules=self._stateful(),
+                optimizer=self.optimizer,
+                config=self.config.to_json(),
+            )
+            save_backbone(
+                self.config.out / BACKBONE_FILE,
+                self.teacher_net.backbone,
+                arch=self.config.arch,
+                img_size=self.config.global_size,
+                objective=self.config.objective,
+                model_kwargs=self.config.vit_kwargs,
+            )
         barrier()
 
     def train(self, start_step: int) -> int:
         """Run from `start_step` to the end (or a Ctrl-C); returns the number of completed steps."""
         config, step = self.config, start_step
         throughput = Throughput()
-        bar = progress_bar(self.total_steps, "pretraining", unit="step", initial=start_step,
-                           enabled=self.ctx.is_main and config.progress)
+        bar = progress_bar(
+            self.total_steps,
+            "pretraining",
+            unit="step",
+            initial=start_step,
+            enabled=self.ctx.is_main and config.progress,
+        )
         batches = _batches(self.loader, self.sampler, start_step)
         with _StopRequest() as stop:
             while step < self.total_steps:
@@ -280,28 +329,44 @@ class Trainer:
         flag = torch.tensor(float(stop.requested), device=self.ctx.device)
         return bool(all_reduce_mean(flag).item() > 0)
 
-    def _log(self, step: int, logs: dict[str, torch.Tensor], teacher_features: torch.Tensor, rate: float, bar: tqdm) -> None:
+    def _log(
+        self, step: int, logs: dict[str, torch.Tensor], teacher_features: torch.Tensor, rate: float, bar: tqdm
+    ) -> None:
         values = {name: float(all_reduce_mean(value.float()).item()) for name, value in logs.items()}
         if not self.ctx.is_main:
             return
         settings = self.settings(step - 1)
-        record = {"step": step, "lr": settings.lr, "weight_decay": settings.weight_decay,
-                  "momentum": settings.momentum, "images_per_s": rate, **values,
-                  "effective_rank": effective_rank(teacher_features)}
+        record = {
+            "step": step,
+            "lr": settings.lr,
+            "weight_decay": settings.weight_decay,
+            "momentum": settings.momentum,
+            "images_per_s": rate,
+            **values,
+            "effective_rank": effective_rank(teacher_features),
+        }
         self.metrics.write(record)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}", erank=f"{record['effective_rank']:.1f}")
+        bar.set_postfix(
+            loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}", erank=f"{record['effective_rank']:.1f}"
+        )
 
 
 def run_collapse_warnings(config: PretrainConfig) -> list[str]:
     """The collapse monitors' verdict on the run in `config.out` (see `monitors.collapse_warnings`)."""
-    return collapse_warnings(read_metrics(config.out / METRICS_FILE), prototypes=_prototype_counts(config),
-                             projection_dim=config.projection_dim)
+    return collapse_warnings(
+        read_metrics(config.out / METRICS_FILE),
+        prototypes=_prototype_counts(config),
+        projection_dim=config.projection_dim,
+    )
 
 
 def run_monitor_readings(config: PretrainConfig) -> str:
     """What the collapse monitors of the run in `config.out` read (see `monitors.monitor_readings`)."""
-    return monitor_readings(read_metrics(config.out / METRICS_FILE), prototypes=_prototype_counts(config),
-                            projection_dim=config.projection_dim)
+    return monitor_readings(
+        read_metrics(config.out / METRICS_FILE),
+        prototypes=_prototype_counts(config),
+        projection_dim=config.projection_dim,
+    )
 
 
 def _prototype_counts(config: PretrainConfig) -> dict[str, int]:

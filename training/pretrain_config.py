@@ -19,8 +19,18 @@ OBJECTIVES: tuple[str, ...] = ("densedino", "densedino-crr", "dino")
 
 # Settings that may differ between a run and its resumption (they do not change the result).
 RUNTIME_ONLY = frozenset(
-    {"resume", "overwrite", "workers", "device", "checkpoint_every", "log_every", "compile", "progress",
-     "reference_attention", "decode"}
+    {
+        "resume",
+        "overwrite",
+        "workers",
+        "device",
+        "checkpoint_every",
+        "log_every",
+        "compile",
+        "progress",
+        "reference_attention",
+        "decode",
+    }
 )
 # Data-loading workers by default: one per CPU this process may use, at most this many. PyTorch
 # warns when asked for more workers than there are CPUs.
@@ -44,13 +54,18 @@ class PretrainConfig:
     out: Path = setting(help="Run folder (config, metrics, checkpoint.pt, backbone.pt).")
     arch: str = setting("vit_small_patch16_224", help="timm ViT name, e.g. vit_small_patch16_224.")
     objective: Objective = setting(
-        "densedino", help="densedino, densedino-crr (coding rate) or dino (image level).")
+        "densedino", help="densedino, densedino-crr (coding rate) or dino (image level)."
+    )
     global_size: int = setting(224, help="Side of global views (px).")
     local_size: int = setting(96, help="Side of local views (px).")
     global_crops: int = setting(2, help="Global views per image.")
     local_crops: int = setting(4, help="Local views per image.")
-    global_scale: tuple[float, float] = setting((0.25, 1.0), help="Area range of a global view, as shares of the image.")
-    local_scale: tuple[float, float] = setting((0.05, 0.4), help="Area range of a local view, as shares of the image.")
+    global_scale: tuple[float, float] = setting(
+        (0.25, 1.0), help="Area range of a global view, as shares of the image."
+    )
+    local_scale: tuple[float, float] = setting(
+        (0.05, 0.4), help="Area range of a local view, as shares of the image."
+    )
     points: int = setting(2, help="Reference points k per (global, view) pair.")
     batch_size: int = setting(64, help="Images per process.")
     epochs: int = setting(100, help="Passes over the data (ignored when --steps is given).")
@@ -58,10 +73,16 @@ class PretrainConfig:
     lr: float = setting(5e-4, help="Learning rate per 256 images; the peak lr is lr x global batch / 256.")
     min_lr: float = setting(1e-6, help="Learning rate at the end of the cosine schedule.")
     warmup: float = setting(0.1, help="Share of the steps spent warming the learning rate up.")
-    weight_decay: tuple[float, float] = setting((0.04, 0.4), help="Weight decay at the start and at the end (cosine).")
-    momentum: tuple[float, float] = setting((0.996, 1.0), help=(
-        "EMA momentum of the teacher at the start (cosine to 1 at the end); it averages about 1/(1 − m) steps, "
-        "so a run of a few hundred steps needs 0.99 rather than 0.996."))
+    weight_decay: tuple[float, float] = setting(
+        (0.04, 0.4), help="Weight decay at the start and at the end (cosine)."
+    )
+    momentum: tuple[float, float] = setting(
+        (0.996, 1.0),
+        help=(
+            "EMA momentum of the teacher at the start (cosine to 1 at the end); it averages about 1/(1 − m) steps, "
+            "so a run of a few hundred steps needs 0.99 rather than 0.996."
+        ),
+    )
     clip_grad: float = setting(3.0, help="Clip the student's gradient norm to this.")
     drop_path: float = setting(0.1, help="Stochastic depth rate of the student ViT.")
     alpha: float = setting(0.5, help="Weight of the image-level loss; 1 − alpha goes to points.")
@@ -76,11 +97,15 @@ class PretrainConfig:
     center_momentum: float = setting(0.9, help="EMA momentum of the teacher's centering.")
     eps_sq: float = setting(0.05, help="Distortion ε² of the coding-rate term (densedino-crr).")
     learned_ref_content: bool = setting(
-        False, help="Reference tokens carry one learned vector instead of zeros.")
+        False, help="Reference tokens carry one learned vector instead of zeros."
+    )
     reference_attention: str = setting(
-        "split", help="split (fast, flash-eligible) or masked: the same maths two ways.")
+        "split", help="split (fast, flash-eligible) or masked: the same maths two ways."
+    )
     decode: str = setting(
-        "workers", help="workers (OpenCV in the data workers) or device (JPEGs decoded and cropped on the GPU).")
+        "workers",
+        help="workers (OpenCV in the data workers) or device (JPEGs decoded and cropped on the GPU).",
+    )
     seed: int = setting(0, help="Seed of weights, views and augmentation.")
     device: str = setting("auto", help="auto (CUDA when present, else the CPU), cuda or cpu.")
     workers: int = setting(default_factory=default_workers, help="Data-loading worker processes.")
@@ -89,16 +114,25 @@ class PretrainConfig:
     compile: bool = setting(False, help="torch.compile the networks.")
     resume: bool = setting(False, help="Continue the run in --out from its checkpoint.")
     overwrite: bool = setting(
-        False, help="Replace the run already in --out (without it, or --resume, an existing run is refused).")
+        False, help="Replace the run already in --out (without it, or --resume, an existing run is refused)."
+    )
     progress: bool = setting(True, help="Progress bars (on a terminal).")
     # A tiny LayerScale (test_vit3 has 1e-5) leaves the blocks nearly off for a short run: every image then
     # gets the same class token, and DINO's centering turns the teacher uniform (docs/BENCHMARKS.md §3, journal §2).
-    layer_scale_init: float | None = setting(None, help=(
-        "Initial LayerScale of the ViT's blocks (default: the architecture's own; give 1.0 for test_vit3, whose "
-        "1e-5 cannot learn in a short run)."))
-    photometric: str = setting("inspection", help=(
-        "Augmentation: inspection (colour jitter only: blur and grayscale would teach the features to ignore "
-        "scratches and stains) or dino (colour jitter, grayscale, blur, solarize)."))
+    layer_scale_init: float | None = setting(
+        None,
+        help=(
+            "Initial LayerScale of the ViT's blocks (default: the architecture's own; give 1.0 for test_vit3, whose "
+            "1e-5 cannot learn in a short run)."
+        ),
+    )
+    photometric: str = setting(
+        "inspection",
+        help=(
+            "Augmentation: inspection (colour jitter only: blur and grayscale would teach the features to ignore "
+            "scratches and stains) or dino (colour jitter, grayscale, blur, solarize)."
+        ),
+    )
     # Constructor overrides of the ViT for tests' tiny models; not a flag: --arch names the model on the CLI.
     model_kwargs: dict[str, Any] = setting(default_factory=dict, help="ViT constructor overrides.")
 
@@ -116,16 +150,29 @@ class PretrainConfig:
 
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
-        positive = {"--global-size": self.global_size, "--local-size": self.local_size, "--batch-size": self.batch_size,
-                    "--points": self.points, "--global-crops": self.global_crops, "--epochs": self.epochs,
-                    "--checkpoint-every": self.checkpoint_every, "--log-every": self.log_every,
-                    "--prototypes": self.num_prototypes, "--projection-dim": self.projection_dim,
-                    "--head-hidden-dim": self.head_hidden_dim}
+        positive = {
+            "--global-size": self.global_size,
+            "--local-size": self.local_size,
+            "--batch-size": self.batch_size,
+            "--points": self.points,
+            "--global-crops": self.global_crops,
+            "--epochs": self.epochs,
+            "--checkpoint-every": self.checkpoint_every,
+            "--log-every": self.log_every,
+            "--prototypes": self.num_prototypes,
+            "--projection-dim": self.projection_dim,
+            "--head-hidden-dim": self.head_hidden_dim,
+        }
         for flag, value in positive.items():
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
-        above_zero = {"--lr": self.lr, "--clip-grad": self.clip_grad, "--student-temp": self.student_temp,
-                      "--teacher-temp": self.teacher_temp, "--eps-sq": self.eps_sq}
+        above_zero = {
+            "--lr": self.lr,
+            "--clip-grad": self.clip_grad,
+            "--student-temp": self.student_temp,
+            "--teacher-temp": self.teacher_temp,
+            "--eps-sq": self.eps_sq,
+        }
         for flag, number in above_zero.items():
             if not number > 0:
                 raise UserError(f"{flag} must be positive, got {number}")
@@ -136,7 +183,9 @@ class PretrainConfig:
         if not 0.0 <= self.center_momentum <= 1.0:  # 1: the center never moves (no centering)
             raise UserError(f"--center-momentum must lie in [0, 1], got {self.center_momentum}")
         if self.min_lr < 0 or min(self.weight_decay) < 0:
-            raise UserError(f"--min-lr and --weight-decay cannot be negative, got {self.min_lr} and {self.weight_decay}")
+            raise UserError(
+                f"--min-lr and --weight-decay cannot be negative, got {self.min_lr} and {self.weight_decay}"
+            )
         if not 0.0 <= self.momentum[0] <= self.momentum[1] <= 1.0:
             raise UserError(f"the teacher momentum must satisfy 0 ≤ start ≤ end ≤ 1, got {self.momentum}")
         if self.layer_scale_init is not None and not self.layer_scale_init > 0:
@@ -148,7 +197,9 @@ class PretrainConfig:
         if self.local_crops < 0 or self.workers < 0:
             raise UserError("--local-crops and --workers cannot be negative")
         if self.objective != "dino" and self.global_crops < 2 and self.local_crops < 1:
-            raise UserError("the dense objectives need at least two views (--global-crops 2 or --local-crops ≥ 1)")
+            raise UserError(
+                "the dense objectives need at least two views (--global-crops 2 or --local-crops ≥ 1)"
+            )
         if self.reference_attention not in REFERENCE_ATTENTION:
             raise UserError(
                 f"--reference-attention must be one of {', '.join(REFERENCE_ATTENTION)}, not {self.reference_attention!r}"
@@ -156,14 +207,18 @@ class PretrainConfig:
         if self.resume and self.overwrite:
             raise UserError("choose one of --resume (continue the run) and --overwrite (start it again)")
         if self.photometric not in PHOTOMETRIC_RECIPES:
-            raise UserError(f"--photometric must be one of {', '.join(PHOTOMETRIC_RECIPES)}, not {self.photometric!r}")
+            raise UserError(
+                f"--photometric must be one of {', '.join(PHOTOMETRIC_RECIPES)}, not {self.photometric!r}"
+            )
         if self.decode not in DECODE_ON:
             raise UserError(f"--decode must be one of {', '.join(DECODE_ON)}, not {self.decode!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must lie in [0, 1], got {self.alpha}")
         for name, (low, high) in (("global", self.global_scale), ("local", self.local_scale)):
             if not 0.0 < low <= high <= 1.0:
-                raise UserError(f"the {name} crop scale range must satisfy 0 < low ≤ high ≤ 1, got ({low}, {high})")
+                raise UserError(
+                    f"the {name} crop scale range must satisfy 0 < low ≤ high ≤ 1, got ({low}, {high})"
+                )
 
     @property
     def point_prototype_count(self) -> int:
@@ -185,8 +240,12 @@ class PretrainConfig:
         from training.data.multicrop import MultiCropConfig
 
         return MultiCropConfig(
-            global_crops=self.global_crops, global_size=self.global_size, global_scale=self.global_scale,
-            local_crops=self.local_crops, local_size=self.local_size, local_scale=self.local_scale,
+            global_crops=self.global_crops,
+            global_size=self.global_size,
+            global_scale=self.global_scale,
+            local_crops=self.local_crops,
+            local_size=self.local_size,
+            local_scale=self.local_scale,
             points=self.points,
         )
 

@@ -56,7 +56,9 @@ class AugmentedViews:
 def augment_views(batch: ViewBatch, recipe: PhotometricRecipe = DINO_RECIPE) -> AugmentedViews:
     """Photometric augmentation per view kind (first global, other globals, locals), batched."""
     global_views = [augment(crops, recipe.for_global(g)) for g, crops in enumerate(batch.global_crops)]
-    local_views = augment(batch.local_crops.flatten(0, 1), recipe.local) if batch.local_crops.shape[0] else None
+    local_views = (
+        augment(batch.local_crops.flatten(0, 1), recipe.local) if batch.local_crops.shape[0] else None
+    )
     empty_locals = batch.global_crops.new_zeros((0, 3, *batch.local_crops.shape[-2:]), dtype=torch.float32)
     return AugmentedViews(
         globals_=torch.cat(global_views),
@@ -79,7 +81,9 @@ def student_groups(views: AugmentedViews, dense: bool) -> list[tuple[torch.Tenso
     return [(views.globals_, global_points), (views.locals_, local_points)]
 
 
-def _stack_outputs(outputs: list[GroupOutputs], num_views: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _stack_outputs(
+    outputs: list[GroupOutputs], num_views: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Concatenate group outputs and split the view-major rows into `[views, B, ...]`."""
     cls = torch.cat([o.cls for o in outputs]).unflatten(0, (num_views, -1))
     features = torch.cat([o.features for o in outputs]).unflatten(0, (num_views, -1))
@@ -89,14 +93,18 @@ def _stack_outputs(outputs: list[GroupOutputs], num_views: int) -> tuple[torch.T
     return cls, points, features
 
 
-def compute_loss(parts: StepParts, views: AugmentedViews, num_globals: int, num_views: int) -> tuple[LossTerms, torch.Tensor]:
+def compute_loss(
+    parts: StepParts, views: AugmentedViews, num_globals: int, num_views: int
+) -> tuple[LossTerms, torch.Tensor]:
     """Teacher on the global views, student on all views, then the objective. Returns (terms, teacher features)."""
     with torch.no_grad():
         teacher_points = views.teacher_points if parts.dense else None
         teacher_cls, teacher_refs, teacher_features = _stack_outputs(
             parts.teacher([(views.globals_, teacher_points)]), num_globals
         )
-    student_cls, student_refs, _ = _stack_outputs(parts.student(student_groups(views, parts.dense)), num_views)
+    student_cls, student_refs, _ = _stack_outputs(
+        parts.student(student_groups(views, parts.dense)), num_views
+    )
     if not parts.dense:
         return parts.loss(student_cls, teacher_cls), teacher_features
     batch = student_cls.shape[1]
@@ -119,7 +127,9 @@ def apply_settings(optimizer: torch.optim.Optimizer, settings: StepSettings) -> 
             group["weight_decay"] = settings.weight_decay
 
 
-def train_step(parts: StepParts, batch: ViewBatch, settings: StepSettings) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def train_step(
+    parts: StepParts, batch: ViewBatch, settings: StepSettings
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One step; returns detached logs (device tensors, no host sync) and the teacher's class features."""
     batch = batch.to(parts.device)
     num_globals = batch.global_crops.shape[0]

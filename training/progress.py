@@ -36,10 +36,19 @@ def bars_enabled() -> bool:
     return not _quiet and stderr_is_terminal()
 
 
-def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int = 0, enabled: bool = True) -> tqdm:
+def progress_bar(
+    total: int | None, desc: str, *, unit: str = "it", initial: int = 0, enabled: bool = True
+) -> tqdm:
     """A bar of `total` steps (elapsed, ETA and rate on the right); a no-op when bars are off."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=not (enabled and bars_enabled()))
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not (enabled and bars_enabled()),
+    )
 
 
 def progress(items: Iterable[T], desc: str, *, unit: str = "img", total: int | None = None) -> Iterator[T]:

@@ -106,17 +106,24 @@ def worst_cases(cases: list[Case], threshold: float, count: int) -> tuple[list[C
     return misses, alarms
 
 
-LINE_COLUMNS = (("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"), ("pixel_ap", "pixel AP"),
-                ("verdict_recall", "verdict recall"), ("verdict_precision", "verdict precision"),
-                ("false_alarm_rate", "false-alarm rate"))
+LINE_COLUMNS = (
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+    ("pixel_ap", "pixel AP"),
+    ("verdict_recall", "verdict recall"),
+    ("verdict_precision", "verdict precision"),
+    ("false_alarm_rate", "false-alarm rate"),
+)
 
 
 def line_table(per_line: dict[str, dict], breakdown: dict[str, dict]) -> list[str]:
     """HTML rows of the per-line metrics, the mean over lines, and each metric's worst line in bold."""
     worst = {metric: entry["line"] for metric, entry in breakdown.get("worst", {}).items()}
     header = "".join(f"<th>{html.escape(title)}</th>" for _, title in LINE_COLUMNS)
-    rows = ["<h2>Per line</h2><p>The worst line of each metric is in bold.</p><table border=1 cellpadding=4>",
-            f"<tr><th>line</th>{header}</tr>"]
+    rows = [
+        "<h2>Per line</h2><p>The worst line of each metric is in bold.</p><table border=1 cellpadding=4>",
+        f"<tr><th>line</th>{header}</tr>",
+    ]
     for line, metrics in per_line.items():
         cells = "".join(
             f"<td>{'<b>' if worst.get(m) == line else ''}{_fmt(metrics.get(m))}{'</b>' if worst.get(m) == line else ''}</td>"
@@ -124,7 +131,9 @@ def line_table(per_line: dict[str, dict], breakdown: dict[str, dict]) -> list[st
         )
         rows.append(f"<tr><th>{html.escape(line)}</th>{cells}</tr>")
     mean = breakdown.get("mean", {})
-    rows.append("<tr><th>mean</th>" + "".join(f"<td>{_fmt(mean.get(m))}</td>" for m, _ in LINE_COLUMNS) + "</tr>")
+    rows.append(
+        "<tr><th>mean</th>" + "".join(f"<td>{_fmt(mean.get(m))}</td>" for m, _ in LINE_COLUMNS) + "</tr>"
+    )
     return [*rows, "</table>"]
 
 
@@ -149,23 +158,34 @@ def write_report(out: Path, cases: list[Case], metrics: dict, threshold: float, 
         f"<div class=scale><img src='{SCALE_FILE}' alt='colour scale from 0 (blue) to 1 (red)'>"
         "<div class=ticks><span>0</span><span>0.25</span><span>0.5</span><span>0.75</span><span>1</span></div></div>",
         "<h2>Metrics</h2><table border=1>",
-        *(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in overall.items() if not isinstance(v, dict)),
+        *(
+            f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>"
+            for k, v in overall.items()
+            if not isinstance(v, dict)
+        ),
         "</table>",
         *_type_table(metrics),
         *(line_table(metrics["per_line"], metrics.get("lines") or {}) if metrics.get("per_line") else []),
     ]
     sections = [
         ("Worst misses", "Defective images with the lowest share of defect pixels found", "miss", misses),
-        ("Worst false alarms", "Predicted regions touching no true defect: a defect-free image flagged, or a "
-         "stray region beside a defect", "alarm", alarms),
+        (
+            "Worst false alarms",
+            "Predicted regions touching no true defect: a defect-free image flagged, or a "
+            "stray region beside a defect",
+            "alarm",
+            alarms,
+        ),
     ]
     for title, meaning, prefix, chosen in sections:
         parts.append(f"<h2>{title}</h2><p>{meaning}{'' if chosen else ': none'}.</p>")
         for index, case in enumerate(chosen):
             name = f"{prefix}_{index:02d}.png"
             cv2.imwrite(str(out / name), overlay_panels(case, threshold)[:, :, ::-1])
-            parts.append(f"<h3>{html.escape(_heading(case, prefix, threshold))}</h3>"
-                         f"<img src='{name}' alt='{html.escape(case.stem)}'>")
+            parts.append(
+                f"<h3>{html.escape(_heading(case, prefix, threshold))}</h3>"
+                f"<img src='{name}' alt='{html.escape(case.stem)}'>"
+            )
     path = out / REPORT_FILE
     path.write_text("\n".join(parts) + "\n")
     return path
@@ -184,8 +204,12 @@ def _type_table(metrics: dict) -> list[str]:
     for name, group in groups:
         cells = "".join(f"<td>{_fmt(_cell(group, key, sub))}</td>" for _, key, sub in TYPE_COLUMNS)
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
-    return ["<h2>Per defect type</h2><p>Each type's images together with every defect-free image.</p>",
-            f"<table border=1><tr><th>defect type</th>{head}</tr>", *rows, "</table>"]
+    return [
+        "<h2>Per defect type</h2><p>Each type's images together with every defect-free image.</p>",
+        f"<table border=1><tr><th>defect type</th>{head}</tr>",
+        *rows,
+        "</table>",
+    ]
 
 
 def _cell(group: dict, key: str, sub: str | None) -> object:
@@ -197,7 +221,11 @@ def _heading(case: Case, prefix: str, threshold: float) -> str:
     if prefix == "miss":
         return f"{case.stem} · {case.label()} · image score {case.score:.3f} · {recall(case, threshold):.0%} of defect pixels found"
     peak = max(stray_region_scores(case, threshold))
-    kind = "defect-free image flagged" if not case.defective else f"{case.label()} · stray region away from the defect"
+    kind = (
+        "defect-free image flagged"
+        if not case.defective
+        else f"{case.label()} · stray region away from the defect"
+    )
     return f"{case.stem} · {kind} · image score {case.score:.3f} · false-alarm peak {peak:.3f}"
 
 

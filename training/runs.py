@@ -95,7 +95,9 @@ def load_run(root: Path | str) -> RunModel:
     except Exception as error:
         raise UserError(f"{model_path} is not readable ({type(error).__name__})") from None
     tile = int(payload["tile"])
-    recipe = BackboneRecipe(payload["backbone"]["arch"], payload["backbone"]["model_kwargs"], payload["backbone"]["source"])
+    recipe = BackboneRecipe(
+        payload["backbone"]["arch"], payload["backbone"]["model_kwargs"], payload["backbone"]["source"]
+    )
     backbone = recipe.build(tile)
     model = assemble_model(backbone, payload)
     model.load_state_dict(payload["state_dict"])
@@ -131,7 +133,9 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def sample_tiles(images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...], count: int = 4) -> torch.Tensor:
+def sample_tiles(
+    images: list[np.ndarray], tile: int, mean: tuple[float, ...], std: tuple[float, ...], count: int = 4
+) -> torch.Tensor:
     """A few real normalised tiles (top-left of each image) for export's parity check."""
     tiles = []
     for image in images[:count]:

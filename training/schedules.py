@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def cosine_schedule(start: float, end: float, total_steps: int, warmup_steps: int = 0, warmup_from: float = 0.0) -> np.ndarray:
+def cosine_schedule(
+    start: float, end: float, total_steps: int, warmup_steps: int = 0, warmup_from: float = 0.0
+) -> np.ndarray:
     """Linear warm-up from `warmup_from` to `start`, then a cosine from `start` to `end`."""
     warmup_steps = min(warmup_steps, total_steps)
     warmup = np.linspace(warmup_from, start, warmup_steps, endpoint=False)

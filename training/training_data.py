@@ -65,8 +65,10 @@ class Overlap:
         if not self.seen:
             return ""
         share = "all" if self.seen == self.evaluated else f"{self.seen} of {self.evaluated}"
-        return (f"{share} evaluated images were used to make this model (training or validation split): "
-                "these metrics are optimistic; evaluate on images it never saw")
+        return (
+            f"{share} evaluated images were used to make this model (training or validation split): "
+            "these metrics are optimistic; evaluate on images it never saw"
+        )
 
 
 def training_overlap(trained: frozenset[str], evaluated: list[Path]) -> Overlap:

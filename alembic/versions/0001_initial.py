@@ -57,7 +57,10 @@ def upgrade() -> None:
         "defect_regions",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column(
-            "inspection_id", sa.String(36), sa.ForeignKey("inspections.id", ondelete="CASCADE"), nullable=False
+            "inspection_id",
+            sa.String(36),
+            sa.ForeignKey("inspections.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("x", sa.Integer(), nullable=False),
         sa.Column("y", sa.Integer(), nullable=False),
@@ -81,7 +84,10 @@ def upgrade() -> None:
         "reviews",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column(
-            "inspection_id", sa.String(36), sa.ForeignKey("inspections.id", ondelete="CASCADE"), nullable=False
+            "inspection_id",
+            sa.String(36),
+            sa.ForeignKey("inspections.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("reviewer_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
         sa.Column("verdict", sa.String(16), nullable=False),

@@ -39,11 +39,17 @@ MAX_ROWS = 60_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a finetune run folder (hybrid or supervised)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run", type=Path, required=True, help="a finetune run folder (hybrid or supervised)"
+    )
     parser.add_argument("--train", type=Path, required=True, help="labeled folder the run trained on")
     parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
-    parser.add_argument("--only-types", default="", help="score only these defect types (+ defect-free images)")
+    parser.add_argument(
+        "--only-types", default="", help="score only these defect types (+ defect-free images)"
+    )
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--bank-size", type=int, default=2048)
     parser.add_argument("--strides", default="1", help="query strides to compare, e.g. 1,2")
@@ -63,6 +69,7 @@ class StageFeatures:
     def _keeper(self, name: str) -> Callable:
         def keep(_module, _inputs, output) -> None:
             self.outputs[name] = output
+
         return keep
 
 
@@ -76,8 +83,13 @@ def score(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
 
 
 def stage_branch(
-    run_forward: Callable[[torch.Tensor], None], features: StageFeatures, stage: str, stride: int,
-    normal: list[np.ndarray], predictor: TorchPredictor, args: argparse.Namespace,
+    run_forward: Callable[[torch.Tensor], None],
+    features: StageFeatures,
+    stage: str,
+    stride: int,
+    normal: list[np.ndarray],
+    predictor: TorchPredictor,
+    args: argparse.Namespace,
 ) -> AnomalyHead:
     """A calibrated anomaly head on `stage`, built from 80 % of `normal` and calibrated on the rest."""
     bank_idx, calib_idx = holdout_split(len(normal), 0.2, args.seed)
@@ -86,26 +98,35 @@ def stage_branch(
     for index in bank_idx:
         image = normal[index]
         boxes = plan_tiles(image.shape[0], image.shape[1], predictor.tile, 0)
-        run_forward(torch.from_numpy(extract_tiles(normalise_image(image, predictor.mean, predictor.std), boxes,
-                                                   predictor.tile)))
+        run_forward(
+            torch.from_numpy(
+                extract_tiles(normalise_image(image, predictor.mean, predictor.std), boxes, predictor.tile)
+            )
+        )
         local = head.local_features(features.outputs[stage])
         rows.append(local.permute(0, 2, 3, 1).reshape(-1, local.shape[1]))
     candidates = torch.cat(rows)
     generator = torch.Generator().manual_seed(args.seed)
     candidates = candidates[torch.randperm(len(candidates), generator=generator)[:MAX_ROWS]]
     head.set_memory_bank(candidates[greedy_coreset(candidates, args.bank_size, seed=args.seed)])
-    raw = [predictor.predict_outputs(normal[i], partial(_raw, run_forward, features, stage, head))[0]
-           for i in calib_idx]
+    raw = [
+        predictor.predict_outputs(normal[i], partial(_raw, run_forward, features, stage, head))[0]
+        for i in calib_idx
+    ]
     head.calibrate(torch.from_numpy(np.concatenate([r.ravel() for r in raw])))
     return head
 
 
-def _raw(run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor) -> torch.Tensor:
+def _raw(
+    run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor
+) -> torch.Tensor:
     run_forward(tiles)
     return head.raw_score(tiles.shape[-2:], features.outputs[stage])
 
 
-def _probability(run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor) -> torch.Tensor:
+def _probability(
+    run_forward, features: StageFeatures, stage: str, head: AnomalyHead, tiles: torch.Tensor
+) -> torch.Tensor:
     return torch.sigmoid((_raw(run_forward, features, stage, head, tiles) - head.center) / head.scale)
 
 
@@ -119,15 +140,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.run} has no segmentation head to take features from")
     normal = load_images_with_masks(load_labeled_set(args.train).defect_free).images
     types = {t for t in args.only_types.split(",") if t}
-    test_samples = [s for s in load_labeled_set(args.test).samples
-                    if not s.defective or not types or types & set(s.defect_types)]
+    test_samples = [
+        s
+        for s in load_labeled_set(args.test).samples
+        if not s.defective or not types or types & set(s.defect_types)
+    ]
     test = load_images_with_masks(test_samples)
-    predictor = TorchPredictor(model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std)
+    predictor = TorchPredictor(
+        model, tile=run.tile, overlap=default_overlap(run.tile), mean=run.mean, std=run.std
+    )
     branches = [predictor.predict_outputs(image, model.branch_probabilities) for image in test.images]
     head_maps = [b[0] for b in branches]
     results: dict[str, dict] = {"head": score(head_maps, test.masks)}
     if model.anomaly is not None:
-        results[f"run's anomaly branch ({model.anomaly.source})"] = score([b[1] for b in branches], test.masks)
+        results[f"run's anomaly branch ({model.anomaly.source})"] = score(
+            [b[1] for b in branches], test.masks
+        )
     random_head = SegmentationHead(model.backbone.embed_dim, model.segmentation.feature_blocks).eval()
     for label, head in (("trained", model.segmentation), ("random", random_head)):
         features = StageFeatures(head)
@@ -138,21 +166,31 @@ def main(argv: list[str] | None = None) -> None:
         for stage in args.stages.split(","):
             for stride in (int(s) for s in args.strides.split(",")):
                 branch = stage_branch(run_forward, features, stage, stride, normal, predictor, args)
-                maps = [predictor.predict_outputs(img, partial(_probability, run_forward, features, stage, branch))[0]
-                        for img in test.images]
+                maps = [
+                    predictor.predict_outputs(
+                        img, partial(_probability, run_forward, features, stage, branch)
+                    )[0]
+                    for img in test.images
+                ]
                 fused = [1 - (1 - h) * (1 - a) for h, a in zip(head_maps, maps, strict=True)]
                 name = f"{label} {stage}" + (f" stride {stride}" if stride > 1 else "")
                 results[name] = score(maps, test.masks)
                 results[f"{name} + head"] = score(fused, test.masks)
                 print(f"{name:28s} alone {results[name]}  fused {results[f'{name} + head']}", flush=True)
-    print(f"\n{len(test.images)} test images ({sum(m.any() for m in test.masks)} defective); "
-          "cells: pixel AUROC / AUPRO / image AUROC")
+    print(
+        f"\n{len(test.images)} test images ({sum(m.any() for m in test.masks)} defective); "
+        "cells: pixel AUROC / AUPRO / image AUROC"
+    )
     for name, metrics in results.items():
-        print(f"{name:32s} {metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}")
+        print(
+            f"{name:32s} {metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                       indent=1) + "\n")
+        args.out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

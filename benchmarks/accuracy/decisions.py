@@ -36,9 +36,11 @@ def promised(model: Path) -> dict:
 
 def verdict_line(name: str, scores: np.ndarray, labels: np.ndarray, threshold: float) -> str:
     v = binary_scores(scores, labels, threshold)
-    return (f"{name:<12} recall {v.recall:.3f} ({v.true_positives}/{v.true_positives + v.false_negatives})  "
-            f"precision {v.precision:.3f}  false-alarm rate {v.false_alarm_rate:.3f} "
-            f"({v.false_positives}/{v.false_positives + v.true_negatives})")
+    return (
+        f"{name:<12} recall {v.recall:.3f} ({v.true_positives}/{v.true_positives + v.false_negatives})  "
+        f"precision {v.precision:.3f}  false-alarm rate {v.false_alarm_rate:.3f} "
+        f"({v.false_positives}/{v.false_positives + v.true_negatives})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,25 +58,33 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(maps)} test images ({labels.sum()} defective), lines {sorted(set(lines.tolist()))}")
     for k in (int(v) for v in args.top_pixels.split(",")):
         scores = image_scores(maps, k)
-        print(f"k = {k:>4}: image AUROC {auroc(scores, labels):.3f}, image AP {average_precision(scores, labels):.3f}")
+        print(
+            f"k = {k:>4}: image AUROC {auroc(scores, labels):.3f}, image AP {average_precision(scores, labels):.3f}"
+        )
     k, threshold = int(model.thresholds.get("image_top_pixels", 1)), model.thresholds["image"]
     decision = promised(args.model)
-    print(f"stored: k = {k}, image threshold {threshold:.4f}; promised on validation: "
-          f"recall {decision.get('target_recall')} (reached {decision.get('expected_recall')}), "
-          f"false-alarm rate {decision.get('expected_false_alarm_rate')}")
+    print(
+        f"stored: k = {k}, image threshold {threshold:.4f}; promised on validation: "
+        f"recall {decision.get('target_recall')} (reached {decision.get('expected_recall')}), "
+        f"false-alarm rate {decision.get('expected_false_alarm_rate')}"
+    )
     scores = image_scores(maps, k)
     print(verdict_line("all lines", scores, labels, threshold))
     for line in sorted(set(lines)):
         picked = lines == line
         print(verdict_line(line, scores[picked], labels[picked], threshold))
-    calibrated = {} if (args.model / "model.pt").is_file() else load_bundle(args.model).manifest.line_calibration
+    calibrated = (
+        {} if (args.model / "model.pt").is_file() else load_bundle(args.model).manifest.line_calibration
+    )
     if calibrated:
         print("at each line's calibrated threshold (train-pipeline calibrate):")
     for line, calibration in sorted(calibrated.items()):
         picked = lines == line
-        print(verdict_line(line, scores[picked], labels[picked], calibration.image)
-              + f"  [threshold {calibration.image:.4f}, {calibration.false_alarm_rate:.3f} on its "
-              f"{calibration.normal_images} calibration images]")
+        print(
+            verdict_line(line, scores[picked], labels[picked], calibration.image)
+            + f"  [threshold {calibration.image:.4f}, {calibration.false_alarm_rate:.3f} on its "
+            f"{calibration.normal_images} calibration images]"
+        )
 
 
 if __name__ == "__main__":

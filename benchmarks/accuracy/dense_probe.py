@@ -40,8 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     data = args.out / "data"
     if not (data / "labeled").is_dir():
         archive = args.textures if args.textures.exists() else None
-        print(generate_demo_data(data, seed=args.seed, count=args.unlabeled, image_size=256,
-                                 labeled_count=args.labeled, texture_archive=archive).describe(), flush=True)
+        print(
+            generate_demo_data(
+                data,
+                seed=args.seed,
+                count=args.unlabeled,
+                image_size=256,
+                labeled_count=args.labeled,
+                texture_archive=archive,
+            ).describe(),
+            flush=True,
+        )
     backbones = {"random": str(save_random_backbone(args))}
     timings: dict[str, float] = {}
     verdicts: dict[str, list[str]] = {}
@@ -59,12 +68,23 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.probe_sizes:
         results[str(size)] = {}
         for name, spec in backbones.items():
-            probe = dense_probe(spec, data / "labeled", image_size=size, steps=args.probe_steps,
-                                seed=args.seed, device=args.device)
-            results[str(size)][name] = asdict(probe) | {"pretrain_seconds": timings.get(name, 0.0),
-                                                       "collapse_warnings": verdicts.get(name, [])}
-            print(f"{size:4d} px  {name:14s} linear AUROC {probe.linear_pixel_auroc:.4f} AUPRO {probe.linear_aupro:.4f} | "
-                  f"NN AUROC {probe.nn_pixel_auroc:.4f} AUPRO {probe.nn_aupro:.4f}", flush=True)
+            probe = dense_probe(
+                spec,
+                data / "labeled",
+                image_size=size,
+                steps=args.probe_steps,
+                seed=args.seed,
+                device=args.device,
+            )
+            results[str(size)][name] = asdict(probe) | {
+                "pretrain_seconds": timings.get(name, 0.0),
+                "collapse_warnings": verdicts.get(name, []),
+            }
+            print(
+                f"{size:4d} px  {name:14s} linear AUROC {probe.linear_pixel_auroc:.4f} AUPRO {probe.linear_aupro:.4f} | "
+                f"NN AUROC {probe.nn_pixel_auroc:.4f} AUPRO {probe.nn_aupro:.4f}",
+                flush=True,
+            )
     report = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results}
     (args.out / "dense_probe.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -72,13 +92,28 @@ def main(argv: list[str] | None = None) -> None:
 def pretrain_config(args: argparse.Namespace, unlabeled: Path, objective: str) -> PretrainConfig:
     """The same budget, views and ViT for every objective; only the objective differs."""
     return PretrainConfig(
-        data=unlabeled, out=args.out / f"pretrain-{objective}", arch=args.arch, objective=objective,
-        steps=args.steps, batch_size=args.batch_size, global_size=args.global_size, local_size=args.local_size,
-        local_crops=args.local_crops, points=args.points, num_prototypes=args.prototypes,
-        head_hidden_dim=args.head_hidden_dim, layer_scale_init=args.layer_scale_init, lr=args.lr,
-        momentum=(args.teacher_momentum, 1.0), photometric=args.photometric,
-        device=args.device, workers=args.workers, seed=args.seed, compile=args.compile,
-        progress=False, checkpoint_every=args.steps,
+        data=unlabeled,
+        out=args.out / f"pretrain-{objective}",
+        arch=args.arch,
+        objective=objective,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        global_size=args.global_size,
+        local_size=args.local_size,
+        local_crops=args.local_crops,
+        points=args.points,
+        num_prototypes=args.prototypes,
+        head_hidden_dim=args.head_hidden_dim,
+        layer_scale_init=args.layer_scale_init,
+        lr=args.lr,
+        momentum=(args.teacher_momentum, 1.0),
+        photometric=args.photometric,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        compile=args.compile,
+        progress=False,
+        checkpoint_every=args.steps,
     )
 
 
@@ -89,7 +124,9 @@ def save_random_backbone(args: argparse.Namespace) -> Path:
     vit_kwargs = pretrain_config(args, args.out, "dino").vit_kwargs
     torch.manual_seed(args.seed)
     model = create_vit(args.arch, img_size=args.global_size, model_kwargs=vit_kwargs)
-    save_backbone(path, model, arch=args.arch, img_size=args.global_size, objective="random", model_kwargs=vit_kwargs)
+    save_backbone(
+        path, model, arch=args.arch, img_size=args.global_size, objective="random", model_kwargs=vit_kwargs
+    )
     return path
 
 
@@ -115,7 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-momentum", type=float, default=0.996)
     parser.add_argument("--photometric", default="dino", help="dino or inspection, as in pretrain")
     parser.add_argument("--probe-steps", type=int, default=300)
-    parser.add_argument("--probe-sizes", type=parse_sizes, default=[224], help="comma-separated, e.g. 128,256")
+    parser.add_argument(
+        "--probe-sizes", type=parse_sizes, default=[224], help="comma-separated, e.g. 128,256"
+    )
     parser.add_argument("--unlabeled", type=int, default=2400)
     parser.add_argument("--labeled", type=int, default=360)
     parser.add_argument("--textures", type=Path, default=UFOAI_TEXTURE_ARCHIVE)

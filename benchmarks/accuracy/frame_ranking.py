@@ -34,19 +34,25 @@ from training.runs import RunModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", type=Path, required=True, help="a hybrid finetune run folder")
     parser.add_argument("--test", type=Path, required=True, help="labeled folder to score on")
     parser.add_argument("--only-types", default="", help="defective frames of these types only")
-    parser.add_argument("--own-line-bank", action="store_true",
-                        help="also score with a bank of the frame's line only")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="with --own-line-bank: the run's training folder")
-    parser.add_argument("--labeled-defects", type=int, default=None,
-                        help="with --own-line-bank: as given to finetune")
+    parser.add_argument(
+        "--own-line-bank", action="store_true", help="also score with a bank of the frame's line only"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="with --own-line-bank: the run's training folder"
+    )
+    parser.add_argument(
+        "--labeled-defects", type=int, default=None, help="with --own-line-bank: as given to finetune"
+    )
     parser.add_argument("--seed", type=int, default=0, help="with --own-line-bank: as given to finetune")
-    parser.add_argument("--bank-size", type=int, default=2048,
-                        help="with --own-line-bank: as given to finetune")
+    parser.add_argument(
+        "--bank-size", type=int, default=2048, help="with --own-line-bank: as given to finetune"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,11 +62,19 @@ def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchP
         raise SystemExit("--own-line-bank needs --data (and --labeled-defects, --seed) of the run")
     config, train, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     anomaly = run.model.anomaly
-    setting = replace(config, anomaly_features=anomaly.source, anomaly_stride=anomaly.stride,
-                      anomaly_context=anomaly.context, neighbour_tiles=anomaly.config["neighbour_tiles"],
-                      bank_size=args.bank_size)
-    normal = [(s.line, image) for s, image, mask in zip(train.samples, train.images, train.masks, strict=True)
-              if not mask.any()]
+    setting = replace(
+        config,
+        anomaly_features=anomaly.source,
+        anomaly_stride=anomaly.stride,
+        anomaly_context=anomaly.context,
+        neighbour_tiles=anomaly.config["neighbour_tiles"],
+        bank_size=args.bank_size,
+    )
+    normal = [
+        (s.line, image)
+        for s, image, mask in zip(train.samples, train.images, train.masks, strict=True)
+        if not mask.any()
+    ]
     predictors = {}
     for line in sorted({line for line, _ in normal}):
         model = copy.deepcopy(run.model)
@@ -82,8 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run = load_hybrid_run(args.run, "compares a hybrid's branches")
     types = {t for t in args.only_types.split(",") if t}
-    samples = [s for s in load_labeled_set(args.test).samples
-               if s.defective and (not types or types & set(s.defect_types))]
+    samples = [
+        s
+        for s in load_labeled_set(args.test).samples
+        if s.defective and (not types or types & set(s.defect_types))
+    ]
     test = load_images_with_masks(samples)
     predictor = predictor_of(run)
     per_line = own_line_models(run, args) if args.own_line_bank else {}
@@ -95,9 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     for sample, image, mask in zip(test.samples, test.images, test.masks, strict=True):
         defect = mask.astype(bool)
         fused, head, anomaly = predictor.predict_outputs(image, partial(fused_and_branches, run.model))
-        row = (f"| {sample.stem} | {', '.join(sample.defect_types)} | {defect.mean():.2f} "
-               f"| {frame_cells(fused, defect)} | {frame_cells(head, defect)} "
-               f"| {frame_cells(anomaly, defect)} |")
+        row = (
+            f"| {sample.stem} | {', '.join(sample.defect_types)} | {defect.mean():.2f} "
+            f"| {frame_cells(fused, defect)} | {frame_cells(head, defect)} "
+            f"| {frame_cells(anomaly, defect)} |"
+        )
         if per_line:
             own = per_line[sample.line]
             _, own_anomaly = own.predict_outputs(image, own.model.branch_probabilities)

@@ -32,10 +32,18 @@ def loss_shares(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.nda
     """Per image, its share of 1 − pixel AUROC as misses and as false alarms (each side sums to 1 − AUROC)."""
     normal = np.sort(np.concatenate([m[~k] for m, k in zip(maps, masks, strict=True)]))
     defect = np.sort(np.concatenate([m[k] for m, k in zip(maps, masks, strict=True)]))
-    misses = np.array([(1 - np.searchsorted(normal, m[k], side="right") / normal.size).sum() / defect.size
-                       for m, k in zip(maps, masks, strict=True)])
-    alarms = np.array([(np.searchsorted(defect, m[~k], side="left") / defect.size).sum() / normal.size
-                       for m, k in zip(maps, masks, strict=True)])
+    misses = np.array(
+        [
+            (1 - np.searchsorted(normal, m[k], side="right") / normal.size).sum() / defect.size
+            for m, k in zip(maps, masks, strict=True)
+        ]
+    )
+    alarms = np.array(
+        [
+            (np.searchsorted(defect, m[~k], side="left") / defect.size).sum() / normal.size
+            for m, k in zip(maps, masks, strict=True)
+        ]
+    )
     return misses, alarms
 
 
@@ -59,30 +67,39 @@ def per_type(maps: list[np.ndarray], data: LabeledImages, thresholds: dict[str, 
     """Overall and per-defect-type cells, grouped as `train-pipeline evaluate` groups them."""
     grouped = metrics_by_group(maps, data.masks, [s.defect_types for s in data.samples], thresholds)
     groups = {"all": grouped["overall"], **grouped["per_defect_type"]}
-    return " | ".join(f"{name} {m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
-                      for name, m in groups.items())
+    return " | ".join(
+        f"{name} {m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
+        for name, m in groups.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a hybrid run folder (finetune's --out)")
     parser.add_argument("--data", type=Path, required=True, help="labeled test folder")
-    parser.add_argument("--only-types", default="", help="keep defective images of these types (and every normal one)")
+    parser.add_argument(
+        "--only-types", default="", help="keep defective images of these types (and every normal one)"
+    )
     parser.add_argument("--tta", action="store_true", help="also score the 8-view dihedral average")
     parser.add_argument("--top", type=int, default=8, help="images listed per side")
     args = parser.parse_args(argv)
 
     run = load_hybrid_run(args.run, "needs a hybrid one")
     wanted = {t for t in args.only_types.split(",") if t}
-    samples = [s for s in load_labeled_set(args.data).samples
-               if not wanted or not s.defective or wanted & set(s.defect_types)]
+    samples = [
+        s
+        for s in load_labeled_set(args.data).samples
+        if not wanted or not s.defective or wanted & set(s.defect_types)
+    ]
     data = load_images_with_masks(samples)
     predictor = predictor_of(run)
     weight = float(run.model.fusion_weight)
 
     served = [predictor.predict(image) for image in data.images]
     misses, alarms = loss_shares(served, data.masks)
-    print(f"{len(data.images)} images; cells: pixel AUROC / AUPRO / image AUROC; 1 − pixel AUROC = {misses.sum():.4f}")
+    print(
+        f"{len(data.images)} images; cells: pixel AUROC / AUPRO / image AUROC; 1 − pixel AUROC = {misses.sum():.4f}"
+    )
     for side, shares in (("misses", misses), ("false alarms", alarms)):
         print(f"largest shares as {side}:")
         for index in np.argsort(shares)[::-1][: args.top]:

@@ -37,9 +37,15 @@ LOGIT_AT_LOW = float(np.log(0.05 / 0.95))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_split_parser(__doc__)
-    parser.add_argument("--quantiles", default="0.5:0.99,0.5:0.999,0.9:0.999",
-                        help="low:high normal quantile pairs to try")
-    parser.add_argument("--margin", type=int, default=4, help="pixels the masks are dilated by before their outside counts as normal")
+    parser.add_argument(
+        "--quantiles", default="0.5:0.99,0.5:0.999,0.9:0.999", help="low:high normal quantile pairs to try"
+    )
+    parser.add_argument(
+        "--margin",
+        type=int,
+        default=4,
+        help="pixels the masks are dilated by before their outside counts as normal",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,16 +87,21 @@ def per_line(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str]) 
     return ", ".join(cells)
 
 
-def remapped(maps: list[np.ndarray], lines: list[str], remaps: dict[str, tuple[float, float]]) -> list[np.ndarray]:
+def remapped(
+    maps: list[np.ndarray], lines: list[str], remaps: dict[str, tuple[float, float]]
+) -> list[np.ndarray]:
     return [apply_remap(m, remaps[line]) for m, line in zip(maps, lines, strict=True)]
 
 
-def line_remaps(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str], margin: int,
-                low: float, high: float) -> dict[str, tuple[float, float]]:
+def line_remaps(
+    maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str], margin: int, low: float, high: float
+) -> dict[str, tuple[float, float]]:
     remaps = {}
     for line in sorted(set(lines)):
         idx = [i for i, owner in enumerate(lines) if owner == line]
-        remaps[line] = fit_remap(normal_pixels([maps[i] for i in idx], [masks[i] for i in idx], margin), low, high)
+        remaps[line] = fit_remap(
+            normal_pixels([maps[i] for i in idx], [masks[i] for i in idx], margin), low, high
+        )
     return remaps
 
 
@@ -102,10 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     _, _, val = rebuild_split(run, args.run, args.data, args.labeled_defects, args.seed)
     test = load_images_with_masks(load_labeled_set(args.test).samples)
     val_lines, test_lines = [s.line for s in val.samples], [s.line for s in test.samples]
-    print(f"validation frames per line: { {line: val_lines.count(line) for line in sorted(set(val_lines))} }", flush=True)
+    print(
+        f"validation frames per line: { {line: val_lines.count(line) for line in sorted(set(val_lines))} }",
+        flush=True,
+    )
     val_maps = [predictor.predict(image) for image in val.images]
     test_maps = [predictor.predict(image) for image in test.images]
-    print(f"\nas served: {scores(test_maps, test.masks)}  per line: {per_line(test_maps, test.masks, test_lines)}\n")
+    print(
+        f"\nas served: {scores(test_maps, test.masks)}  per line: {per_line(test_maps, test.masks, test_lines)}\n"
+    )
     print("| remap fitted on | quantiles | pixel AUROC / AUPRO / image AUROC |")
     print("|---|---|---|")
     for pair in args.quantiles.split(","):
@@ -114,12 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         rows = {
             "pooled (one remap)": {line: pooled for line in test_lines},
             "validation, per line": line_remaps(val_maps, val.masks, val_lines, args.margin, low, high),
-            "oracle: test normals, per line": line_remaps(test_maps, test.masks, test_lines, args.margin, low, high),
+            "oracle: test normals, per line": line_remaps(
+                test_maps, test.masks, test_lines, args.margin, low, high
+            ),
         }
         for name, remaps in rows.items():
             missing = set(test_lines) - set(remaps)
             remaps = {**{line: pooled for line in missing}, **remaps}
-            print(f"| {name} | {low}:{high} | {scores(remapped(test_maps, test_lines, remaps), test.masks)} |", flush=True)
+            print(
+                f"| {name} | {low}:{high} | {scores(remapped(test_maps, test_lines, remaps), test.masks)} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

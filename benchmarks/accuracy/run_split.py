@@ -40,16 +40,22 @@ def load_hybrid_run(run_dir: Path, purpose: str) -> RunModel:
 
 def predictor_of(run: RunModel, model: InspectionModel | None = None) -> TorchPredictor:
     """Whole-frame prediction with `model` (default: the run's own) at the run's tile and normalisation."""
-    return TorchPredictor(run.model if model is None else model, tile=run.tile, overlap=default_overlap(run.tile),
-                          mean=run.mean, std=run.std)
+    return TorchPredictor(
+        run.model if model is None else model,
+        tile=run.tile,
+        overlap=default_overlap(run.tile),
+        mean=run.mean,
+        std=run.std,
+    )
 
 
 def rebuild_split(
     run: RunModel, run_dir: Path, data: Path, labeled_defects: int | None, seed: int
 ) -> tuple[FinetuneConfig, LabeledImages, LabeledImages]:
     """The run's finetune config (data, labels per line, seed as given to finetune) and its train/val split."""
-    config = FinetuneConfig(backbone="", data=data, out=run_dir, image_size=run.tile,
-                            labeled_defects=labeled_defects, seed=seed)
+    config = FinetuneConfig(
+        backbone="", data=data, out=run_dir, image_size=run.tile, labeled_defects=labeled_defects, seed=seed
+    )
     train_samples, val_samples = split_train_val(select_samples(config), config.val_fraction, config.seed)
     return config, load_images_with_masks(train_samples), load_images_with_masks(val_samples)
 

@@ -50,11 +50,17 @@ class UNet(nn.Module):
         self.widths = tuple(int(w) for w in widths)
         self.encoders = nn.ModuleList(
             [ConvBlock(3, self.widths[0])]
-            + [ConvBlock(w_in, w_out, stride=2) for w_in, w_out in zip(self.widths, self.widths[1:], strict=False)]
+            + [
+                ConvBlock(w_in, w_out, stride=2)
+                for w_in, w_out in zip(self.widths, self.widths[1:], strict=False)
+            ]
         )
         # decoders[i] merges level i+1 (upsampled) into level i.
         self.decoders = nn.ModuleList(
-            [ConvBlock(w_deep + w_skip, w_skip) for w_skip, w_deep in zip(self.widths, self.widths[1:], strict=False)]
+            [
+                ConvBlock(w_deep + w_skip, w_skip)
+                for w_skip, w_deep in zip(self.widths, self.widths[1:], strict=False)
+            ]
         )
         self.to_logit = nn.Conv2d(self.widths[0], 1, 1)
 
@@ -112,10 +118,19 @@ def train_unet(samples: list[LabeledSample], config: UNetConfig) -> TrainedUNet:
     if not train.defective_indices():
         raise UserError("the U-Net baseline needs at least one readable defective training image")
     net = UNet(config.widths).to(device)
-    sampler = CropSampler(train, config.image_size, PIXEL_MEAN, PIXEL_STD, config.seed, copy_paste=config.copy_paste)
-    losses = optimise_segmentation(net, net, [{"params": list(net.parameters()), "lr": config.lr}], sampler,
-                                   steps=max(1, config.steps), batch_size=config.batch_size, device=device,
-                                   label="U-Net ")
+    sampler = CropSampler(
+        train, config.image_size, PIXEL_MEAN, PIXEL_STD, config.seed, copy_paste=config.copy_paste
+    )
+    losses = optimise_segmentation(
+        net,
+        net,
+        [{"params": list(net.parameters()), "lr": config.lr}],
+        sampler,
+        steps=max(1, config.steps),
+        batch_size=config.batch_size,
+        device=device,
+        label="U-Net ",
+    )
     probabilities = nn.Sequential(net, nn.Sigmoid()).eval()
     predictor = TorchPredictor(
         probabilities,

@@ -128,7 +128,9 @@ async def _post(
 ) -> httpx.Response | None:
     headers = {"X-API-Key": key, "Content-Type": content_type}
     try:
-        response = await client.post("/inspect", content=body, headers=headers, params={"frame_id": uuid.uuid4().hex})
+        response = await client.post(
+            "/inspect", content=body, headers=headers, params={"frame_id": uuid.uuid4().hex}
+        )
     except httpx.TransportError as error:
         statuses[type(error).__name__] += 1
         return None
@@ -179,8 +181,12 @@ async def run_phases(
 
 
 def report(phases: list[Phase], payloads: dict[str, tuple[bytes, str]]) -> None:
-    print("attack frames: " + ", ".join(f"{name} ({len(body)} bytes)" for name, (body, _) in payloads.items()))
-    print(f"{'phase':<28}{'victim ok':>10}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'peak RSS MiB':>14}  victim statuses")
+    print(
+        "attack frames: " + ", ".join(f"{name} ({len(body)} bytes)" for name, (body, _) in payloads.items())
+    )
+    print(
+        f"{'phase':<28}{'victim ok':>10}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'peak RSS MiB':>14}  victim statuses"
+    )
     for phase in phases:
         worst = max(phase.victim_ms) if phase.victim_ms else float("nan")
         print(
@@ -216,14 +222,18 @@ def frame_bytes_per_pixel(bundle: Path, height: int = 7000, width: int = 7000) -
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True, help="the victim's normal frame (PNG)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the attack phase")
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--attackers", type=int, default=4)
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--server-path", type=Path, help="source tree the server is run from (default: this one)")
+    parser.add_argument(
+        "--server-path", type=Path, help="source tree the server is run from (default: this one)"
+    )
     return parser.parse_args(argv)
 
 
@@ -240,11 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     with started_server(args.bundle, args.max_batch) as (url, victim_key):
         pid = server_pid(int(url.rsplit(":", 1)[1]))
         phases = asyncio.run(run_phases(url, victim_key, args, pid, payloads))
-    settings = {name: value for name, value in os.environ.items() if name.startswith("INSPECT_") and "TOKEN" not in name}
+    settings = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("INSPECT_") and "TOKEN" not in name
+    }
     print(f"server from {args.server_path or 'this tree'}; settings from the environment: {settings}")
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     report(phases, payloads)
-    print(f"memory per frame pixel in flight (decode to stitched map, 7000x7000): {frame_bytes_per_pixel(args.bundle):.1f} B")
+    print(
+        f"memory per frame pixel in flight (decode to stitched map, 7000x7000): {frame_bytes_per_pixel(args.bundle):.1f} B"
+    )
     return 0
 
 

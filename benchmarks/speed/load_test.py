@@ -314,8 +314,9 @@ def engine_images_per_s(bundle: Path, batch: int, seconds: float) -> float:
         sys.executable, "-m", "benchmarks.speed.engine", "--bundle", str(bundle), "--batch", str(batch),
         "--seconds", str(seconds), "--json",
     ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 120, check=False,
-                              cwd=CHECKOUT)
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds * 4 + 120, check=False, cwd=CHECKOUT
+    )
     if finished.returncode != 0:
         raise LoadTestError(f"the engine bench failed: {finished.stderr.strip()}")
     last = [line for line in finished.stdout.splitlines() if line.startswith("{")][-1]

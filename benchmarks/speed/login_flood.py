@@ -39,14 +39,18 @@ FORM_ONLY = ""  # a control: the flood's HTTP work without any password check
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-async def camera(client: httpx.AsyncClient, body: bytes, key: str, until: float, limit: int, phase: Phase) -> None:
+async def camera(
+    client: httpx.AsyncClient, body: bytes, key: str, until: float, limit: int, phase: Phase
+) -> None:
     headers = {"X-API-Key": key, "Content-Type": "image/png"}
     for _ in range(limit):
         if time.monotonic() >= until:
             return
         started = time.perf_counter()
         try:
-            response = await client.post("/inspect", content=body, headers=headers, params={"frame_id": uuid.uuid4().hex})
+            response = await client.post(
+                "/inspect", content=body, headers=headers, params={"frame_id": uuid.uuid4().hex}
+            )
         except httpx.TransportError as error:
             phase.victim_statuses[type(error).__name__] += 1
             continue
@@ -74,7 +78,12 @@ async def login_client(url: str, password: str, until: float, limit: int, phase:
                     continue
                 response = await client.post(
                     "/dashboard/login",
-                    data={"username": USERNAME, "password": password, "csrf_token": token.group(1), "next": ""},
+                    data={
+                        "username": USERNAME,
+                        "password": password,
+                        "csrf_token": token.group(1),
+                        "next": "",
+                    },
                 )
             except httpx.TransportError as error:
                 phase.attack_statuses[type(error).__name__] += 1
@@ -92,14 +101,20 @@ async def run_phases(url: str, key: str, args: argparse.Namespace) -> list[tuple
     phases = []
     async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
         for _ in range(3):  # warm the HTTP path
-            await client.post("/inspect", content=body, headers={"X-API-Key": key, "Content-Type": "image/png"})
+            await client.post(
+                "/inspect", content=body, headers={"X-API-Key": key, "Content-Type": "image/png"}
+            )
         for name, password in floods:
             phase = Phase(name)
             started = time.monotonic()
             until = started + args.seconds
-            flooders = [] if password is None else [
-                login_client(url, password, until, args.max_requests, phase) for _ in range(args.clients)
-            ]
+            flooders = (
+                []
+                if password is None
+                else [
+                    login_client(url, password, until, args.max_requests, phase) for _ in range(args.clients)
+                ]
+            )
             await asyncio.gather(camera(client, body, key, until, args.max_requests, phase), *flooders)
             phases.append((phase, time.monotonic() - started))
     return phases
@@ -107,7 +122,18 @@ async def run_phases(url: str, key: str, args: argparse.Namespace) -> list[tuple
 
 def add_user(database_url: str) -> None:
     environment = {**os.environ, "INSPECT_NEW_PASSWORD": PASSWORD}
-    command = [sys.executable, "-m", "inspect_svc.cli", "user", "add", USERNAME, "--role", "viewer", "--db", database_url]
+    command = [
+        sys.executable,
+        "-m",
+        "inspect_svc.cli",
+        "user",
+        "add",
+        USERNAME,
+        "--role",
+        "viewer",
+        "--db",
+        database_url,
+    ]
     subprocess.run(command, env=environment, check=True, capture_output=True)
 
 
@@ -125,14 +151,18 @@ def report(phases: list[tuple[Phase, float]]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True, help="the camera's frame (PNG)")
     parser.add_argument("--clients", type=int, default=8, help="login clients in a flood")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--max-requests", type=int, default=2000, help="per client and phase")
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--server-path", type=Path, help="source tree the server is run from (default: this one)")
+    parser.add_argument(
+        "--server-path", type=Path, help="source tree the server is run from (default: this one)"
+    )
     return parser.parse_args(argv)
 
 

@@ -27,7 +27,9 @@ from training.pretrain_step import train_step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="vit_small_patch16_224")
     parser.add_argument("--objective", default="densedino", choices=["densedino", "densedino-crr", "dino"])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -37,22 +39,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--local-size", type=int, default=224)
     parser.add_argument("--points", type=int, default=2)
     parser.add_argument("--prototypes", type=int, default=65536)
-    parser.add_argument("--point-prototypes", type=int, default=None, help="point head prototypes (default: --prototypes)")
+    parser.add_argument(
+        "--point-prototypes", type=int, default=None, help="point head prototypes (default: --prototypes)"
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, cudnn tuning)")
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps first (compilation, cudnn tuning)"
+    )
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--reference-attention", default="split", choices=["split", "masked"],
-                        help="how blocks keep reference tokens apart (same maths; masked disables flash attention)")
-    parser.add_argument("--decode", default="workers", choices=["workers", "device"],
-                        help="decode JPEGs and cut views in the data workers (OpenCV) or on the GPU (nvJPEG)")
+    parser.add_argument(
+        "--reference-attention",
+        default="split",
+        choices=["split", "masked"],
+        help="how blocks keep reference tokens apart (same maths; masked disables flash attention)",
+    )
+    parser.add_argument(
+        "--decode",
+        default="workers",
+        choices=["workers", "device"],
+        help="decode JPEGs and cut views in the data workers (OpenCV) or on the GPU (nvJPEG)",
+    )
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--data", type=Path, help="folder of images; generated when omitted")
     parser.add_argument("--num-images", type=int, default=1024, help="images to generate without --data")
     parser.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="GPU peak (bf16 dense) for MFU")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="also profile 5 model-only steps: print the top operators, write a trace to DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also profile 5 model-only steps: print the top operators, write a trace to DIR",
+    )
     return parser.parse_args(argv)
 
 
@@ -130,11 +148,23 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     config = PretrainConfig(
-        data=data, out=tmp / "run", arch=args.arch, objective=args.objective, batch_size=args.batch_size,
-        global_crops=args.global_crops, local_crops=args.local_crops, global_size=args.global_size,
-        local_size=args.local_size, points=args.points, num_prototypes=args.prototypes,
-        point_prototypes=args.point_prototypes, workers=args.workers,
-        steps=10**6, device=args.device, progress=False, reference_attention=args.reference_attention,
+        data=data,
+        out=tmp / "run",
+        arch=args.arch,
+        objective=args.objective,
+        batch_size=args.batch_size,
+        global_crops=args.global_crops,
+        local_crops=args.local_crops,
+        global_size=args.global_size,
+        local_size=args.local_size,
+        points=args.points,
+        num_prototypes=args.prototypes,
+        point_prototypes=args.point_prototypes,
+        workers=args.workers,
+        steps=10**6,
+        device=args.device,
+        progress=False,
+        reference_attention=args.reference_attention,
         decode=args.decode,
     )
     config.out.mkdir(parents=True)
@@ -144,23 +174,40 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         compile_blocks(trainer.student_net)
         compile_blocks(trainer.teacher_net)
-    print(f"{args.arch} {args.objective}: batch {args.batch_size}, {args.global_crops}×{args.global_size} + "
-          f"{args.local_crops}×{args.local_size} px, k={args.points}, compile={args.compile}, "
-          f"reference attention={args.reference_attention}, decode={args.decode}, device={device}")
+    print(
+        f"{args.arch} {args.objective}: batch {args.batch_size}, {args.global_crops}×{args.global_size} + "
+        f"{args.local_crops}×{args.local_size} px, k={args.points}, compile={args.compile}, "
+        f"reference attention={args.reference_attention}, decode={args.decode}, device={device}"
+    )
     print(f"FLOPs per step {flops / 1e12:.2f} TFLOP ({flops / args.batch_size / 1e9:.0f} GFLOP per image)")
 
     time_steps(trainer, iter(lambda: fixed, None), args.warmup, device)
-    report("model only (no data)", time_steps(trainer, iter(lambda: fixed, None), args.steps, device),
-           args.batch_size, flops, args.peak_tflops)
+    report(
+        "model only (no data)",
+        time_steps(trainer, iter(lambda: fixed, None), args.steps, device),
+        args.batch_size,
+        flops,
+        args.peak_tflops,
+    )
     # Fresh batch streams (starting at later epochs): the loader's prefetch queue starts empty, so the
     # data-only rate is what the workers sustain, not what they had buffered.
     data_steps = max(args.steps, 4 * args.workers)
-    report("data only", time_data(_batches(trainer.loader, trainer.sampler, sampler_start(trainer, 1)), data_steps, device),
-           args.batch_size, 0.0, args.peak_tflops)
+    report(
+        "data only",
+        time_data(_batches(trainer.loader, trainer.sampler, sampler_start(trainer, 1)), data_steps, device),
+        args.batch_size,
+        0.0,
+        args.peak_tflops,
+    )
     batches = _batches(trainer.loader, trainer.sampler, sampler_start(trainer, 2))
     time_steps(trainer, batches, 3, device)
-    report("end to end (JPEGs)", time_steps(trainer, batches, args.steps, device), args.batch_size, flops,
-           args.peak_tflops)
+    report(
+        "end to end (JPEGs)",
+        time_steps(trainer, batches, args.steps, device),
+        args.batch_size,
+        flops,
+        args.peak_tflops,
+    )
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     if args.profile:

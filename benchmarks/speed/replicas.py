@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replicas", default="1,2,3", help="comma-separated replica counts")
     parser.add_argument("--concurrency", type=int, default=6, help="clients posting at once")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput level")
-    parser.add_argument("--latency-requests", type=int, default=40, help="frames per store in the latency test")
+    parser.add_argument(
+        "--latency-requests", type=int, default=40, help="frames per store in the latency test"
+    )
     parser.add_argument("--latency-bundle", type=Path, default=None, help="default: the tests' tiny model")
     parser.add_argument("--postgres", default=POSTGRES, help="PostgreSQL URL; a schema is created in it")
     return parser.parse_args(argv)
@@ -111,7 +113,9 @@ def camera_key(replica: Replica) -> str:
         return admin.post("/cameras", json={"name": name, "line": "bench"}).json()["api_key"]
 
 
-async def throughput(replicas: list[Replica], key: str, body: bytes, clients: int, seconds: float) -> tuple[float, int]:
+async def throughput(
+    replicas: list[Replica], key: str, body: bytes, clients: int, seconds: float
+) -> tuple[float, int]:
     """200 answers per second over `seconds`, and the count of other answers."""
     headers = {"X-API-Key": key, "Content-Type": "image/png"}
     run = uuid.uuid4().hex[:8]
@@ -119,7 +123,9 @@ async def throughput(replicas: list[Replica], key: str, body: bytes, clients: in
     async with httpx.AsyncClient(headers=headers, timeout=180.0) as client:
         for index, replica in enumerate(replicas):  # warm-up: every replica has served a frame
             with contextlib.suppress(httpx.HTTPError):
-                await client.post(f"{replica.url}/inspect", content=body, params={"frame_id": f"{run}-warm-{index}"})
+                await client.post(
+                    f"{replica.url}/inspect", content=body, params={"frame_id": f"{run}-warm-{index}"}
+                )
         started = time.perf_counter()
         deadline = started + seconds
         sent = 0
@@ -130,8 +136,9 @@ async def throughput(replicas: list[Replica], key: str, body: bytes, clients: in
                 sent += 1
                 replica = replicas[sent % len(replicas)]
                 try:
-                    response = await client.post(f"{replica.url}/inspect", content=body,
-                                                 params={"frame_id": f"{run}-{sent}"})
+                    response = await client.post(
+                        f"{replica.url}/inspect", content=body, params={"frame_id": f"{run}-{sent}"}
+                    )
                 except httpx.HTTPError:
                     failed += 1
                     continue
@@ -146,8 +153,9 @@ async def throughput(replicas: list[Replica], key: str, body: bytes, clients: in
     return ok / elapsed, failed
 
 
-def alternate_latency(file_replica: Replica, s3_replica: Replica, keys: tuple[str, str], body: bytes,
-                      requests: int) -> tuple[list[float], list[float]]:
+def alternate_latency(
+    file_replica: Replica, s3_replica: Replica, keys: tuple[str, str], body: bytes, requests: int
+) -> tuple[list[float], list[float]]:
     """Milliseconds per inspection on each replica, the two taking turns one frame at a time."""
     timings: tuple[list[float], list[float]] = ([], [])
     run = uuid.uuid4().hex[:8]
@@ -156,7 +164,9 @@ def alternate_latency(file_replica: Replica, s3_replica: Replica, keys: tuple[st
             for side, (replica, key) in enumerate(zip((file_replica, s3_replica), keys, strict=True)):
                 sent = time.perf_counter()
                 response = client.post(
-                    f"{replica.url}/inspect", content=body, params={"frame_id": f"{run}-{side}-{index}"},
+                    f"{replica.url}/inspect",
+                    content=body,
+                    params={"frame_id": f"{run}-{side}-{index}"},
                     headers={"X-API-Key": key, "Content-Type": "image/png"},
                 )
                 response.raise_for_status()
@@ -179,19 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         s3 = S3Server.start_or_reuse(workdir / "s3")
         try:
             bucket = f"bench-{uuid.uuid4().hex[:12]}"
-            print(f"bundle {args.bundle}, image {args.image.name}, {args.concurrency} clients, "
-                  f"{args.seconds:.0f} s per level")
+            print(
+                f"bundle {args.bundle}, image {args.image.name}, {args.concurrency} clients, "
+                f"{args.seconds:.0f} s per level"
+            )
             rates: dict[int, float] = {}
             for count in levels:
                 with fresh_schema(args.postgres) as database_url:
                     env = environment(database_url, s3, bucket)
-                    replicas = [Replica(f"n{count}-r{i}", workdir / f"n{count}-r{i}", env) for i in range(count)]
+                    replicas = [
+                        Replica(f"n{count}-r{i}", workdir / f"n{count}-r{i}", env) for i in range(count)
+                    ]
                     with running(replicas, args.bundle):
                         key = camera_key(replicas[0])
-                        rate, failed = asyncio.run(throughput(replicas, key, body, args.concurrency, args.seconds))
+                        rate, failed = asyncio.run(
+                            throughput(replicas, key, body, args.concurrency, args.seconds)
+                        )
                 rates[count] = rate
-                print(f"{count} replica(s): {rate:.2f} images/s ({rate / rates[levels[0]]:.2f}x), "
-                      f"{failed} non-200 answers")
+                print(
+                    f"{count} replica(s): {rate:.2f} images/s ({rate / rates[levels[0]]:.2f}x), "
+                    f"{failed} non-200 answers"
+                )
             latency_bundle = args.latency_bundle or make_test_bundle(workdir / "tiny", version="tiny-1").root
             with fresh_schema(args.postgres) as database_url:
                 on_file = Replica("file", workdir / "lat-file", environment(database_url, None, bucket))
@@ -202,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"latency, bundle {latency_bundle.name}, one frame at a time:")
             print(f"file store: {describe(file_ms)} over {len(file_ms)} frames")
             print(f"S3 store:   {describe(s3_ms)} over {len(s3_ms)} frames")
-            print(f"S3 adds {statistics.median(s3_ms) - statistics.median(file_ms):+.1f} ms per inspection (medians)")
+            print(
+                f"S3 adds {statistics.median(s3_ms) - statistics.median(file_ms):+.1f} ms per inspection (medians)"
+            )
         finally:
             s3.stop()
     return 0

@@ -53,7 +53,10 @@ def main_database_sync(level: str) -> Iterator[None]:
 
 
 def one_round(args: argparse.Namespace, level: str, body: bytes) -> tuple[list[float], list[float]]:
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="inspect-sync-") as workdir, main_database_sync(level):
+    with (
+        tempfile.TemporaryDirectory(dir=args.dir, prefix="inspect-sync-") as workdir,
+        main_database_sync(level),
+    ):
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=f"sqlite:///{workdir}/inspect.db",
@@ -94,13 +97,17 @@ def row_commits(sessions: sessionmaker[Session], inspection_id: str, count: int)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=40, help="frames per round")
     parser.add_argument("--commits", type=int, default=200, help="row commits per round, timed alone")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per setting, alternating")
-    parser.add_argument("--dir", type=Path, default=None, help="where the databases go (default: the temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the databases go (default: the temp dir)"
+    )
     return parser.parse_args(argv)
 
 
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             frames, commits = one_round(args, level, body)
             posted[level] += frames
             committed[level] += commits
-    print(f"{os.cpu_count()} CPUs; load average at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(
+        f"{os.cpu_count()} CPUs; load average at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
     print(f"databases in {args.dir or tempfile.gettempdir()}; {args.rounds} rounds per setting")
     for what, results in (("POST /inspect", posted), ("row commit", committed)):
         for level, latencies in results.items():

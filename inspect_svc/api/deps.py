@@ -60,7 +60,9 @@ def require_admin(service: ServiceDep, authorization: AuthorizationHeader = None
     """Admin endpoints need `Authorization: Bearer <admin token>`; without a configured token they are off."""
     admin_token = service.settings.admin_token
     if admin_token is None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin API disabled: set INSPECT_ADMIN_TOKEN to enable it")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "admin API disabled: set INSPECT_ADMIN_TOKEN to enable it"
+        )
     token = authorization.credentials.strip() if authorization is not None else ""
     if not tokens_match(token, admin_token.get_secret_value()):
         raise HTTPException(
@@ -116,7 +118,9 @@ def picture_reader(picture: links.Picture) -> Callable[..., Awaitable[Reader]]:
         x_api_key: ApiKeyHeader = None,
         authorization: AuthorizationHeader = None,
         expires: Annotated[int | None, Query(ge=0, description="signed links: expiry, Unix seconds")] = None,
-        signature: Annotated[str | None, Query(max_length=128, description="signed links: the signature")] = None,
+        signature: Annotated[
+            str | None, Query(max_length=128, description="signed links: the signature")
+        ] = None,
     ) -> Reader:
         if signature is None:
             return await get_reader(service, x_api_key, authorization)

@@ -31,7 +31,9 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 BODY_ERRORS = (408, 413)
 
 
-def error_responses(*codes: int, descriptions: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *codes: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these status codes, all with the `ErrorBody` schema.
 
     `descriptions` replaces the standard reason phrase of a code with what it means on this route.
@@ -54,7 +56,9 @@ async def validation_error(_request: Request, error: RequestValidationError) -> 
         for issue in issues[:MAX_LISTED_ISSUES]
     )
     more = f" (and {len(issues) - MAX_LISTED_ISSUES} more)" if len(issues) > MAX_LISTED_ISSUES else ""
-    body = ErrorBody(detail=f"invalid request: {listed or 'unreadable input'}{more}", reason=None, errors=issues)
+    body = ErrorBody(
+        detail=f"invalid request: {listed or 'unreadable input'}{more}", reason=None, errors=issues
+    )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
 
 

@@ -105,7 +105,9 @@ async def inspect_frame(
         update={"signed_links": links.signed_links(service.settings, outcome.inspection.id)}
     )
     if outcome.map_png is not None:
-        inspection = inspection.model_copy(update={"map_png_base64": base64.b64encode(outcome.map_png).decode()})
+        inspection = inspection.model_copy(
+            update={"map_png_base64": base64.b64encode(outcome.map_png).decode()}
+        )
     return inspection
 
 
@@ -113,7 +115,9 @@ async def _read_multipart(request: Request) -> tuple[bytes, str, dict[str, str]]
     form = await request.form(max_files=1, max_fields=8)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "multipart body needs an image in the field 'file'")
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "multipart body needs an image in the field 'file'"
+        )
     body = await upload.read()
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     return body, upload.content_type or "", fields
@@ -135,7 +139,8 @@ def _camera_id(camera: CameraPublic | None, requested: str | None) -> str:
     if camera is not None:
         if requested is not None and requested != camera.name:
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"this API key belongs to camera {camera.name!r}, not {requested!r}"
+                status.HTTP_403_FORBIDDEN,
+                f"this API key belongs to camera {camera.name!r}, not {requested!r}",
             )
         return camera.name
     if requested is None:
@@ -150,6 +155,7 @@ def _line(camera: CameraPublic | None, requested: str | None) -> str | None:
     if requested is not None and requested != camera.line:
         registered = f"line {camera.line!r}" if camera.line else "no line"
         raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"camera {camera.name!r} is registered for {registered}, not {requested!r}"
+            status.HTTP_403_FORBIDDEN,
+            f"camera {camera.name!r} is registered for {registered}, not {requested!r}",
         )
     return camera.line

@@ -63,11 +63,18 @@ async def list_inspections(
             )
         camera_id = reader.camera.name
     filters = InspectionFilter(
-        camera_id=camera_id, line=line, verdict=verdict, model_version=model_version,
-        since=since, until=until, reviewed=reviewed,
+        camera_id=camera_id,
+        line=line,
+        verdict=verdict,
+        model_version=model_version,
+        since=since,
+        until=until,
+        reviewed=reviewed,
     )
     try:
-        return await service.run_db(lambda s: repo.list_inspections(s, filters=filters, limit=limit, cursor=cursor))
+        return await service.run_db(
+            lambda s: repo.list_inspections(s, filters=filters, limit=limit, cursor=cursor)
+        )
     except repo.InvalidCursor as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
 
@@ -140,4 +147,6 @@ def _read_blob(service: ServiceState, key: str) -> bytes:
     try:
         return service.blobs.read(key)
     except BlobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing") from None
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing"
+        ) from None

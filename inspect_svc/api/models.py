@@ -48,9 +48,7 @@ async def register_model(service: ServiceDep, body: ModelRegister) -> ModelVersi
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
 
 
-@router.post(
-    "/rollback", response_model=ModelVersionPublic, dependencies=[AdminDep], responses=ADMIN_ERRORS
-)
+@router.post("/rollback", response_model=ModelVersionPublic, dependencies=[AdminDep], responses=ADMIN_ERRORS)
 async def rollback(service: ServiceDep) -> ModelVersionPublic:
     """Re-activate the previously active version."""
     try:

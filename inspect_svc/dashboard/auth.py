@@ -130,7 +130,9 @@ def _login_page(
 ) -> HTMLResponse:
     token = guard.forms.issue()
     context = {"login_csrf": token, "next_url": next_url, "error": error, "username": username, "user": None}
-    response = TEMPLATES.TemplateResponse(request, "login.html", context, status_code=status_code, headers=headers)
+    response = TEMPLATES.TemplateResponse(
+        request, "login.html", context, status_code=status_code, headers=headers
+    )
     _set_cookie(response, settings, LOGIN_CSRF_COOKIE, token, max_age=LOGIN_FORM_TTL_S)
     return response
 
@@ -139,7 +141,9 @@ Guard = Annotated[LoginGuard, Depends(get_login_guard)]
 
 
 @router.get("/login", name="dashboard_login", response_class=HTMLResponse)
-def login_form(request: Request, settings: AppSettings, guard: Guard, next: str | None = None) -> HTMLResponse:
+def login_form(
+    request: Request, settings: AppSettings, guard: Guard, next: str | None = None
+) -> HTMLResponse:
     """The login form."""
     return _login_page(request, settings, guard, next_url=_safe_next(next, ""), error=None)
 
@@ -166,16 +170,28 @@ def login_submit(
     if wait_s > 0:
         error = "Too many failed logins: wait a little before trying again."
         return _login_page(
-            request, settings, guard, next_url=next_url, error=error, username=username,
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=retry_after_header(wait_s),
+            request,
+            settings,
+            guard,
+            next_url=next_url,
+            error=error,
+            username=username,
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers=retry_after_header(wait_s),
         )
     try:
         user = repositories.authenticate_user(db, username=username, password=password)
     except PasswordHashBusy:
         guard.throttle.not_checked(username, address)
         return _login_page(
-            request, settings, guard, next_url=next_url, error="The server is busy: try again in a moment.",
-            username=username, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=retry_after_header(1.0),
+            request,
+            settings,
+            guard,
+            next_url=next_url,
+            error="The server is busy: try again in a moment.",
+            username=username,
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers=retry_after_header(1.0),
         )
     if user is None:
         error = "Unknown user or wrong password."

@@ -65,13 +65,15 @@ def line_chart(
     laid_out = []
     for index, (name, points) in enumerate(sorted(series.items())):
         coordinates = [(round(x_of(moment), 1), round(y_of(value), 1)) for moment, value in points]
-        laid_out.append(Series(
-            name=name,
-            colour=PALETTE[index % len(PALETTE)],
-            points=" ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates),
-            last_value=points[-1][1] if points else 0.0,
-            markers=coordinates,
-        ))
+        laid_out.append(
+            Series(
+                name=name,
+                colour=PALETTE[index % len(PALETTE)],
+                points=" ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates),
+                last_value=points[-1][1] if points else 0.0,
+                markers=coordinates,
+            )
+        )
     x_ticks = [
         Tick(
             position=x_of(start + (end - start) * step / 4),

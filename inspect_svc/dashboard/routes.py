@@ -69,7 +69,9 @@ def _parse_time(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
         # Converting to UTC can leave the calendar (0001-01-01T00:00+01:00): OverflowError.
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        return (
+            moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        )
     except (ValueError, OverflowError) as error:
         raise QueryError(f"{value!r} is not a date-time like 2026-01-31T08:00") from error
 

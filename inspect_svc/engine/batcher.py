@@ -298,7 +298,9 @@ class DynamicBatcher:
         """Fill a batch from the cameras with queued tiles, least recent use first, then charge their use."""
         segments: list[_Segment] = []
         room = self.max_batch
-        for camera in sorted(self._queues, key=lambda name: self._usage.get(name, 0.0)):  # stable: ties by arrival
+        for camera in sorted(
+            self._queues, key=lambda name: self._usage.get(name, 0.0)
+        ):  # stable: ties by arrival
             if room == 0:
                 break
             room -= self._take_from(camera, room, segments)
@@ -325,7 +327,9 @@ class DynamicBatcher:
             job = queue[0]
             if job.future.done() or job.deadline <= now:
                 if not job.future.done():
-                    job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                    job.future.set_exception(
+                        DeadlineExceeded("the deadline passed while the request was queued")
+                    )
                 self._withdraw(job)
                 continue
             take = min(share - taken, job.remaining)

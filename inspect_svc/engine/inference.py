@@ -166,7 +166,9 @@ class InferenceEngine:
             await old_slot.batcher.stop(drain=True)
             return old_slot.predictor.version
 
-    async def infer(self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS) -> InferenceOutput:
+    async def infer(
+        self, image_rgb: np.ndarray, *, deadline_s: float, camera: str = ANONYMOUS
+    ) -> InferenceOutput:
         """Defect probability map of a uint8 RGB [H, W, 3] frame.
 
         Args:

@@ -28,4 +28,6 @@ def blob_response(
             return FileResponse(blobs.path(key), media_type=media_type, headers=headers)
         return StreamingResponse(blobs.stream(key), media_type=media_type, headers=headers)
     except BlobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing") from None
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "the stored file for this inspection is missing"
+        ) from None

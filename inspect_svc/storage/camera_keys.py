@@ -35,7 +35,10 @@ class KnownCameraKeys:
         """Make the copy equal to `cameras` (every camera, disabled ones included); False when it already was."""
         wanted = {key_hash: camera.model_dump_json() for key_hash, camera in cameras.items()}
         with self._lock:
-            if dict(self._connection.execute("SELECT api_key_hash, camera FROM camera_keys").fetchall()) == wanted:
+            if (
+                dict(self._connection.execute("SELECT api_key_hash, camera FROM camera_keys").fetchall())
+                == wanted
+            ):
                 return False  # nothing changed: no write, no fsync
             self._connection.execute("BEGIN IMMEDIATE")
             try:
@@ -55,7 +58,9 @@ class KnownCameraKeys:
                 "SELECT camera FROM camera_keys WHERE api_key_hash = ?", (key_hash,)
             ).fetchone()
             if row is None or row[0] != encoded:
-                self._connection.execute("INSERT OR REPLACE INTO camera_keys VALUES (?, ?)", (key_hash, encoded))
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO camera_keys VALUES (?, ?)", (key_hash, encoded)
+                )
 
     def refuse(self, key_hash: str) -> None:
         """The database no longer accepts this key: a copy of it, if any, is marked disabled."""
@@ -66,7 +71,9 @@ class KnownCameraKeys:
             camera = _decoded(row[0]) if row else None
             if camera is not None and camera.active:
                 disabled = camera.model_copy(update={"active": False}).model_dump_json()
-                self._connection.execute("UPDATE camera_keys SET camera = ? WHERE api_key_hash = ?", (disabled, key_hash))
+                self._connection.execute(
+                    "UPDATE camera_keys SET camera = ? WHERE api_key_hash = ?", (disabled, key_hash)
+                )
 
     def lookup(self, key_hash: str) -> CameraPublic | None:
         """The camera last known for this key (check `.active`); None when the key was never seen."""

@@ -40,7 +40,9 @@ class AcknowledgedFrames:
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, frame_id TEXT NOT NULL,"
             " record TEXT NOT NULL, acknowledged_at REAL NOT NULL, UNIQUE (camera_id, frame_id))"
         )
-        self._connection.execute("CREATE INDEX IF NOT EXISTS acknowledged_at ON acknowledged (acknowledged_at)")
+        self._connection.execute(
+            "CREATE INDEX IF NOT EXISTS acknowledged_at ON acknowledged (acknowledged_at)"
+        )
         self.prune()
 
     def remember(self, record: InspectionCreate) -> None:
@@ -76,7 +78,9 @@ class AcknowledgedFrames:
 
     def _prune_locked(self) -> None:
         self._writes_since_prune = 0
-        self._connection.execute("DELETE FROM acknowledged WHERE acknowledged_at < ?", (time.time() - self.max_age_s,))
+        self._connection.execute(
+            "DELETE FROM acknowledged WHERE acknowledged_at < ?", (time.time() - self.max_age_s,)
+        )
         self._connection.execute(
             "DELETE FROM acknowledged WHERE seq <= (SELECT seq FROM acknowledged ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (self.max_items,),

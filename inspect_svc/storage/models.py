@@ -124,7 +124,10 @@ class InspectionDB(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
     regions: Mapped[list[DefectRegionDB]] = relationship(
-        back_populates="inspection", cascade="all, delete-orphan", order_by="DefectRegionDB.id", lazy="selectin"
+        back_populates="inspection",
+        cascade="all, delete-orphan",
+        order_by="DefectRegionDB.id",
+        lazy="selectin",
     )
     reviews: Mapped[list[ReviewDB]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan", order_by="ReviewDB.id"

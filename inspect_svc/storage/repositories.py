@@ -163,8 +163,20 @@ def public_from_record(inspection: InspectionCreate, *, reviewed: bool = False) 
     return InspectionPublic(
         **inspection.model_dump(
             include={
-                "id", "camera_id", "frame_id", "line", "model_version", "verdict", "score", "threshold",
-                "defect_area", "width", "height", "regions", "timings", "created_at",
+                "id",
+                "camera_id",
+                "frame_id",
+                "line",
+                "model_version",
+                "verdict",
+                "score",
+                "threshold",
+                "defect_area",
+                "width",
+                "height",
+                "regions",
+                "timings",
+                "created_at",
             }
         ),
         reviewed=reviewed,
@@ -240,7 +252,10 @@ def _inspection_record(row: InspectionDB) -> InspectionCreate:
         width=row.width,
         height=row.height,
         timings=Timings(
-            decode_ms=row.decode_ms, queue_ms=row.queue_ms, inference_ms=row.inference_ms, total_ms=row.total_ms
+            decode_ms=row.decode_ms,
+            queue_ms=row.queue_ms,
+            inference_ms=row.inference_ms,
+            total_ms=row.total_ms,
         ),
         regions=[
             Region(
@@ -470,7 +485,9 @@ def add_review(session: Session, *, review: ReviewCreate) -> ReviewPublic:
 
 
 def list_reviews(session: Session, *, inspection_id: str) -> list[ReviewPublic]:
-    rows = session.scalars(select(ReviewDB).where(ReviewDB.inspection_id == inspection_id).order_by(ReviewDB.id))
+    rows = session.scalars(
+        select(ReviewDB).where(ReviewDB.inspection_id == inspection_id).order_by(ReviewDB.id)
+    )
     return [_review_public(row) for row in rows]
 
 
@@ -490,7 +507,9 @@ def _review_public(row: ReviewDB) -> ReviewPublic:
 
 
 def create_user(session: Session, *, user: UserCreate) -> UserPublic:
-    row = UserDB(username=user.username, password_hash=hash_password(user.password), role=user.role, active=True)
+    row = UserDB(
+        username=user.username, password_hash=hash_password(user.password), role=user.role, active=True
+    )
     session.add(row)
     session.flush()
     return _user_public(row)
@@ -556,7 +575,11 @@ def revoke_login_session(session: Session, *, token: str) -> None:
 
 def _user_public(row: UserDB) -> UserPublic:
     return UserPublic(
-        id=row.id, username=row.username, role=row.role, active=row.active, created_at=row.created_at  # type: ignore[arg-type]
+        id=row.id,
+        username=row.username,
+        role=row.role,  # type: ignore[arg-type]  # the column holds only valid roles; pydantic checks it
+        active=row.active,
+        created_at=row.created_at,
     )
 
 

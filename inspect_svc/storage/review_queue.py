@@ -186,9 +186,7 @@ def cursor_for(item: InspectionView, sort: SortKey) -> Cursor:
     return Cursor(value=value, inspection_id=item.id)
 
 
-def _queue_statement(
-    filters: QueueFilters, cursor: Cursor | None, *, after: bool
-) -> Select[InspectionDB]:
+def _queue_statement(filters: QueueFilters, cursor: Cursor | None, *, after: bool) -> Select[InspectionDB]:
     """Rows strictly after (`after=True`, the queue's own direction) or before the cursor."""
     value_col, id_col = sort_columns(filters.sort)
     statement = select(InspectionDB).where(*filter_conditions(filters))
@@ -261,7 +259,10 @@ def get_inspection(session: Session, inspection_id: str) -> InspectionView | Non
     reviews = [_review_view(review, username) for review, username in session.execute(statement)]
     regions = [_region_view(region) for region in row.regions]
     return replace(
-        _inspection_view(row), regions=regions, reviews=reviews, latest_review=reviews[-1] if reviews else None
+        _inspection_view(row),
+        regions=regions,
+        reviews=reviews,
+        latest_review=reviews[-1] if reviews else None,
     )
 
 

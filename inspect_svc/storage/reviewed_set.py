@@ -96,7 +96,9 @@ def reviews_session(database_url: str) -> Iterator[Session]:
                 session.execute(select(ReviewDB.id).limit(1))
             except SQLAlchemyError as error:
                 cause = error.orig if isinstance(error, DBAPIError) else error
-                raise ReviewsUnreadable(f"cannot read reviews from {url.render_as_string()}: {cause}") from None
+                raise ReviewsUnreadable(
+                    f"cannot read reviews from {url.render_as_string()}: {cause}"
+                ) from None
             yield session
     finally:
         engine.dispose()

@@ -84,14 +84,18 @@ class S3BlobStore:
             return
         except ClientError as error:
             if _error_code(error) not in MISSING_CODES:
-                raise BlobStoreUnavailable(f"cannot reach bucket {self.bucket!r}: {_describe(error)}") from None
+                raise BlobStoreUnavailable(
+                    f"cannot reach bucket {self.bucket!r}: {_describe(error)}"
+                ) from None
         except BotoCoreError as error:
             raise BlobStoreUnavailable(f"cannot reach the object store: {_describe(error)}") from None
         try:
             self.client.create_bucket(Bucket=self.bucket)
         except ClientError as error:
             if _error_code(error) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                raise BlobStoreUnavailable(f"cannot create bucket {self.bucket!r}: {_describe(error)}") from None
+                raise BlobStoreUnavailable(
+                    f"cannot create bucket {self.bucket!r}: {_describe(error)}"
+                ) from None
 
     def put(self, data: bytes, *, suffix: str = "") -> str:
         """Store `data` and return its key once the object store has acknowledged it.
@@ -102,7 +106,9 @@ class S3BlobStore:
         key = content_key(hashlib.sha256(data).hexdigest(), suffix)
         # No existence check first: a PUT of the same content under its own key is idempotent, and one
         # round trip is cheaper than two.
-        self._call("store", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data))
+        self._call(
+            "store", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        )
         return key
 
     def put_file(self, path: Path, *, suffix: str = "") -> str:
@@ -124,7 +130,9 @@ class S3BlobStore:
             BlobStoreUnavailable: the store cannot be reached.
         """
         check_key(key)
-        response = self._call("read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._name(key)))
+        response = self._call(
+            "read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._name(key))
+        )
         return _body_chunks(response["Body"])
 
     def download(self, key: str, target: Path) -> None:
@@ -134,7 +142,9 @@ class S3BlobStore:
 
     def _exists(self, key: str) -> bool:
         try:
-            self._call("look up", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._name(key)))
+            self._call(
+                "look up", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+            )
         except BlobNotFound:
             return False
         return True
@@ -148,9 +158,13 @@ class S3BlobStore:
         except ClientError as error:
             if _error_code(error) in MISSING_CODES:
                 raise BlobNotFound(f"no blob {key}") from None
-            raise BlobStoreUnavailable(f"the object store refused to {action} {key}: {_describe(error)}") from None
+            raise BlobStoreUnavailable(
+                f"the object store refused to {action} {key}: {_describe(error)}"
+            ) from None
         except (BotoCoreError, S3UploadFailedError) as error:  # connection refused, timeout, DNS…
-            raise BlobStoreUnavailable(f"cannot {action} {key} in the object store: {_describe(error)}") from None
+            raise BlobStoreUnavailable(
+                f"cannot {action} {key} in the object store: {_describe(error)}"
+            ) from None
 
 
 def _body_chunks(body: Any) -> Iterator[bytes]:

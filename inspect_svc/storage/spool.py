@@ -80,12 +80,16 @@ class ResultSpool:
 
     def get(self, inspection_id: str) -> InspectionCreate | None:
         with self._lock:
-            row = self._connection.execute("SELECT record FROM spooled WHERE id = ?", (inspection_id,)).fetchone()
+            row = self._connection.execute(
+                "SELECT record FROM spooled WHERE id = ?", (inspection_id,)
+            ).fetchone()
         return InspectionCreate.model_validate_json(row[0]) if row else None
 
     def oldest(self, limit: int) -> list[InspectionCreate]:
         with self._lock:
-            rows = self._connection.execute("SELECT record FROM spooled ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            rows = self._connection.execute(
+                "SELECT record FROM spooled ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
         return [InspectionCreate.model_validate_json(row[0]) for row in rows]
 
     def remove(self, inspection_id: str) -> None:
@@ -144,8 +148,15 @@ def is_database_outage(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
     return isinstance(
-        error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError,
-                ConnectionError, TimeoutError)
+        error,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.DisconnectionError,
+            sa_exc.TimeoutError,
+            ConnectionError,
+            TimeoutError,
+        ),
     )
 
 

@@ -57,8 +57,11 @@ class WriteHealth:
         with self._lock:
             was_writable, self._writable = self._writable, False
         if was_writable:
-            log.error("local storage refuses writes (%s: %s); answering 503 until it recovers",
-                      type(error).__name__, error)
+            log.error(
+                "local storage refuses writes (%s: %s); answering 503 until it recovers",
+                type(error).__name__,
+                error,
+            )
 
     def succeeded(self) -> None:
         with self._lock:

@@ -50,7 +50,9 @@ def test_the_product_never_imports_research_or_tests() -> None:
             imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported = [node.module]
-            offenders += [f"{name}: {module}" for module in imported if module.split(".")[0] in ("benchmarks", "tests")]
+            offenders += [
+                f"{name}: {module}" for module in imported if module.split(".")[0] in ("benchmarks", "tests")
+            ]
     assert offenders == []
 
 

@@ -49,7 +49,8 @@ def test_probe_cli_bad_data_is_a_one_line_error(tmp_path: Path, data: str) -> No
     folder = tmp_path / data
     if data == "empty":
         folder.mkdir()
-    result = CliRunner().invoke(app, ["probe", "--backbone", "random:test_vit", "--data", str(folder),
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["probe", "--backbone", "random:test_vit", "--data", str(folder), "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1

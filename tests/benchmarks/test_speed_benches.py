@@ -126,7 +126,20 @@ def test_pretrain_step_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
 def test_anomaly_cost(hybrid_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.speed.anomaly_cost import main
 
-    main(["--run", str(hybrid_run[0]), "--context", "0,3", "--bank-sizes", "32", "--repeats", "2", "--batch", "2"])
+    main(
+        [
+            "--run",
+            str(hybrid_run[0]),
+            "--context",
+            "0,3",
+            "--bank-sizes",
+            "32",
+            "--repeats",
+            "2",
+            "--batch",
+            "2",
+        ]
+    )
     table = capsys.readouterr().out
     rows = re.findall(rf"^\| (\d+) \| 32 \| \d+ \| {NUMBER} \| {NUMBER} \|$", table, flags=re.MULTILINE)
     assert rows == ["0", "3"]

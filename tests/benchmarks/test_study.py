@@ -39,8 +39,9 @@ TINY_STUDY_ARGS = [
 
 def invoke_study(data: Path, out: Path, *options: str):
     """`label-study` with the tiny backbone on `data`, plus `options`."""
-    return runner.invoke(app, ["label-study", "--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(out),
-                               *options])
+    return runner.invoke(
+        app, ["label-study", "--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(out), *options]
+    )
 
 
 def two_line_set(root: Path) -> Path:
@@ -92,7 +93,10 @@ def test_study_writes_every_row(study_run: tuple[Path, Path, str]) -> None:
     assert "[7/7]" in output  # one progress line per trained model
     markdown = (out / "study.md").read_text()
     assert "| U-Net from scratch |" in markdown and "held out of the labels: scratch" in markdown
-    assert "## Pixel AP and verdicts at the stored image threshold" in markdown and "## The worst line" in markdown
+    assert (
+        "## Pixel AP and verdicts at the stored image threshold" in markdown
+        and "## The worst line" in markdown
+    )
     # The hybrids ran with finetune's defaults, and the report says which.
     assert "2048 rows per query, bank rows with 15x15 texture statistics" in markdown
 
@@ -155,10 +159,14 @@ def test_a_job_alone_gives_the_row_it_gives_within_the_study(
     data, out, _ = study_run
     whole = json.loads((out / "study.json").read_text())["rows"]
     plan = study.plan_jobs
-    monkeypatch.setattr(study, "plan_jobs", lambda config: [
-        job for job in plan(config) if job.model == "hybrid" and job.trained_on != "pool"
-    ])
-    result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(tmp_path), *TINY_STUDY_ARGS])
+    monkeypatch.setattr(
+        study,
+        "plan_jobs",
+        lambda config: [job for job in plan(config) if job.model == "hybrid" and job.trained_on != "pool"],
+    )
+    result = runner.invoke(
+        app, ["label-study", "--data", str(data), "--out", str(tmp_path), *TINY_STUDY_ARGS]
+    )
     assert result.exit_code == 0, result.output
     (alone,) = json.loads((tmp_path / "study.json").read_text())["rows"]
     within = next(r for r in whole if r["model"] == "hybrid" and r["trained_on"] != "pool")
@@ -166,13 +174,16 @@ def test_a_job_alone_gives_the_row_it_gives_within_the_study(
     assert alone["metrics"] == within["metrics"] and alone["thresholds"] == within["thresholds"]
 
 
-@pytest.mark.parametrize(("option", "value", "key", "stored", "words"), [
-    ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
-    ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
-    ("--bank-size", "512", "bank_size", 512, "512 rows per query"),
-    ("--anomaly-pixel-weight", "0", "anomaly_pixel_weight", 0.0, "texture statistics; hybrid head"),
-    ("--head-context", "5", "head_context", 5, "hybrid head with a 5x5 texture-context block"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "key", "stored", "words"),
+    [
+        ("--anomaly-features", "vit", "anomaly_features", "vit", "hybrid anomaly branch on vit features"),
+        ("--anomaly-context", "5", "anomaly_context", 5, "bank rows with 5x5 texture statistics"),
+        ("--bank-size", "512", "bank_size", 512, "512 rows per query"),
+        ("--anomaly-pixel-weight", "0", "anomaly_pixel_weight", 0.0, "texture statistics; hybrid head"),
+        ("--head-context", "5", "head_context", 5, "hybrid head with a 5x5 texture-context block"),
+    ],
+)
 def test_other_anomaly_branch_retrains_only_the_hybrids(
     study_run: tuple[Path, Path, str], option: str, value: str, key: str, stored: object, words: str
 ) -> None:
@@ -180,8 +191,9 @@ def test_other_anomaly_branch_retrains_only_the_hybrids(
     before = json.loads((out / "study.json").read_text())["rows"]
     hybrids = len({row["run"] for row in before if row["model"] == "hybrid"})
     try:
-        result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS,
-                                     option, value])
+        result = runner.invoke(
+            app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS, option, value]
+        )
         assert result.exit_code == 0, result.output
         assert result.output.count("cached") == 7 - hybrids
         assert json.loads((out / "study.json").read_text())["config"][key] == stored
@@ -195,8 +207,10 @@ def test_copy_paste_retrains_what_it_trains_and_says_so(study_run: tuple[Path, P
     before = json.loads((out / "study.json").read_text())["rows"]
     zero_label = len({row["run"] for row in before if row["model"] == "zero-label"})  # one job, two rows
     try:
-        result = runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS,
-                                     "--copy-paste", "0.5"])
+        result = runner.invoke(
+            app,
+            ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS, "--copy-paste", "0.5"],
+        )
         assert result.exit_code == 0, result.output
         assert result.output.count("cached") == zero_label  # hybrids and U-Nets train on pasted crops
         assert json.loads((out / "study.json").read_text())["config"]["copy_paste"] == 0.5
@@ -265,21 +279,42 @@ def test_unknown_held_out_type_is_a_one_line_error(tmp_path: Path) -> None:
 def test_several_seeds_give_one_study_each_and_a_summary(tmp_path: Path) -> None:
     data = two_line_set(tmp_path / "data")
     out = tmp_path / "multi"
-    args = ["--labels", "1", "--held-out-types", "", "--no-include-unet", "--steps", "2", "--batch-size", "4",
-            "--image-size", "32", "--device", "cpu", "--seed", "0", "--seed", "3"]
+    args = [
+        "--labels",
+        "1",
+        "--held-out-types",
+        "",
+        "--no-include-unet",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--seed",
+        "3",
+    ]
     result = invoke_study(data, out, *args)
     assert result.exit_code == 0, result.output
     studies = {seed: json.loads((out / f"seed-{seed}" / "study.json").read_text()) for seed in (0, 3)}
     assert studies[0]["split"]["test_images"] != studies[3]["split"]["test_images"]  # each seed its own split
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [0, 3] and len(summary["rows"]) == 2  # zero-label and hybrid, on the test split
+    assert (
+        summary["seeds"] == [0, 3] and len(summary["rows"]) == 2
+    )  # zero-label and hybrid, on the test split
     for row in summary["rows"]:
         measured = [
             next(r for r in studies[seed]["rows"] if r["model"] == row["model"])["metrics"]["pixel_auroc"]
             for seed in (0, 3)
         ]
         stats = row["overall"]["pixel_auroc"]
-        assert stats["values"] == pytest.approx(measured) and stats["mean"] == pytest.approx(np.mean(measured))
+        assert stats["values"] == pytest.approx(measured) and stats["mean"] == pytest.approx(
+            np.mean(measured)
+        )
         assert stats["std"] == pytest.approx(np.std(measured, ddof=1)) and stats["min"] == min(measured)
     assert "# Label-efficiency study over 2 seeds" in (out / "summary.md").read_text()
     again = invoke_study(data, out, *args)  # finished seeds are reused job by job
@@ -289,14 +324,28 @@ def test_several_seeds_give_one_study_each_and_a_summary(tmp_path: Path) -> None
 def test_summary_statistics_by_hand() -> None:
     def study(seed: int, hybrid_auroc: float, with_unet: bool) -> dict:
         def row(model: str, auroc: float) -> dict:
-            metrics = {"pixel_auroc": auroc, "aupro": 0.5, "image_auroc": 0.75,
-                       "per_defect_type": {"stain": {"pixel_auroc": auroc, "aupro": 0.5, "image_auroc": 0.75}}}
-            return {"model": model, "backbone": None if model == "unet" else "dino", "labels_per_line": 5,
-                    "trained_on": "pool", "evaluated_on": "test", "metrics": metrics}
+            metrics = {
+                "pixel_auroc": auroc,
+                "aupro": 0.5,
+                "image_auroc": 0.75,
+                "per_defect_type": {"stain": {"pixel_auroc": auroc, "aupro": 0.5, "image_auroc": 0.75}},
+            }
+            return {
+                "model": model,
+                "backbone": None if model == "unet" else "dino",
+                "labels_per_line": 5,
+                "trained_on": "pool",
+                "evaluated_on": "test",
+                "metrics": metrics,
+            }
 
         rows = [row("hybrid", hybrid_auroc)] + ([row("unet", 0.6)] if with_unet else [])
         split = {"test_images": ["a", "b"], "test_defective": 1, "held_out_test_images": 0}
-        return {"config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32}, "split": split, "rows": rows}
+        return {
+            "config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32},
+            "split": split,
+            "rows": rows,
+        }
 
     summary = summarize_seeds({1: study(1, 0.9, True), 2: study(2, 0.8, False)})
     hybrid, unet = sorted(summary["rows"], key=lambda r: r["model"])
@@ -326,14 +375,36 @@ def test_repeated_seed_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_summary_reports_decision_metrics_and_the_worst_line_by_hand() -> None:
     def study(seed: int, recall: float, alarms: float, worst: str) -> dict:
-        metrics = {"pixel_auroc": 0.9, "aupro": 0.5, "image_auroc": 0.75, "pixel_ap": 0.4, "verdict_recall": recall,
-                   "verdict_precision": float("nan"), "false_alarm_rate": alarms, "per_defect_type": {},
-                   "lines": {"worst": {"pixel_auroc": {"line": worst, "value": 0.7},
-                                       "false_alarm_rate": {"line": worst, "value": alarms * 2}}}}
-        row = {"model": "hybrid", "backbone": "dino", "labels_per_line": 5, "trained_on": "pool",
-               "evaluated_on": "test", "metrics": metrics}
+        metrics = {
+            "pixel_auroc": 0.9,
+            "aupro": 0.5,
+            "image_auroc": 0.75,
+            "pixel_ap": 0.4,
+            "verdict_recall": recall,
+            "verdict_precision": float("nan"),
+            "false_alarm_rate": alarms,
+            "per_defect_type": {},
+            "lines": {
+                "worst": {
+                    "pixel_auroc": {"line": worst, "value": 0.7},
+                    "false_alarm_rate": {"line": worst, "value": alarms * 2},
+                }
+            },
+        }
+        row = {
+            "model": "hybrid",
+            "backbone": "dino",
+            "labels_per_line": 5,
+            "trained_on": "pool",
+            "evaluated_on": "test",
+            "metrics": metrics,
+        }
         split = {"test_images": ["a", "b"], "test_defective": 1, "held_out_test_images": 0}
-        return {"config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32}, "split": split, "rows": [row]}
+        return {
+            "config": {"seed": seed, "out": "x", "steps": 3, "image_size": 32},
+            "split": split,
+            "rows": [row],
+        }
 
     summary = summarize_seeds({1: study(1, 1.0, 0.1, "wood"), 2: study(2, 0.8, 0.3, "tile")})
     (row,) = summary["rows"]
@@ -355,22 +426,49 @@ def test_table_regenerates_study_md_from_study_json(study_run: tuple[Path, Path,
 def test_table_regenerates_summary_md_from_summary_json(tmp_path: Path) -> None:
     data = two_line_set(tmp_path / "data")
     out = tmp_path / "multi"
-    result = invoke_study(data, out, "--labels", "1", "--held-out-types", "", "--no-include-unet",
-                          "--no-include-zero-label", "--steps", "1", "--batch-size", "4", "--image-size", "32",
-                          "--device", "cpu", "--seed", "0", "--seed", "1")
+    result = invoke_study(
+        data,
+        out,
+        "--labels",
+        "1",
+        "--held-out-types",
+        "",
+        "--no-include-unet",
+        "--no-include-zero-label",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--seed",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     table = runner.invoke(app, ["table", str(out / "summary.json"), str(out / "seed-1" / "study.json")])
     assert table.exit_code == 0, table.output
     expected = (out / "summary.md").read_text() + "\n" + (out / "seed-1" / "study.md").read_text()
     assert table.output == expected
+
+
 def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path: Path) -> None:
     from benchmarks.study import Job, StudyConfig, StudyData, _run_settings
     from training.finetune import LabeledImages
     from training.model_config import FinetuneConfig
 
     config = StudyConfig(backbones=(TINY_BACKBONE,), data=tmp_path, out=tmp_path / "out", device="cpu")
-    data = StudyData(pool_dir=tmp_path / "pool", test_dir=tmp_path / "test", seen_pool_dir=None, test=LabeledImages(),
-                     held_out_indices=[], lines=[])
+    data = StudyData(
+        pool_dir=tmp_path / "pool",
+        test_dir=tmp_path / "test",
+        seen_pool_dir=None,
+        test=LabeledImages(),
+        held_out_indices=[],
+        lines=[],
+    )
     hybrid = Job(model="hybrid", backbone=TINY_BACKBONE, labels=5, trained_on="pool", evaluations=("test",))
     settings = _run_settings(hybrid, config, data, torch.device("cpu"))
     # The study has no option for these: finetune's defaults train its hybrids, and a new default makes them stale.

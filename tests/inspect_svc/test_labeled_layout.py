@@ -20,10 +20,14 @@ from inspect_svc.labeled_layout import (
 
 
 def test_defects_file_round_trips_with_the_sets_facts_first(tmp_path: Path) -> None:
-    labels = DefectsFile(seed=3, lines={"brick": "skimage:brick"}, samples={
-        "a": SampleLabel(line="brick", texture="skimage:brick", defects=["scratch"]),
-        "b": SampleLabel(line="brick", defects=[]),
-    })
+    labels = DefectsFile(
+        seed=3,
+        lines={"brick": "skimage:brick"},
+        samples={
+            "a": SampleLabel(line="brick", texture="skimage:brick", defects=["scratch"]),
+            "b": SampleLabel(line="brick", defects=[]),
+        },
+    )
     path = write_defects_file(tmp_path / "set", labels)
     assert path == tmp_path / "set" / LABELS_FILE
     assert list(json.loads(path.read_text())) == ["seed", "lines", "samples"]
@@ -41,12 +45,15 @@ def test_a_folder_without_the_file_has_no_labels(tmp_path: Path) -> None:
     assert read_defects_file(tmp_path).samples == {}
 
 
-@pytest.mark.parametrize(("text", "where"), [
-    ('{"samples": []}', "samples"),
-    ('{"other": 1}', "samples"),
-    ('{"samples": {"a": {"defects": "scratch"}}}', "samples.a.defects"),
-    ("not json", "the file"),
-])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"samples": []}', "samples"),
+        ('{"other": 1}', "samples"),
+        ('{"samples": {"a": {"defects": "scratch"}}}', "samples.a.defects"),
+        ("not json", "the file"),
+    ],
+)
 def test_a_file_off_the_schema_says_where(text: str, where: str) -> None:
     with pytest.raises(LabeledLayoutError, match=f"^{where}"):
         parse_defects_file(text)

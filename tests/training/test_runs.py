@@ -21,7 +21,9 @@ def _hybrid() -> InspectionModel:
     torch.manual_seed(0)
     backbone = fix_input_size(load_backbone(SPEC, img_size=TILE), TILE)
     head = SegmentationHead(backbone.embed_dim, default_feature_blocks(len(backbone.blocks)))
-    model = InspectionModel(backbone, segmentation=head, anomaly=empty_anomaly_head(backbone, "conv"), fusion_weight=0.5)
+    model = InspectionModel(
+        backbone, segmentation=head, anomaly=empty_anomaly_head(backbone, "conv"), fusion_weight=0.5
+    )
     with torch.no_grad():
         channels = model.anomaly_features(torch.zeros(1, 3, TILE, TILE)).shape[1]
     model.anomaly.set_memory_bank(torch.randn(5, channels))
@@ -31,12 +33,30 @@ def _hybrid() -> InspectionModel:
 
 def test_a_saved_run_loads_back_to_the_same_model(tmp_path: Path) -> None:
     model, tiles = _hybrid(), torch.randn(2, 3, TILE, TILE)
-    save_run(tmp_path, model, recipe=backbone_recipe(SPEC), tile=TILE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-             thresholds={"pixel": 0.3, "image": 0.6}, metrics={"validation": {"f1": 0.5}}, data_fingerprint="abc",
-             sample_tiles=tiles)
+    save_run(
+        tmp_path,
+        model,
+        recipe=backbone_recipe(SPEC),
+        tile=TILE,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        thresholds={"pixel": 0.3, "image": 0.6},
+        metrics={"validation": {"f1": 0.5}},
+        data_fingerprint="abc",
+        sample_tiles=tiles,
+    )
     run = load_run(tmp_path)
-    assert (run.model.kind, run.tile, run.mean, run.std) == ("hybrid", TILE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    assert (run.thresholds, run.metrics, run.data_fingerprint) == ({"pixel": 0.3, "image": 0.6}, {"validation": {"f1": 0.5}}, "abc")
+    assert (run.model.kind, run.tile, run.mean, run.std) == (
+        "hybrid",
+        TILE,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
+    assert (run.thresholds, run.metrics, run.data_fingerprint) == (
+        {"pixel": 0.3, "image": 0.6},
+        {"validation": {"f1": 0.5}},
+        "abc",
+    )
     with torch.no_grad():
         assert torch.equal(run.model(tiles), model(tiles))
     assert torch.equal(load_sample_tiles(tmp_path), tiles)

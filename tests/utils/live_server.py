@@ -53,9 +53,23 @@ class LiveServer:
         self.base = f"http://127.0.0.1:{port}"
         env = {**os.environ, "INSPECT_DATA_DIR": str(self.data_dir), "INSPECT_INTRA_OP_THREADS": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inspect_svc.cli", "serve", "--model", str(self.model), "--db",
-             self.database_url, "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPOSITORY,
+            [
+                sys.executable,
+                "-m",
+                "inspect_svc.cli",
+                "serve",
+                "--model",
+                str(self.model),
+                "--db",
+                self.database_url,
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPOSITORY,
         )
         threading.Thread(target=self._read_output, args=(self.process,), daemon=True).start()
         wait_until_ready(self.base)
@@ -87,6 +101,8 @@ class LiveServer:
         assert process.stdout is not None
         for line in process.stdout:
             self.lines.append(line.rstrip("\n"))
+
+
 @contextmanager
 def live_server(app: object, **config: object) -> Iterator[tuple[str, int]]:
     """Serve `app` until the block ends; yields (host, port). Extra keywords go to `uvicorn.Config`."""

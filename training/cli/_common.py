@@ -15,17 +15,30 @@ from training.run_config import help_of
 
 # Options the model verbs share with the label study; their help is declared with `FinetuneConfig`'s fields.
 CopyPasteOpt = Annotated[float, typer.Option("--copy-paste", help=help_of(FinetuneConfig, "copy_paste"))]
-AnomalyContextOpt = Annotated[int | None, typer.Option(
-    "--anomaly-context", show_default=False, help=help_of(FinetuneConfig, "anomaly_context"))]
-AnomalyPixelWeightOpt = Annotated[float | None, typer.Option(
-    "--anomaly-pixel-weight", show_default=False, help=help_of(FinetuneConfig, "anomaly_pixel_weight"))]
-HeadContextOpt = Annotated[int | None, typer.Option(
-    "--head-context", show_default=False, help=help_of(FinetuneConfig, "head_context"))]
+AnomalyContextOpt = Annotated[
+    int | None,
+    typer.Option("--anomaly-context", show_default=False, help=help_of(FinetuneConfig, "anomaly_context")),
+]
+AnomalyPixelWeightOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--anomaly-pixel-weight", show_default=False, help=help_of(FinetuneConfig, "anomaly_pixel_weight")
+    ),
+]
+HeadContextOpt = Annotated[
+    int | None,
+    typer.Option("--head-context", show_default=False, help=help_of(FinetuneConfig, "head_context")),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help=help_of(FinetuneConfig, "device"))]
 
-QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress bars (they are drawn only when stderr is a terminal anyway).",
-)]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars (they are drawn only when stderr is a terminal anyway).",
+    ),
+]
 
 
 def flowing(docstring: str | None) -> str:

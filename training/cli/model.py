@@ -41,9 +41,12 @@ def finetune(
     lr: Annotated[float, opt(F, "lr")] = default_of(F, "lr"),
     backbone_lr_scale: Annotated[float, opt(F, "backbone_lr_scale")] = default_of(F, "backbone_lr_scale"),
     unfreeze_last: Annotated[int, opt(F, "unfreeze_last")] = default_of(F, "unfreeze_last"),
-    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Same as --unfreeze-last 0.")] = False,
+    freeze_backbone: Annotated[
+        bool, typer.Option("--freeze-backbone", help="Same as --unfreeze-last 0.")
+    ] = False,
     anomaly_branch: Annotated[bool, opt(F, "anomaly_branch", "--anomaly-branch/--no-anomaly-branch")] = (
-        default_of(F, "anomaly_branch")),
+        default_of(F, "anomaly_branch")
+    ),
     anomaly_features: Annotated[str, opt(F, "anomaly_features")] = default_of(F, "anomaly_features"),
     anomaly_stride: Annotated[int, opt(F, "anomaly_stride")] = default_of(F, "anomaly_stride"),
     anomaly_context: AnomalyContextOpt = default_of(F, "anomaly_context"),
@@ -52,7 +55,9 @@ def finetune(
     bank_size: Annotated[int, opt(F, "bank_size")] = default_of(F, "bank_size"),
     neighbour_tiles: Annotated[int, opt(F, "neighbour_tiles")] = default_of(F, "neighbour_tiles"),
     copy_paste: CopyPasteOpt = default_of(F, "copy_paste"),
-    synthetic_anomalies: Annotated[float, opt(F, "synthetic_anomalies")] = default_of(F, "synthetic_anomalies"),
+    synthetic_anomalies: Annotated[float, opt(F, "synthetic_anomalies")] = default_of(
+        F, "synthetic_anomalies"
+    ),
     labeled_defects: Annotated[int | None, opt(F, "labeled_defects")] = default_of(F, "labeled_defects"),
     val_fraction: Annotated[float, opt(F, "val_fraction")] = default_of(F, "val_fraction"),
     target_recall: Annotated[float, opt(F, "target_recall")] = default_of(F, "target_recall"),
@@ -71,12 +76,19 @@ def finetune(
     from training.finetune import finetune as run_finetune
 
     with user_errors():
-        config = from_options(F, options, data=tuple(data), unfreeze_last=0 if freeze_backbone else unfreeze_last,
-                              device=resolved_device(device))
+        config = from_options(
+            F,
+            options,
+            data=tuple(data),
+            unfreeze_last=0 if freeze_backbone else unfreeze_last,
+            device=resolved_device(device),
+        )
     with user_errors(), talking(quiet):
         metrics = run_finetune(config)
-    typer.echo(f"{metrics['kind']} model in {out}: validation pixel AUROC {metrics['pixel_auroc']:.4f}, "
-               f"AUPRO {metrics['aupro']:.4f}, F1 {metrics['f1']:.4f}")
+    typer.echo(
+        f"{metrics['kind']} model in {out}: validation pixel AUROC {metrics['pixel_auroc']:.4f}, "
+        f"AUPRO {metrics['aupro']:.4f}, F1 {metrics['f1']:.4f}"
+    )
 
 
 def fit_normal(
@@ -108,7 +120,9 @@ def fit_normal(
         config = from_options(N, options, device=resolved_device(device))
     with user_errors(), talking(quiet):
         thresholds = run_fit_normal(config)
-    typer.echo(f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}")
+    typer.echo(
+        f"zero-label model in {out}: pixel threshold {thresholds['pixel']:.4f}, image {thresholds['image']:.4f}"
+    )
 
 
 def evaluate(
@@ -128,8 +142,10 @@ def evaluate(
 
     with user_errors(), talking(quiet):
         metrics = run_evaluate(model, data, out, warn=warn)
-    typer.echo(f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRO {metrics['aupro']:.4f}, "
-               f"image AUROC {metrics['image_auroc']:.4f}, F1 {metrics['f1']:.4f}, IoU {metrics['iou']:.4f} → {out}")
+    typer.echo(
+        f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRO {metrics['aupro']:.4f}, "
+        f"image AUROC {metrics['image_auroc']:.4f}, F1 {metrics['f1']:.4f}, IoU {metrics['iou']:.4f} → {out}"
+    )
 
 
 def export(
@@ -137,9 +153,12 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 17,
     int8: Annotated[bool, typer.Option("--int8", help="Write an INT8-quantized graph (for CPUs).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Write an fp16 graph (for GPUs); float32 in and out.")] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Write an fp16 graph (for GPUs); float32 in and out.")
+    ] = False,
     eval_data: Annotated[
-        Path | None, typer.Option("--eval-data", help="Labeled folder: measure the pixel AUROC change of --int8/--fp16.")
+        Path | None,
+        typer.Option("--eval-data", help="Labeled folder: measure the pixel AUROC change of --int8/--fp16."),
     ] = None,
 ) -> None:
     """Export a run as a model bundle (ONNX + model.json), after a PyTorch-vs-ONNX Runtime parity check.
@@ -150,33 +169,54 @@ def export(
     from training.export import export_run
 
     if int8 and fp16:
-        typer.secho("error: choose one of --int8 and --fp16 (each variant is a bundle of its own)", err=True, fg=typer.colors.RED)
+        typer.secho(
+            "error: choose one of --int8 and --fp16 (each variant is a bundle of its own)",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(code=2)
     if eval_data is not None and not (int8 or fp16):
-        typer.secho("error: --eval-data measures a variant; add --int8 or --fp16", err=True, fg=typer.colors.RED)
+        typer.secho(
+            "error: --eval-data measures a variant; add --int8 or --fp16", err=True, fg=typer.colors.RED
+        )
         raise typer.Exit(code=2)
     if out.exists() and not out.is_dir():
-        typer.secho(f"error: --out {out} is a file; the bundle is a folder (model.onnx + model.json), give a new "
-                    "or empty folder", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"error: --out {out} is a file; the bundle is a folder (model.onnx + model.json), give a new "
+            "or empty folder",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(code=2)
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     with user_errors():
         result = export_run(model, out, opset=opset, precision=precision, eval_data=eval_data)
     manifest = result.bundle.manifest
-    typer.echo(f"bundle {manifest.model_version} ({manifest.kind}, {manifest.precision}) in {out}; "
-               f"fp32 parity max |Δp| {result.parity_max_abs_diff:.1e}")
+    typer.echo(
+        f"bundle {manifest.model_version} ({manifest.kind}, {manifest.precision}) in {out}; "
+        f"fp32 parity max |Δp| {result.parity_max_abs_diff:.1e}"
+    )
     if result.variant is not None:
         typer.echo(result.variant.summary())
 
 
 def calibrate(
-    model: Annotated[Path, typer.Option("--model", help="Bundle folder (from export); its model.json is updated.")],
-    normal: Annotated[Path, typer.Option("--normal", help="The line's defect-free images (a folder, or a labeled folder).")],
+    model: Annotated[
+        Path, typer.Option("--model", help="Bundle folder (from export); its model.json is updated.")
+    ],
+    normal: Annotated[
+        Path, typer.Option("--normal", help="The line's defect-free images (a folder, or a labeled folder).")
+    ],
     line: Annotated[str, typer.Option("--line", help="The line's name, as its cameras report it.")],
-    max_false_alarm_rate: Annotated[float, typer.Option(
-        "--max-false-alarm-rate", min=0.0, max=1.0,
-        help="Set the line's image threshold as low as it goes while rejecting at most this share of its normal images.",
-    )] = 0.01,
+    max_false_alarm_rate: Annotated[
+        float,
+        typer.Option(
+            "--max-false-alarm-rate",
+            min=0.0,
+            max=1.0,
+            help="Set the line's image threshold as low as it goes while rejecting at most this share of its normal images.",
+        ),
+    ] = 0.01,
 ) -> None:
     """Calibrate one line's image threshold on its own defect-free images, inside the bundle.
 
@@ -187,13 +227,20 @@ def calibrate(
 
     with user_errors():
         result = calibrate_bundle(model, normal, line, max_false_alarm_rate=max_false_alarm_rate)
-    typer.echo(f"line {line}: image threshold {result.image:.4f}, false-alarm rate {result.false_alarm_rate:.4f} "
-               f"on {result.normal_images} defect-free images (target {max_false_alarm_rate}) → {model}")
+    typer.echo(
+        f"line {line}: image threshold {result.image:.4f}, false-alarm rate {result.false_alarm_rate:.4f} "
+        f"on {result.normal_images} defect-free images (target {max_false_alarm_rate}) → {model}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the model verbs to `app`."""
-    verbs = (("finetune", finetune), ("fit-normal", fit_normal), ("evaluate", evaluate), ("export", export),
-             ("calibrate", calibrate))
+    verbs = (
+        ("finetune", finetune),
+        ("fit-normal", fit_normal),
+        ("evaluate", evaluate),
+        ("export", export),
+        ("calibrate", calibrate),
+    )
     for name, verb in verbs:
         app.command(name, help=flowing(verb.__doc__))(verb)

@@ -55,9 +55,13 @@ def pretrain(
     layer_scale_init: Annotated[float | None, opt("layer_scale_init")] = default_of(P, "layer_scale_init"),
     photometric: Annotated[str, opt("photometric")] = default_of(P, "photometric"),
     device: Annotated[str, opt("device")] = default_of(P, "device"),
-    workers: Annotated[int | None, typer.Option(
-        help=f"{help_of(P, 'workers')}  [default: one per CPU, at most 8]", show_default=False,
-    )] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help=f"{help_of(P, 'workers')}  [default: one per CPU, at most 8]",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, opt("seed")] = default_of(P, "seed"),
     checkpoint_every: Annotated[int, opt("checkpoint_every")] = default_of(P, "checkpoint_every"),
     log_every: Annotated[int, opt("log_every")] = default_of(P, "log_every"),

@@ -277,12 +277,22 @@ def _write_labels(
     folder: Path, plan: list[LabeledPlanEntry], line_textures: dict[str, Texture], seed: int, image_size: int
 ) -> None:
     samples = {
-        entry.stem: SampleLabel(line=entry.line, texture=line_textures[entry.line].source, defects=list(entry.families))
+        entry.stem: SampleLabel(
+            line=entry.line, texture=line_textures[entry.line].source, defects=list(entry.families)
+        )
         for entry in plan
     }
     lines = {name: texture.source for name, texture in line_textures.items()}
-    write_defects_file(folder, DefectsFile(seed=seed, image_size=image_size, defect_families=list(DEFECT_FAMILIES),
-                                           lines=lines, samples=samples))
+    write_defects_file(
+        folder,
+        DefectsFile(
+            seed=seed,
+            image_size=image_size,
+            defect_families=list(DEFECT_FAMILIES),
+            lines=lines,
+            samples=samples,
+        ),
+    )
 
 
 def _write_run_record(path: Path, summary: DemoSummary, *, seed: int, image_size: int) -> None:

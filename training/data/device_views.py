@@ -85,7 +85,10 @@ class EncodedBatch:
         decoded, skipped = decode_batch(self.items, device)
         stand_in = _first_decoded(decoded)
         # An image nothing could decode is replaced by a decodable one, plan and all: the batch keeps its size.
-        items = [item if image is not None else self.items[stand_in] for item, image in zip(self.items, decoded, strict=True)]
+        items = [
+            item if image is not None else self.items[stand_in]
+            for item, image in zip(self.items, decoded, strict=True)
+        ]
         images = [image if image is not None else decoded[stand_in] for image in decoded]
         plans = [item.plan for item in items]
         globals_ = range(self.config.global_crops)
@@ -103,7 +106,9 @@ class EncodedBatch:
         )
 
 
-def decode_batch(items: list[EncodedImage], device: torch.device) -> tuple[list[torch.Tensor | None], list[str]]:
+def decode_batch(
+    items: list[EncodedImage], device: torch.device
+) -> tuple[list[torch.Tensor | None], list[str]]:
     """`[3, H, W]` uint8 images on `device` (None where nothing could decode one) and the paths skipped.
 
     All JPEGs go to the device decoder in one call; if it refuses the batch, each is retried alone,
@@ -181,12 +186,21 @@ def render_views(images: list[torch.Tensor], plans: list[ViewPlan], views: range
             chunk = indices[start : start + per_chunk]
             sources = torch.stack([images[i] for i in chunk]).float()
             boxes = torch.from_numpy(np.stack([plans[i].boxes[views.start : views.stop] for i in chunk]))
-            rois = torch.cat([torch.arange(len(chunk)).repeat_interleave(len(views))[:, None].double(),
-                              boxes.reshape(-1, 4)], dim=1).to(device=device, dtype=sources.dtype)
+            rois = torch.cat(
+                [
+                    torch.arange(len(chunk)).repeat_interleave(len(views))[:, None].double(),
+                    boxes.reshape(-1, 4),
+                ],
+                dim=1,
+            ).to(device=device, dtype=sources.dtype)
             # aligned=True: box edges are pixel edges, so bin centres fall where OpenCV's resize samples.
-            crops = roi_align(sources, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            crops = roi_align(
+                sources, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+            )
             crops = crops.round_().clamp_(0, 255).to(torch.uint8).view(len(chunk), len(views), 3, size, size)
-            flips = torch.from_numpy(np.stack([plans[i].flipped[views.start : views.stop] for i in chunk])).to(device)
+            flips = torch.from_numpy(
+                np.stack([plans[i].flipped[views.start : views.stop] for i in chunk])
+            ).to(device)
             out[:, chunk] = torch.where(flips[:, :, None, None, None], crops.flip(-1), crops).transpose(0, 1)
     return out
 
@@ -194,5 +208,7 @@ def render_views(images: list[torch.Tensor], plans: list[ViewPlan], views: range
 def collate_encoded(items: list, config: MultiCropConfig) -> EncodedBatch:
     """Gather worker items (`EncodedImage` + skipped paths) into one `EncodedBatch`."""
     return EncodedBatch(
-        items=[item.sample for item in items], config=config, skipped=[path for item in items for path in item.skipped]
+        items=[item.sample for item in items],
+        config=config,
+        skipped=[path for item in items for path in item.skipped],
     )

@@ -167,7 +167,9 @@ def read_mask(path: Path | str, shape: tuple[int, ...]) -> np.ndarray:
 def _read_folders_layout(root: Path) -> list[LabeledSample]:
     images_dir, masks_dir = root / IMAGES_DIR, root / MASKS_DIR
     stems = _stems_of(list_images(images_dir), images_dir)
-    masks = _stems_of(list_images(masks_dir), masks_dir, suffixes={MASK_SUFFIX}) if _has_files(masks_dir) else {}
+    masks = (
+        _stems_of(list_images(masks_dir), masks_dir, suffixes={MASK_SUFFIX}) if _has_files(masks_dir) else {}
+    )
     orphans = sorted(set(masks) - set(stems))
     if orphans:
         raise UserError(
@@ -322,7 +324,11 @@ def load_images_with_masks(samples: list[LabeledSample]) -> LabeledImages:
     data = LabeledImages()
     for image, path in zip(images, paths, strict=True):
         sample = by_path[path]
-        mask = read_mask(sample.mask, image.shape) if sample.mask is not None else np.zeros(image.shape[:2], bool)
+        mask = (
+            read_mask(sample.mask, image.shape)
+            if sample.mask is not None
+            else np.zeros(image.shape[:2], bool)
+        )
         data.images.append(image)
         data.masks.append(mask)
         data.samples.append(sample)

@@ -88,7 +88,9 @@ def sample_box(
 
 def intersect(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     """Intersection of boxes (may be empty: then x1 <= x0 or y1 <= y0)."""
-    return np.concatenate([np.maximum(box_a[..., :2], box_b[..., :2]), np.minimum(box_a[..., 2:], box_b[..., 2:])], -1)
+    return np.concatenate(
+        [np.maximum(box_a[..., :2], box_b[..., :2]), np.minimum(box_a[..., 2:], box_b[..., 2:])], -1
+    )
 
 
 def box_area(box: np.ndarray) -> np.ndarray:
@@ -168,7 +170,9 @@ def reference_points(
     num_views = len(boxes)
     overlap = intersect(boxes[:num_globals, None], boxes[None, :])  # [G, V, 4]
     relative = rng.random((num_globals, num_views, points, 2))
-    source = overlap[..., None, :2] + relative * (overlap[..., None, 2:] - overlap[..., None, :2])  # [G, V, k, 2]
+    source = overlap[..., None, :2] + relative * (
+        overlap[..., None, 2:] - overlap[..., None, :2]
+    )  # [G, V, k, 2]
     teacher = to_view_coords(source, boxes[:num_globals, None], flipped[:num_globals, None, None])
     student = to_view_coords(source, boxes[None, :], flipped[None, :, None]).transpose(1, 0, 2, 3)
     return teacher.astype(np.float32), np.ascontiguousarray(student, dtype=np.float32)
@@ -209,11 +213,16 @@ def plan_views(height: int, width: int, rng: np.random.Generator, config: MultiC
 def make_views(image: np.ndarray, rng: np.random.Generator, config: MultiCropConfig) -> MultiCropSample:
     """All views of one `[H, W, 3]` uint8 image with their boxes, flips and reference points."""
     plan = plan_views(image.shape[0], image.shape[1], rng, config)
-    views = [render_view(image, box, size, flip) for box, size, flip in zip(plan.boxes, plan.sizes(config), plan.flipped, strict=True)]
+    views = [
+        render_view(image, box, size, flip)
+        for box, size, flip in zip(plan.boxes, plan.sizes(config), plan.flipped, strict=True)
+    ]
     local_shape = (0, 3, config.local_size, config.local_size)
     return MultiCropSample(
         global_crops=np.stack(views[: config.global_crops]),
-        local_crops=np.stack(views[config.global_crops :]) if config.local_crops else np.zeros(local_shape, np.uint8),
+        local_crops=np.stack(views[config.global_crops :])
+        if config.local_crops
+        else np.zeros(local_shape, np.uint8),
         boxes=plan.boxes,
         flipped=plan.flipped,
         teacher_points=plan.teacher_points,

@@ -56,7 +56,9 @@ INSPECTION_RECIPE = PhotometricRecipe(_COLOUR_JITTER_ONLY, _COLOUR_JITTER_ONLY, 
 PHOTOMETRIC_RECIPES = {"dino": DINO_RECIPE, "inspection": INSPECTION_RECIPE}
 
 
-def augment(views: torch.Tensor, policy: PhotometricPolicy, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    views: torch.Tensor, policy: PhotometricPolicy, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Augment `[B, 3, H, W]` uint8 views and normalize them with the backbone's pixel mean and std.
 
     Returns:

@@ -38,7 +38,9 @@ class MultiCropDataset(Dataset[_Item]):
     pixels are decoded and cut on the training device (see `device_views`).
     """
 
-    def __init__(self, paths: Sequence[Path], config: MultiCropConfig, seed: int, decode_on: DecodeOn = "workers") -> None:
+    def __init__(
+        self, paths: Sequence[Path], config: MultiCropConfig, seed: int, decode_on: DecodeOn = "workers"
+    ) -> None:
         if decode_on not in DECODE_ON:
             raise UserError(f"--decode must be one of {', '.join(DECODE_ON)}, not {decode_on!r}")
         self.paths, self.config, self.seed, self.decode_on = list(paths), config, seed, decode_on

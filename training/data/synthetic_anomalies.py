@@ -30,7 +30,10 @@ _MAX_ATTEMPTS = 10
 
 
 def add_synthetic_anomaly(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, sources: Sequence[np.ndarray] = (),
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    sources: Sequence[np.ndarray] = (),
     kind: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`image` with one random synthetic anomaly drawn in, and `mask` with its region added.
@@ -67,19 +70,26 @@ def perlin_region(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return (noise + window) > rng.uniform(0.7, 1.1)
 
 
-def _foreign(image: np.ndarray, rng: np.random.Generator, sources: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _foreign(
+    image: np.ndarray, rng: np.random.Generator, sources: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     height, width = image.shape[:2]
     source = sources[int(rng.integers(len(sources)))]
     top = int(rng.integers(0, max(1, source.shape[0] - height + 1)))
     left = int(rng.integers(0, max(1, source.shape[1] - width + 1)))
-    patch = cv2.resize(source[top : top + height, left : left + width], (width, height)).astype(np.float32) / 255.0
+    patch = (
+        cv2.resize(source[top : top + height, left : left + width], (width, height)).astype(np.float32)
+        / 255.0
+    )
     patch = np.rot90(patch, int(rng.integers(1, 4))) if height == width else patch[::-1]
     patch = patch * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2, 3)
     opacity = rng.uniform(0.5, 1.0)
     return image * (1 - opacity) + patch * opacity, perlin_region((height, width), rng)
 
 
-def _curve(image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _curve(
+    image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     height, width = image.shape[:2]
     steps = int(rng.integers(10, 60))
     headings = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, rng.uniform(0.02, 0.4), steps))
@@ -92,25 +102,33 @@ def _curve(image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray])
     return image + shift, canvas > 0
 
 
-def _blob(image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _blob(
+    image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     gain = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5)  # never an invisible change
     tint = rng.normal(0, 0.12, 3)
     return image * gain + tint, perlin_region(image.shape[:2], rng)
 
 
-def _blur(image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _blur(
+    image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     blurred = cv2.GaussianBlur(image, (0, 0), rng.uniform(1.5, 4.0))
     return blurred, perlin_region(image.shape[:2], rng)
 
 
-def _noise(image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _noise(
+    image: np.ndarray, rng: np.random.Generator, _: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     smooth = cv2.GaussianBlur(image, (0, 0), 1.5)
     detail = (image - smooth) * rng.uniform(2.0, 4.0)
     grain = rng.normal(0, rng.uniform(0.04, 0.15), image.shape[:2])[..., None]
     return smooth + detail + grain, perlin_region(image.shape[:2], rng)
 
 
-_DRAWERS: dict[str, Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]] = {
+_DRAWERS: dict[
+    str, Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+] = {
     "foreign": _foreign,
     "curve": _curve,
     "blob": _blob,

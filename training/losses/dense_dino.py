@@ -35,7 +35,9 @@ class DenseDINOLoss(nn.Module):
         self.alpha = alpha if use_points else 1.0
         self.image = DINOLoss(num_prototypes, student_temp, teacher_temp, center_momentum)
         point_prototypes = point_prototypes or num_prototypes
-        self.point = DINOLoss(point_prototypes, student_temp, teacher_temp, center_momentum) if use_points else None
+        self.point = (
+            DINOLoss(point_prototypes, student_temp, teacher_temp, center_momentum) if use_points else None
+        )
 
     def forward(
         self,
@@ -45,7 +47,9 @@ class DenseDINOLoss(nn.Module):
         teacher_points: torch.Tensor | None = None,
     ) -> LossTerms:
         """Args are head logits: class `[V, B, K]` / `[G, B, K]`, points `[V, B, G, k, K]` / `[G, B, V, k, K]`."""
-        teacher_index, student_index = image_pairs(teacher_cls.shape[0], student_cls.shape[0], student_cls.device)
+        teacher_index, student_index = image_pairs(
+            teacher_cls.shape[0], student_cls.shape[0], student_cls.device
+        )
         teacher_probs = self.image.teacher_probs(teacher_cls)
         image_loss = self.image(teacher_probs[teacher_index], student_cls[student_index])
         logs = {"loss_image": image_loss.detach(), "teacher_entropy_image": mean_entropy(teacher_probs)}

@@ -19,10 +19,18 @@ class DINOLoss(nn.Module):
     """Cross-entropy between teacher and student prototype logits, with the teacher's center."""
 
     def __init__(
-        self, num_prototypes: int, student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9
+        self,
+        num_prototypes: int,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        center_momentum: float = 0.9,
     ) -> None:
         super().__init__()
-        self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
+        self.student_temp, self.teacher_temp, self.center_momentum = (
+            student_temp,
+            teacher_temp,
+            center_momentum,
+        )
         self.register_buffer("center", torch.zeros(num_prototypes))
 
     @torch.no_grad()

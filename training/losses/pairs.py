@@ -24,7 +24,9 @@ def image_pairs(num_globals: int, num_views: int, device: torch.device) -> tuple
     return teacher.to(device), student.to(device)
 
 
-def matched_points(teacher_points: torch.Tensor, student_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def matched_points(
+    teacher_points: torch.Tensor, student_points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Line up the reference-token outputs of the same physical points.
 
     Args:
@@ -34,7 +36,9 @@ def matched_points(teacher_points: torch.Tensor, student_points: torch.Tensor) -
     Returns:
         `(teacher, student)`, each `[num_pairs, B, k, P]`, for the pairs j ≠ g (g-major).
     """
-    teacher_index, student_index = image_pairs(teacher_points.shape[0], student_points.shape[0], teacher_points.device)
+    teacher_index, student_index = image_pairs(
+        teacher_points.shape[0], student_points.shape[0], teacher_points.device
+    )
     teacher = teacher_points[teacher_index, :, student_index]  # [pairs, B, k, P]
     student = student_points[student_index, :, teacher_index]
     return teacher, student

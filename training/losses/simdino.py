@@ -41,8 +41,11 @@ class CodingRateDistillationLoss(nn.Module):
         image_align = _mean_cosine(teacher_cls[teacher_index], student_cls[student_index])
         image_rate = self._rate(0.5 * (student_cls[:num_globals] + teacher_cls))  # rows: [G, B, p]
         image_loss = -image_align - image_rate[0]
-        logs = {"align_image": image_align.detach(), "rate_image": image_rate[1].detach(),
-                "feature_std_image": _feature_std(teacher_cls)}
+        logs = {
+            "align_image": image_align.detach(),
+            "rate_image": image_rate[1].detach(),
+            "feature_std_image": _feature_std(teacher_cls),
+        }
         if not self.use_points:
             return LossTerms(image_loss, {"loss_image": image_loss.detach(), **logs})
 
@@ -52,8 +55,12 @@ class CodingRateDistillationLoss(nn.Module):
         midpoints = 0.5 * (student_matched + teacher_matched)
         point_rate = self._rate(midpoints.reshape(num_globals, -1, midpoints.shape[-1]))
         point_loss = -point_align - point_rate[0]
-        logs.update(loss_image=image_loss.detach(), loss_point=point_loss.detach(), align_point=point_align.detach(),
-                    rate_point=point_rate[1].detach())
+        logs.update(
+            loss_image=image_loss.detach(),
+            loss_point=point_loss.detach(),
+            align_point=point_align.detach(),
+            rate_point=point_rate[1].detach(),
+        )
         return LossTerms(self.alpha * image_loss + (1 - self.alpha) * point_loss, logs)
 
     def _rate(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,7 +108,9 @@ def window_statistics(features: torch.Tensor, window: int, stride: int = 1) -> t
     return torch.cat([mean, variance.sqrt()], dim=1)
 
 
-def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0
+) -> torch.Tensor:
     """Indices of `size` rows of `features` [M, C] chosen by greedy k-center selection.
 
     Each step adds the row farthest from everything chosen so far, so the coreset covers the bank's
@@ -122,7 +124,9 @@ def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 1
     generator = torch.Generator().manual_seed(seed)
     projected = features.float()
     if features.shape[1] > projection_dim:
-        projection = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        projection = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(
+            projection_dim
+        )
         projected = projected @ projection.to(features.device)
     first = int(torch.randint(count, (1,), generator=generator))
     chosen = [first]
@@ -130,7 +134,9 @@ def greedy_coreset(features: torch.Tensor, size: int, *, projection_dim: int = 1
     for _ in range(size - 1):
         farthest = int(torch.argmax(min_dist))
         chosen.append(farthest)
-        min_dist = torch.minimum(min_dist, torch.cdist(projected, projected[farthest : farthest + 1]).squeeze(1))
+        min_dist = torch.minimum(
+            min_dist, torch.cdist(projected, projected[farthest : farthest + 1]).squeeze(1)
+        )
     return torch.tensor(chosen, dtype=torch.long)
 
 
@@ -177,13 +183,17 @@ class TileRetrievalScorer(nn.Module):
         super().__init__()
         groups, _, channels = tile_banks.shape
         if descriptors.shape != (groups, 2 * channels):
-            raise ValueError(f"descriptors {tuple(descriptors.shape)} do not fit tile banks {tuple(tile_banks.shape)}")
+            raise ValueError(
+                f"descriptors {tuple(descriptors.shape)} do not fit tile banks {tuple(tile_banks.shape)}"
+            )
         if not 1 <= neighbours <= groups:
             raise ValueError(f"neighbours must be in 1..{groups}, got {neighbours}")
         self.neighbours = int(neighbours)
         banks = tile_banks.float()
         # Per tile, the stacked [−2 bᵀ; ‖b‖²] of `NearestNeighbourScorer`: [G, C + 1, P].
-        self.register_buffer("stacked", torch.cat([-2.0 * banks.transpose(1, 2), banks.pow(2).sum(-1)[:, None]], dim=1))
+        self.register_buffer(
+            "stacked", torch.cat([-2.0 * banks.transpose(1, 2), banks.pow(2).sum(-1)[:, None]], dim=1)
+        )
         self.register_buffer("descriptors", descriptors.float().contiguous())
         self.register_buffer("descriptor_sq_norm", descriptors.float().pow(2).sum(dim=1))
 
@@ -194,7 +204,9 @@ class TileRetrievalScorer(nn.Module):
     def nearest_tiles(self, features: torch.Tensor) -> torch.Tensor:
         """Indices `[N, neighbours]` of the normal tiles whose descriptors are closest to each query tile's."""
         query = tile_descriptor(features)
-        distance = self.descriptor_sq_norm[None] - 2.0 * query @ self.descriptors.t()  # + ‖query‖², same per row
+        distance = (
+            self.descriptor_sq_norm[None] - 2.0 * query @ self.descriptors.t()
+        )  # + ‖query‖², same per row
         return distance.topk(self.neighbours, dim=1, largest=False).indices
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -344,7 +356,9 @@ class AnomalyHead(nn.Module):
 def check_context(context: int) -> None:
     """0 (off) or an odd window of at least 3 positions, so the window is centred on its position."""
     if context != 0 and (context < 3 or context % 2 == 0):
-        raise ValueError(f"the anomaly context window must be 0 (off) or an odd size of at least 3, got {context}")
+        raise ValueError(
+            f"the anomaly context window must be 0 (off) or an odd size of at least 3, got {context}"
+        )
 
 
 def check_pixel_weight(weight: float) -> None:

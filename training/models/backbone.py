@@ -49,7 +49,9 @@ def create_vit(
         UserError: `arch` is not a timm model name or not a VisionTransformer.
     """
     if arch not in timm.list_models():
-        raise UserError(f"unknown architecture {arch!r} (expected a timm ViT name such as vit_small_patch16_224)")
+        raise UserError(
+            f"unknown architecture {arch!r} (expected a timm ViT name such as vit_small_patch16_224)"
+        )
     # dynamic_img_size lets one model take the global and the local crop sizes; the position grid is
     # resampled per input size.
     model = timm.create_model(
@@ -112,7 +114,7 @@ def load_backbone(spec: str | Path, *, img_size: int | None = None) -> VisionTra
     """
     text = str(spec)
     if text.startswith(RANDOM_PREFIX):
-        model = create_vit(text[len(RANDOM_PREFIX):], img_size=img_size or 224)
+        model = create_vit(text[len(RANDOM_PREFIX) :], img_size=img_size or 224)
         return model.eval()
     payload = _read_backbone_file(_backbone_path(Path(spec)))
     model = create_vit(
@@ -128,7 +130,9 @@ def _backbone_path(path: Path) -> Path:
     if path.is_dir():
         path = path / BACKBONE_FILE
     if not path.is_file():
-        raise UserError(f"no backbone at {path} (expected a pretrain run folder, a backbone.pt or random:<arch>)")
+        raise UserError(
+            f"no backbone at {path} (expected a pretrain run folder, a backbone.pt or random:<arch>)"
+        )
     return path
 
 

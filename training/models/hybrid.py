@@ -43,7 +43,9 @@ class InspectionModel(nn.Module):
         if segmentation is None and anomaly is None:
             raise ValueError("an inspection model needs a segmentation head, an anomaly head, or both")
         if anomaly is not None and anomaly.source == "conv" and segmentation is None:
-            raise ValueError("an anomaly head on conv features needs the segmentation head that computes them")
+            raise ValueError(
+                "an anomaly head on conv features needs the segmentation head that computes them"
+            )
         self.backbone = backbone
         self.segmentation = segmentation
         self.anomaly = anomaly
@@ -92,7 +94,9 @@ class InspectionModel(nn.Module):
             return self._anomaly_features(images, maps, None)
         return self._anomaly_features(images, {}, self.segmentation.encode(images))
 
-    def _anomaly_features(self, images: torch.Tensor, maps: dict[int, torch.Tensor], encoded: EncodedImage | None) -> torch.Tensor:
+    def _anomaly_features(
+        self, images: torch.Tensor, maps: dict[int, torch.Tensor], encoded: EncodedImage | None
+    ) -> torch.Tensor:
         """The anomaly branch's input before its neighbourhood averaging."""
         if self.anomaly.source == "vit":
             features = torch.cat([maps[b] for b in self.anomaly.feature_blocks], dim=1)
@@ -133,14 +137,20 @@ def backbone_recipe(spec: str | Path) -> BackboneRecipe:
     """Read the architecture named by a backbone spec (as `load_backbone` accepts it)."""
     text = str(spec)
     if text.startswith(RANDOM_PREFIX):
-        return BackboneRecipe(arch=text[len(RANDOM_PREFIX):], model_kwargs={}, source=text)
+        return BackboneRecipe(arch=text[len(RANDOM_PREFIX) :], model_kwargs={}, source=text)
     path = Path(spec)
     path = path / BACKBONE_FILE if path.is_dir() else path
     if not path.is_file():
-        raise UserError(f"no backbone at {path} (expected a pretrain run folder, a backbone.pt or random:<arch>)")
+        raise UserError(
+            f"no backbone at {path} (expected a pretrain run folder, a backbone.pt or random:<arch>)"
+        )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     objective = payload.get("objective", "pretrained")
-    return BackboneRecipe(arch=payload["arch"], model_kwargs=dict(payload.get("model_kwargs") or {}), source=f"{objective}:{payload['arch']}")
+    return BackboneRecipe(
+        arch=payload["arch"],
+        model_kwargs=dict(payload.get("model_kwargs") or {}),
+        source=f"{objective}:{payload['arch']}",
+    )
 
 
 def assemble_model(backbone: VisionTransformer, payload: dict[str, Any]) -> InspectionModel:
@@ -150,12 +160,17 @@ def assemble_model(backbone: VisionTransformer, payload: dict[str, Any]) -> Insp
         segmentation = SegmentationHead.from_config(backbone.embed_dim, payload["segmentation"])
     if payload.get("anomaly"):
         cfg = payload["anomaly"]
-        anomaly = AnomalyHead(torch.zeros(cfg["bank_shape"]), cfg["feature_blocks"], blur_sigma=cfg["blur_sigma"],
-                              source=cfg.get("source", "vit"), stride=cfg.get("stride", 1),  # older runs: vit, 1, 0
-                              neighbour_tiles=cfg.get("neighbour_tiles", 0), context=cfg.get("context", 0),
-                              pixel_weight=cfg.get("pixel_weight", 0.0))
+        anomaly = AnomalyHead(
+            torch.zeros(cfg["bank_shape"]),
+            cfg["feature_blocks"],
+            blur_sigma=cfg["blur_sigma"],
+            source=cfg.get("source", "vit"),
+            stride=cfg.get("stride", 1),  # older runs: vit, 1, 0
+            neighbour_tiles=cfg.get("neighbour_tiles", 0),
+            context=cfg.get("context", 0),
+            pixel_weight=cfg.get("pixel_weight", 0.0),
+        )
     return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
-
 
 
 Maps = TypeVar("Maps", torch.Tensor, np.ndarray)

@@ -39,7 +39,9 @@ def default_feature_blocks(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(depth // 2 - 1, 0), max(3 * depth // 4 - 1, 0), depth - 1}))
 
 
-def vit_feature_maps(backbone: VisionTransformer, images: torch.Tensor, blocks: Sequence[int]) -> dict[int, torch.Tensor]:
+def vit_feature_maps(
+    backbone: VisionTransformer, images: torch.Tensor, blocks: Sequence[int]
+) -> dict[int, torch.Tensor]:
     """Patch-token maps `[N, D, H/p, W/p]` of the given blocks, keyed by block index, in one forward pass."""
     wanted = sorted(set(blocks))
     maps = backbone.forward_intermediates(images, indices=wanted, output_fmt="NCHW", intermediates_only=True)
@@ -73,8 +75,12 @@ def separable_window_mean(maps: torch.Tensor, window: int, stride: int) -> torch
     window costs little more. Exact, borders included: a window clipped by the border is a rectangle,
     and the mean over a rectangle is the mean of its column means."""
     half = window // 2
-    columns = F.avg_pool2d(maps, kernel_size=(window, 1), stride=(stride, 1), padding=(half, 0), count_include_pad=False)
-    return F.avg_pool2d(columns, kernel_size=(1, window), stride=(1, stride), padding=(0, half), count_include_pad=False)
+    columns = F.avg_pool2d(
+        maps, kernel_size=(window, 1), stride=(stride, 1), padding=(half, 0), count_include_pad=False
+    )
+    return F.avg_pool2d(
+        columns, kernel_size=(1, window), stride=(1, stride), padding=(0, half), count_include_pad=False
+    )
 
 
 # The head's TextureContext window, in 1/4-resolution cells (44 px): wide enough to see a surface's
@@ -90,7 +96,9 @@ def default_head_context(window: int | None) -> int:
 def check_head_context(window: int) -> None:
     """0 (no block) or an odd window of at least 3 cells."""
     if window and (window < 3 or window % 2 == 0):
-        raise ValueError(f"the head's texture-context window must be 0 (off) or an odd size of at least 3, got {window}")
+        raise ValueError(
+            f"the head's texture-context window must be 0 (off) or an odd size of at least 3, got {window}"
+        )
 
 
 class TextureContext(nn.Module):
@@ -108,7 +116,9 @@ class TextureContext(nn.Module):
         super().__init__()
         check_head_context(window)
         self.window = window
-        self.mix = nn.Sequential(nn.Conv2d(4 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.mix = nn.Sequential(
+            nn.Conv2d(4 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         moments = separable_window_mean(torch.cat([x, x * x], dim=1), self.window, stride=1)
@@ -131,14 +141,21 @@ class FusionDecoder(nn.Module):
     """
 
     def __init__(
-        self, vit_channels: int, *, widths: tuple[int, int, int] = (16, 32, 48), vit_width: int = 64, context: int = 0
+        self,
+        vit_channels: int,
+        *,
+        widths: tuple[int, int, int] = (16, 32, 48),
+        vit_width: int = 64,
+        context: int = 0,
     ) -> None:
         super().__init__()
         full, half, quarter = widths
         self.enc_full = ConvBlock(3, full)
         self.enc_half = ConvBlock(full, half, stride=2)
         self.enc_quarter = ConvBlock(half, quarter, stride=2)
-        self.vit_proj = nn.Sequential(nn.Conv2d(vit_channels, vit_width, 1), nn.BatchNorm2d(vit_width), nn.ReLU(inplace=True))
+        self.vit_proj = nn.Sequential(
+            nn.Conv2d(vit_channels, vit_width, 1), nn.BatchNorm2d(vit_width), nn.ReLU(inplace=True)
+        )
         self.fuse_quarter = ConvBlock(quarter + vit_width, vit_width)
         self.context = TextureContext(vit_width, context) if context else nn.Identity()
         self.dec_half = ConvBlock(vit_width + half, half)
@@ -156,7 +173,9 @@ class FusionDecoder(nn.Module):
 
     def decode(self, encoded: EncodedImage, vit_maps: torch.Tensor) -> torch.Tensor:
         skip_full, skip_half, quarter = encoded
-        vit = F.interpolate(self.vit_proj(vit_maps), size=quarter.shape[-2:], mode="bilinear", align_corners=False)
+        vit = F.interpolate(
+            self.vit_proj(vit_maps), size=quarter.shape[-2:], mode="bilinear", align_corners=False
+        )
         x = self.context(self.fuse_quarter(torch.cat([quarter, vit], dim=1)))
         x = F.interpolate(x, size=skip_half.shape[-2:], mode="bilinear", align_corners=False)
         x = self.dec_half(torch.cat([x, skip_half], dim=1))
@@ -189,18 +208,28 @@ class SegmentationHead(nn.Module):
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
         full, half, quarter = (int(w) for w in widths)
         self.decoder = FusionDecoder(
-            embed_dim * len(self.feature_blocks), widths=(full, half, quarter), vit_width=vit_width, context=context
+            embed_dim * len(self.feature_blocks),
+            widths=(full, half, quarter),
+            vit_width=vit_width,
+            context=context,
         )
         self.config = {
-            "feature_blocks": list(self.feature_blocks), "widths": [full, half, quarter], "vit_width": vit_width,
+            "feature_blocks": list(self.feature_blocks),
+            "widths": [full, half, quarter],
+            "vit_width": vit_width,
             "context": int(context),
         }
 
     @classmethod
     def from_config(cls, embed_dim: int, config: dict[str, Any]) -> SegmentationHead:
         """The head that `config` (a saved `self.config`) describes; runs saved before the context block have none."""
-        return cls(embed_dim, config["feature_blocks"], widths=config["widths"], vit_width=config["vit_width"],
-                   context=config.get("context", 0))
+        return cls(
+            embed_dim,
+            config["feature_blocks"],
+            widths=config["widths"],
+            vit_width=config["vit_width"],
+            context=config.get("context", 0),
+        )
 
     def forward(self, images: torch.Tensor, maps: dict[int, torch.Tensor]) -> torch.Tensor:
         return self.decode(self.encode(images), maps)

@@ -64,8 +64,12 @@ class SelfDistillationNet(nn.Module):
             tokens = plain_forward(self.backbone, images)
             return GroupOutputs(self.cls_head(tokens.cls), None, tokens.cls)
         tokens = forward_with_references(
-            self.backbone, images, points, self.ref_content,
-            attention=self.reference_attention, block_fn=self.reference_block,
+            self.backbone,
+            images,
+            points,
+            self.ref_content,
+            attention=self.reference_attention,
+            block_fn=self.reference_block,
         )
         return GroupOutputs(self.cls_head(tokens.cls), self.point_head(tokens.refs), tokens.cls)
 
@@ -97,7 +101,9 @@ def compile_blocks(net: SelfDistillationNet) -> None:
     # cache must hold a few graphs per block instead of recompiling forever.
     limit = 4 * len(net.backbone.blocks)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, limit)
-    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4 * limit)
+    torch._dynamo.config.accumulated_cache_size_limit = max(
+        torch._dynamo.config.accumulated_cache_size_limit, 4 * limit
+    )
     for block in net.backbone.blocks:
         block.compile()
     net.reference_block = torch.compile(reference_block)

@@ -14,7 +14,10 @@ from training.errors import UserError
 
 
 def _write(root: Path, stem: str, mask: np.ndarray | None) -> None:
-    for relative, pixels in ((image_path(stem, ".png"), np.full((8, 8, 3), 100, np.uint8)), (mask_path(stem), mask)):
+    for relative, pixels in (
+        (image_path(stem, ".png"), np.full((8, 8, 3), 100, np.uint8)),
+        (mask_path(stem), mask),
+    ):
         if pixels is not None:
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / relative), pixels)
@@ -26,8 +29,10 @@ def test_what_the_writer_writes_the_reader_reads(tmp_path: Path) -> None:
     _write(tmp_path, "a", mask)
     _write(tmp_path, "b", None)
     _write(tmp_path, "c", mask)
-    write_defects_file(tmp_path, DefectsFile(samples={"a": SampleLabel(line="l1", defects=["scratch"]),
-                                                      "b": SampleLabel(line="l2")}))
+    write_defects_file(
+        tmp_path,
+        DefectsFile(samples={"a": SampleLabel(line="l1", defects=["scratch"]), "b": SampleLabel(line="l2")}),
+    )
     labeled = load_labeled_set(tmp_path)
     by_stem = {s.stem: s for s in labeled.samples}
     assert (by_stem["a"].defect_types, by_stem["a"].line) == (("scratch",), "l1")

@@ -43,7 +43,9 @@ def _candidate_rows(model: InspectionModel, images: list[np.ndarray]) -> torch.T
 @torch.no_grad()
 def test_one_bank_holds_bank_size_rows_drawn_from_the_normal_features() -> None:
     model, images = _model(), _images()
-    fill_memory_bank(model, images, tile=TILE, mean=PIXEL_MEAN, std=PIXEL_STD, bank_size=6, device=torch.device("cpu"))
+    fill_memory_bank(
+        model, images, tile=TILE, mean=PIXEL_MEAN, std=PIXEL_STD, bank_size=6, device=torch.device("cpu")
+    )
     bank = model.anomaly.scorer.memory_bank
     candidates = _candidate_rows(model, images)
     assert bank.shape == (6, candidates.shape[1])
@@ -53,8 +55,16 @@ def test_one_bank_holds_bank_size_rows_drawn_from_the_normal_features() -> None:
 @torch.no_grad()
 def test_neighbour_tiles_keep_one_bank_per_normal_tile() -> None:
     model, images = _model(), _images()
-    fill_memory_bank(model, images, tile=TILE, mean=PIXEL_MEAN, std=PIXEL_STD, bank_size=8,
-                     device=torch.device("cpu"), neighbour_tiles=2)
+    fill_memory_bank(
+        model,
+        images,
+        tile=TILE,
+        mean=PIXEL_MEAN,
+        std=PIXEL_STD,
+        bank_size=8,
+        device=torch.device("cpu"),
+        neighbour_tiles=2,
+    )
     assert model.anomaly.scorer.tile_banks.shape[:2] == (4, 4)  # 2 images x 2 tiles, 8 // 2 rows each
 
 
@@ -70,11 +80,16 @@ def test_calibration_fits_the_logistic_on_the_predictors_raw_scores() -> None:
     assert float(model.anomaly.scale) > 0.0
 
 
-@pytest.mark.parametrize(("options", "flag"), [
-    ({"features": "rgb"}, "--anomaly-features"), ({"stride": 0}, "--anomaly-stride"),
-    ({"neighbour_tiles": -1}, "--neighbour-tiles"), ({"context": 2}, "--anomaly-context"),
-    ({"pixel_weight": -1.0}, "--anomaly-pixel-weight"),
-])
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"features": "rgb"}, "--anomaly-features"),
+        ({"stride": 0}, "--anomaly-stride"),
+        ({"neighbour_tiles": -1}, "--neighbour-tiles"),
+        ({"context": 2}, "--anomaly-context"),
+        ({"pixel_weight": -1.0}, "--anomaly-pixel-weight"),
+    ],
+)
 def test_bad_anomaly_options_name_their_flag(options: dict, flag: str) -> None:
     with pytest.raises(UserError, match=flag):
         check_anomaly_options(**options)
