@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspect_svc.bundle import Thresholds, load_bundle
+from inspect_svc.bundle import Bundle, Thresholds, load_bundle
 from inspect_svc.engine.admission import PixelGate, PixelsInFlight
 from inspect_svc.engine.batcher import BatcherStopped, DeadlineExceeded, DynamicBatcher, QueueFull
 from inspect_svc.engine.inference import EngineConfig, EngineNotReady, InferenceEngine
@@ -613,3 +613,14 @@ def test_engine_refuses_a_camera_over_its_queue_bound_before_tiling(bundle, monk
         return tiled
 
     assert asyncio.run(scenario()) == []  # refused without being tiled
+
+
+def test_running_a_bundle_leaves_the_callers_subnormal_floats_alone(test_bundle: Bundle) -> None:
+    # The sessions flush denormals to zero on the thread that runs them; a caller's thread keeps its own rules.
+    def smallest_normal_halved() -> float:
+        smallest = float(np.finfo(np.float64).tiny)
+        return smallest / 2.0
+
+    assert smallest_normal_halved() > 0.0
+    Predictor(test_bundle).predict(np.zeros((40, 40, 3), np.uint8))
+    assert smallest_normal_halved() > 0.0

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from inspect_svc.bundle import Bundle, BundleManifest
+from inspect_svc.engine.fpenv import kept_floating_point_environment
 from inspect_svc.engine.session import EngineError, create_session
 from inspect_svc.engine.tiling import TilePlan, extract_tiles, make_plan, stitch_plan, tile_starts
 
@@ -170,7 +171,8 @@ class Predictor:
         batch = np.ascontiguousarray(chunk, dtype=np.float32)
         if size != count:
             batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), dtype=np.float32)])
-        (output,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
+        with kept_floating_point_environment():
+            (output,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
         probabilities: np.ndarray = output[:count, 0]
         return probabilities
 

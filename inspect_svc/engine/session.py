@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from inspect_svc.engine.fpenv import kept_floating_point_environment
+
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -99,9 +101,10 @@ def create_session(
     options_per_provider = [dict((provider_options or {}).get(name, {})) for name in chosen]
     options = session_options(intra_op_threads, inter_op_threads)
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=chosen, provider_options=options_per_provider
-        )
+        with kept_floating_point_environment():  # creating the session sets flush-to-zero as well
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=chosen, provider_options=options_per_provider
+            )
     except Exception as error:  # ORT raises several pybind types (InvalidProtobuf, Fail, …)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EngineError(f"cannot load ONNX model {path}: {message}") from None
