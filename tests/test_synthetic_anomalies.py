@@ -76,6 +76,34 @@ def test_fit_normal_with_a_discriminator_saves_a_fused_model(tmp_path: Path) -> 
     assert 0.0 <= thresholds["pixel"] <= 1.0 and 0.0 <= thresholds["image"] <= 1.0
 
 
+def test_a_zero_label_bank_can_read_the_discriminators_encoder(tmp_path: Path) -> None:
+    """`--anomaly-features conv`: the bank holds features trained only on normal images and synthetic anomalies."""
+    from training.fit_normal import FitNormalConfig, fit_normal
+
+    data = write_labeled_set(tmp_path / "data", defective=0, normal=6)
+    config = FitNormalConfig(
+        backbone=TINY_BACKBONE,
+        data=data,
+        out=tmp_path / "conv",
+        image_size=32,
+        bank_size=32,
+        batch_size=4,
+        discriminator_steps=2,
+        anomaly_features="conv",
+    )
+    assert (config.anomaly_context, config.anomaly_pixel_weight) == (15, 4.0)  # the hybrid's defaults
+    fit_normal(config)
+    anomaly = load_run(tmp_path / "conv").model.anomaly
+    assert anomaly is not None and anomaly.source == "conv" and anomaly.context == 15
+
+
+def test_conv_bank_features_without_a_discriminator_are_a_user_error(tmp_path: Path) -> None:
+    from training.fit_normal import FitNormalConfig
+
+    with pytest.raises(UserError, match="discriminator-steps"):
+        FitNormalConfig(backbone=TINY_BACKBONE, data=tmp_path, out=tmp_path / "o", anomaly_features="conv")
+
+
 def test_negative_discriminator_steps_are_a_user_error(tmp_path: Path) -> None:
     from training.fit_normal import FitNormalConfig, fit_normal
 

@@ -105,9 +105,13 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
             device=device,
             seed=config.seed,
         )
-    model = InspectionModel(
-        backbone, segmentation=segmentation, anomaly=empty_anomaly_head(backbone, "vit").to(device)
-    ).eval()
+    anomaly = empty_anomaly_head(
+        backbone,
+        config.anomaly_features,
+        context=config.anomaly_context,
+        pixel_weight=config.anomaly_pixel_weight,
+    )
+    model = InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly.to(device)).eval()
     fill_memory_bank(
         model,
         [images[i] for i in bank_idx],

@@ -112,14 +112,14 @@ class FinetuneConfig(ModelRunConfig):
     anomaly_context: int | None = setting(
         None,
         help=(
-            "Hybrid memory-bank rows also carry the KxK mean and std of the features around them (odd K; 0: off). "
+            "Memory-bank rows also carry the KxK mean and std of the features around them (odd K; 0: off). "
             "Helps large, low-contrast defects. Default: 15 on conv features, 0 on vit."
         ),
     )
     anomaly_pixel_weight: float | None = setting(
         None,
         help=(
-            "Hybrid memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale stains and "
+            "Memory-bank rows also carry the image's own pixels at this weight (0: off). Sees pale stains and "
             "colour changes that learned features miss. Default: 4 on conv features, 0 on vit."
         ),
     )
@@ -209,13 +209,34 @@ class FitNormalConfig(ModelRunConfig):
         ),
     )
 
+    anomaly_features: str = setting(
+        "vit",
+        help=(
+            "vit: the memory bank holds the backbone's patch tokens; conv: the discriminator's conv encoder at 1/2 "
+            "resolution (needs --discriminator-steps), features never trained on any labeled defect."
+        ),
+    )
+    anomaly_context: int | None = setting(None, help=help_of(FinetuneConfig, "anomaly_context"))
+    anomaly_pixel_weight: float | None = setting(None, help=help_of(FinetuneConfig, "anomaly_pixel_weight"))
+
     def __post_init__(self) -> None:
+        from training.models.anomaly import default_context, default_pixel_weight
+
         object.__setattr__(self, "data", Path(self.data))
         self._check_shared()
         if not 0.0 < self.holdout_fraction < 1.0:
             raise UserError(f"--holdout-fraction must lie between 0 and 1, got {self.holdout_fraction}")
         if self.discriminator_steps < 0:
             raise UserError(f"--discriminator-steps must be 0 (off) or more, got {self.discriminator_steps}")
+        if self.anomaly_features == "conv" and self.discriminator_steps == 0:
+            raise UserError(
+                "--anomaly-features conv reads the discriminator's encoder: give --discriminator-steps as well"
+            )
+        context = default_context(self.anomaly_features, self.anomaly_context)
+        pixel_weight = default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight)
+        object.__setattr__(self, "anomaly_context", context)
+        object.__setattr__(self, "anomaly_pixel_weight", pixel_weight)
+        check_anomaly_options(self.anomaly_features, 1, self.neighbour_tiles, context, pixel_weight)
 
 
 def check_anomaly_options(
