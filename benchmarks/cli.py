@@ -35,6 +35,9 @@ def make_data(
     train_defective: Annotated[int, typer.Option(help="Labeled defective training images per surface.")] = 24,
     test_normal: Annotated[int, typer.Option(help="Defect-free test images per surface.")] = 20,
     test_defective: Annotated[int, typer.Option(help="Defective test images per surface.")] = 20,
+    calibration_normal: Annotated[
+        int, typer.Option(help="Defect-free images per surface for line calibration (never trained on).")
+    ] = 20,
 ) -> None:
     """Build a split's train and test folders from its surfaces and the physical defect generator."""
     from benchmarks.dataset import DataConfig, build_split
@@ -47,6 +50,7 @@ def make_data(
             train_normal=train_normal,
             train_defective=train_defective,
             test_normal=test_normal,
+            calibration_normal=calibration_normal,
             test_defective=test_defective,
             seed=seed,
         )
@@ -117,6 +121,28 @@ def table(
 
     with user_errors():
         typer.echo(render_files(results), nl=False)
+
+
+@app.command("docs-tables")
+def docs_tables(
+    docs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Markdown files to refresh (default: README.md and docs/BENCHMARKS.md)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Change nothing; exit 1 naming each stale table.")
+    ] = False,
+) -> None:
+    """Regenerate the results tables inside the docs from the result files each table names."""
+    from benchmarks.docs_tables import DEFAULT_DOCS, refresh
+
+    with user_errors():
+        stale = [block for doc in docs or DEFAULT_DOCS for block in refresh(doc, Path.cwd(), write=not check)]
+    for block in stale:
+        verb = "is stale" if check else "rewritten"
+        typer.echo(f"{block.doc}:{block.line}: table of {', '.join(block.files)} {verb}")
+    if check and stale:
+        raise typer.Exit(1)
 
 
 def _json_object(text: str, flag: str) -> dict:

@@ -2,6 +2,8 @@
 
     OUT/train/images, masks, defects.json   defect-free images and a pool of labeled defective ones
     OUT/test/images, masks, defects.json    defect-free and defective images, never trained on
+    OUT/calibration/images, defects.json     defect-free images per surface, never trained on: what a
+                                            plant's line calibration (`train-pipeline calibrate`) reads
     OUT/benchmark-data.json                 the arguments, the surfaces and their sources
 
 Both folders are labeled sets in the product's own layout (`training.data.labeled`), with one line per
@@ -29,7 +31,7 @@ from training.errors import UserError
 RECORD_FILE = "benchmark-data.json"
 # Defect types no model may be trained on in the held-out-type regime: one structural, one thin.
 HELD_OUT_TYPES = ("contamination", "weave_fault")
-_FOLDER_STREAM = {"train": 0, "test": 1}
+_FOLDER_STREAM = {"train": 0, "test": 1, "calibration": 2}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class DataConfig:
     train_defective: int = 24  # the largest labels budget (20) must fit, with one of every family
     test_normal: int = 20
     test_defective: int = 20
+    # A line has defect-free images by the thousand; the benchmark calibrates each surface on a few.
+    calibration_normal: int = 20
     seed: int = 0
 
 
@@ -50,7 +54,8 @@ def build_split(textures: list[Texture], out: Path, config: DataConfig, split: s
     Raises:
         UserError: `out` holds something other than an earlier benchmark split, or a count is negative.
     """
-    if min(config.train_normal, config.train_defective, config.test_normal, config.test_defective) < 0:
+    counts = (config.train_normal, config.train_defective, config.test_normal, config.test_defective)
+    if min(*counts, config.calibration_normal) < 0:
         raise UserError("image counts must be 0 or more")
     if not 32 <= config.image_size <= 4096:
         raise UserError(f"--image-size must be between 32 and 4096 pixels, got {config.image_size}")
@@ -59,6 +64,7 @@ def build_split(textures: list[Texture], out: Path, config: DataConfig, split: s
     for folder, normal, defective in (
         ("train", config.train_normal, config.train_defective),
         ("test", config.test_normal, config.test_defective),
+        ("calibration", config.calibration_normal, 0),
     ):
         labels: dict[str, SampleLabel] = {}
         for texture in textures:
@@ -91,7 +97,7 @@ def read_record(data: Path) -> dict:
 def _prepare(out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise UserError(f"{out} is not empty and holds no benchmark split; choose a new or empty folder")
-    for folder in ("train", "test"):
+    for folder in _FOLDER_STREAM:
         shutil.rmtree(out / folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 

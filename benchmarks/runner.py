@@ -39,6 +39,7 @@ REGIMES = ("0", "1", "5", "20", "held-out-types")
 MODELS = ("hybrid", "unet", "no-learning")
 HELD_OUT_LABELS = 5
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+CALIBRATION_FOLDER = "calibration"
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -158,11 +159,14 @@ def _cached_or_run(regime: str, model: str, config: RunConfig, test: TestSet) ->
     predict, thresholds = _train(regime, model, config)
     indices = _evaluated_indices(regime, test)
     maps = {i: predict(test.images[i]) for i in indices}
+    top_pixels = int(thresholds.get("image_top_pixels", 1))
+    line_thresholds = _line_thresholds(predict, config.data / CALIBRATION_FOLDER, top_pixels)
     row = {
         "regime": regime,
         "model": model,
         "thresholds": thresholds,
-        **_score(maps, test, thresholds["image"], int(thresholds.get("image_top_pixels", 1))),
+        "line_thresholds": line_thresholds,
+        **_score(maps, test, thresholds["image"], top_pixels, line_thresholds),
         "seconds": time.perf_counter() - start,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,12 +181,46 @@ def _evaluated_indices(regime: str, test: TestSet) -> list[int]:
     return [i for i, types in enumerate(test.types) if not test.masks[i].any() or held & set(types)]
 
 
-def _score(maps: dict[int, np.ndarray], test: TestSet, image_threshold: float, top_pixels: int) -> dict:
+def _line_thresholds(predict: Predict, folder: Path, top_pixels: int) -> dict[str, float]:
+    """Each surface's image threshold from its calibration images, as `train-pipeline calibrate` sets it
+    (at most `DEFAULT_MAX_FALSE_ALARM_RATE` of them flagged); empty for a split without that folder."""
+    if not folder.is_dir():
+        return {}
+    from training.data.images import read_images
+    from training.data.labeled import load_labeled_set
+    from training.decision import DEFAULT_MAX_FALSE_ALARM_RATE, calibrate_line
+
+    by_surface: dict[str, list[Path]] = {}
+    for sample in load_labeled_set(folder).defect_free:
+        by_surface.setdefault(sample.line or "", []).append(sample.image)
+    thresholds = {}
+    for surface, paths in sorted(by_surface.items()):
+        images, _ = read_images(paths)
+        calibrated = calibrate_line(
+            [predict(image) for image in images],
+            max_false_alarm_rate=DEFAULT_MAX_FALSE_ALARM_RATE,
+            top_pixels=top_pixels,
+        )
+        thresholds[surface] = calibrated.image
+    return thresholds
+
+
+def _score(
+    maps: dict[int, np.ndarray],
+    test: TestSet,
+    image_threshold: float,
+    top_pixels: int,
+    line_thresholds: dict[str, float],
+) -> dict:
     per_surface = {}
     for surface in sorted({test.surfaces[i] for i in maps}):
         indices = [i for i in maps if test.surfaces[i] == surface]
         per_surface[surface] = score_surface(
-            [maps[i] for i in indices], [test.masks[i] for i in indices], image_threshold, top_pixels
+            [maps[i] for i in indices],
+            [test.masks[i] for i in indices],
+            image_threshold,
+            top_pixels,
+            line_thresholds.get(surface),
         )
     mean, worst = mean_and_worst(per_surface)
     return {"per_surface": per_surface, "mean": mean, "worst": worst}

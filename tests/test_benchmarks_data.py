@@ -101,6 +101,19 @@ def test_build_split_writes_labeled_folders_deterministically(tmp_path: Path) ->
         assert path.read_bytes() == (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes()
     record = json.loads((tmp_path / "one" / "benchmark-data.json").read_text())
     assert record["split"] == "a" and record["seed"] == 4
+    calibration = load_labeled_set(tmp_path / "one" / "calibration")
+    assert len(calibration.samples) == 2 * config.calibration_normal and not calibration.defective
+    assert calibration.lines == ["surface0", "surface1"]
+
+
+def test_calibration_images_leave_the_train_and_test_images_as_they_were(tmp_path: Path) -> None:
+    sizes = {"image_size": 48, "train_normal": 2, "train_defective": 2, "test_normal": 1, "test_defective": 2}
+    build_split(tiny_textures(), tmp_path / "with", DataConfig(**sizes, calibration_normal=3), "a")
+    build_split(tiny_textures(), tmp_path / "without", DataConfig(**sizes, calibration_normal=0), "a")
+    for folder in ("train", "test"):
+        for path in sorted((tmp_path / "without" / folder).rglob("*.png")):
+            relative = path.relative_to(tmp_path / "without")
+            assert path.read_bytes() == (tmp_path / "with" / relative).read_bytes()
 
 
 def test_build_split_refuses_a_foreign_folder(tmp_path: Path) -> None:

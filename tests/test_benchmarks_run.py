@@ -42,6 +42,11 @@ def test_every_regime_runs_through_the_bundle_and_is_reported(tiny_split: Path, 
         assert (out / "bundles" / regime / "model.onnx").is_file()
     for row in results["rows"]:
         assert set(row["per_surface"]) == {"surface0", "surface1"}
+        # Each surface also gets its own threshold from its calibration images, and verdicts at it.
+        assert set(row["line_thresholds"]) == {"surface0", "surface1"}
+        for surface in row["per_surface"].values():
+            assert 0.0 <= surface["line_false_alarm_rate"] <= 1.0
+            assert 0.0 <= surface["line_verdict_recall"] <= 1.0
         for key in ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", "false_alarm_rate"):
             values = [s[key] for s in row["per_surface"].values()]
             assert row["worst"][key] == (max(values) if key == "false_alarm_rate" else min(values))
