@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from inspect_svc.background import BackgroundLoop
 from inspect_svc.bundle import BundleError
 from inspect_svc.engine.session import EngineError
 from inspect_svc.model_manager import ModelManager
@@ -47,7 +48,7 @@ class ActiveModelFollower:
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
         self.state = FollowState()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("active-model-follower", self._run)
 
     @property
     def in_sync(self) -> bool:
@@ -57,16 +58,10 @@ class ActiveModelFollower:
 
     def start(self) -> None:
         if self.interval_s > 0:
-            self._task = asyncio.create_task(self._run(), name="active-model-follower")
+            self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     async def check_once(self) -> bool:
         """One look at the database (and a swap if needed); False when the active version failed to load.

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from inspect_svc.background import BackgroundLoop
 from inspect_svc.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -167,11 +168,11 @@ class Notifier:
         self.retries = retries
         self.backoff_s = backoff_s
         self._queue: asyncio.Queue[ResultNotice] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("notifier", self._run)
 
     def start(self) -> None:
         if self.publishers:
-            self._task = asyncio.create_task(self._run(), name="notifier")
+            self._loop.start()
 
     def submit(self, notice: ResultNotice) -> None:
         """Queue a notice without waiting; when the queue is full the oldest notice is dropped."""
@@ -186,16 +187,12 @@ class Notifier:
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Flush what is queued (up to `drain_timeout_s`), then close the publishers."""
-        if self._task is not None:
+        if self._loop.running:
             try:
                 await asyncio.wait_for(self._queue.join(), drain_timeout_s)
             except asyncio.TimeoutError:
                 log.warning("dropping %d notifications at shutdown", self._queue.qsize())
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._loop.stop()
         for publisher in self.publishers:
             await publisher.close()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
+from inspect_svc.background import BackgroundLoop
 from inspect_svc.schemas import InspectionCreate
 from inspect_svc.storage.local_sqlite import open_durable
 
@@ -189,23 +190,17 @@ class SpoolReplayer:
         self.max_backoff_s = max_backoff_s
         self.batch = batch
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("spool-replayer", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool-replayer")
+        self._loop.start()
 
     def wake(self) -> None:
         """Something was spooled: start trying (the loop sleeps while the spool is empty)."""
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     async def drain_once(self) -> int:
         """Replay what is spooled now; returns how many results were moved. Raises if the database fails."""

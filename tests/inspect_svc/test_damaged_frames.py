@@ -18,7 +18,7 @@ from inspect_svc.schemas import ReviewCreate
 from inspect_svc.storage import repositories
 from inspect_svc.storage.db import session_scope
 from tests.conftest import ADMIN, add_camera, make_settings, png_bytes
-from tests.test_bad_inputs import HALF_DEMO_JPEG, INTACT_DEMO_JPEG
+from tests.inspect_svc.api.test_bad_inputs import HALF_DEMO_JPEG, INTACT_DEMO_JPEG
 from tests.utils.reviews import add_user, log_in
 
 JPEG = {"Content-Type": "image/jpeg"}

@@ -18,7 +18,7 @@ from training.data.labeled import load_labeled_set
 from training.data.textures import SKIMAGE_TEXTURES, UFOAI_MEMBERS, Texture
 from training.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_textures(count: int = 2, size: int = 96) -> list[Texture]:

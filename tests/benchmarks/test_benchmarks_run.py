@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from benchmarks.cli import app
 from benchmarks.dataset import DataConfig, build_split
 from benchmarks.runner import REGIMES, RunConfig, no_learning_map, parse_regimes, run_regimes
+from tests.benchmarks.test_benchmarks_data import tiny_textures
 from tests.synthetic_labeled import TINY_BACKBONE
-from tests.test_benchmarks_data import tiny_textures
 from training.errors import UserError
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The tools installed beside the interpreter that runs the suite (the project's virtualenv).
 BIN = Path(sys.executable).parent
 

@@ -31,7 +31,7 @@ PNG = png_bytes()
 # A 2000x2000 black PNG: a few KB on the wire, 4 MP once decoded (above MAX_PIXELS).
 BOMB = encode(np.zeros((2000, 2000), np.uint8), "PNG", optimize=True)
 CORRUPT_PNG = PNG[:40] + bytes(range(256)) * 4 + PNG[-12:]
-DEMO_PART = np.asarray(Image.open(Path(__file__).parents[1] / "demo" / "part.png").convert("RGB"))
+DEMO_PART = np.asarray(Image.open(Path(__file__).parents[3] / "demo" / "part.png").convert("RGB"))
 INTACT_DEMO_JPEG = encode(DEMO_PART, "JPEG", quality=90)
 # A camera glitch: the first half of a frame, closed with the end-of-image marker. libjpeg only warns.
 HALF_DEMO_JPEG = INTACT_DEMO_JPEG[: len(INTACT_DEMO_JPEG) // 2] + b"\xff\xd9"

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "install-textures.sh"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "install-textures.sh"
 BASH = shutil.which("bash") or "/bin/bash"
 
 

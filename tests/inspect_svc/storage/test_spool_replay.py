@@ -11,7 +11,7 @@ from inspect_svc.service import store_spooled
 from inspect_svc.storage import migrations
 from inspect_svc.storage.db import make_engine, make_session_factory
 from inspect_svc.storage.spool import ResultSpool, SpoolReplayer, is_database_outage
-from tests.test_storage import record
+from tests.inspect_svc.storage.test_storage import record
 
 
 class FlakyStore:

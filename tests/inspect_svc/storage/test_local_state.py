@@ -16,7 +16,7 @@ from inspect_svc.storage.db import make_engine
 from inspect_svc.storage.frame_index import AcknowledgedFrames
 from inspect_svc.storage.spool import ResultSpool
 from inspect_svc.storage.write_health import WriteHealth
-from tests.test_storage import record
+from tests.inspect_svc.storage.test_storage import record
 
 SQLITE_SYNCHRONOUS_FULL = 2
 

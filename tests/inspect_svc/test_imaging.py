@@ -197,7 +197,7 @@ def test_warming_the_decoders_decodes_every_accepted_format() -> None:
 
 # --- damage the decoder itself reports (libjpeg warnings are errors) -----------------------------------
 
-DEMO_PART = os.path.join(os.path.dirname(__file__), os.pardir, "demo", "part.png")
+DEMO_PART = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "demo", "part.png")
 
 
 def _jpeg_claiming(width: int, height: int) -> bytes:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_multicrop import coordinate_image, read_source_coords
+from tests.training.data.test_multicrop import coordinate_image, read_source_coords
 from training.data.device_views import EncodedBatch, read_for_device, render_views
 from training.data.multicrop import MultiCropConfig, make_views, plan_views
 from training.data.pretrain_dataset import MultiCropDataset, collate_views

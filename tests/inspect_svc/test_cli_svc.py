@@ -208,7 +208,7 @@ def test_serve_prints_url_and_demo_key_and_drains_on_sigterm(tmp_path, test_bund
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=Path(__file__).parents[1],
+            cwd=Path(__file__).parents[2],
         )
     try:
         base = f"http://127.0.0.1:{port}"

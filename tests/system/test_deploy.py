@@ -13,7 +13,7 @@ kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="the manifest linter comes with the dev extra: pip install -e '.[dev]'"
 )
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
 
 
