@@ -1,17 +1,18 @@
 """The benchmark's metrics per surface, and their mean and worst over surfaces.
 
-Pixel AUROC and AUPRO@0.3 are the product's own (`training.metrics`); pixel AP (area under the
-precision-recall curve) is added because pixel AUROC saturates when defects are a tiny share of the
-pixels. Verdicts are taken as the service takes them: an image is defective when its image score
-reaches the stored image threshold; precision, recall and the false-alarm rate (share of defect-free
-images flagged) follow from that.
+Pixel AUROC, AUPRO@0.3 and pixel AP (area under the precision-recall curve, reported because pixel
+AUROC saturates when defects are a tiny share of the pixels) are the product's own (`training.metrics`),
+so a benchmark row and `train-pipeline evaluate` score a map alike; a surface without a defective test
+image has no pixel AP (NaN), which `mean_and_worst` leaves out. Verdicts are taken as the service takes
+them: an image is defective when its image score reaches the stored image threshold; precision, recall
+and the false-alarm rate (share of defect-free images flagged) follow from that.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from training.metrics import aupro, auroc, image_scores
+from training.metrics import aupro, auroc, average_precision, image_scores
 
 # Metrics where lower is better: their "worst" surface is the largest value.
 LOWER_IS_BETTER = frozenset({"false_alarm_rate", "line_false_alarm_rate"})
@@ -19,26 +20,6 @@ VERDICT_KEYS = ("verdict_precision", "verdict_recall", "false_alarm_rate")
 # The same verdicts at each surface's own threshold, set on its calibration images (a line's calibration).
 LINE_VERDICT_KEYS = ("line_verdict_precision", "line_verdict_recall", "line_false_alarm_rate")
 METRIC_KEYS = ("pixel_auroc", "aupro", "pixel_ap", "image_auroc", *VERDICT_KEYS, *LINE_VERDICT_KEYS)
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the precision-recall curve as the step sum Σ (R_k − R_{k−1}) P_k over distinct scores.
-
-    Tied scores form one step (no order is invented among them). NaN when there is no positive.
-    """
-    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
-    positives = int(labels.sum())
-    if positives == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    true_positives = np.cumsum(sorted_labels)
-    # Keep the last index of each run of equal scores: a threshold takes a whole tie or none of it.
-    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
-    tp = true_positives[ends]
-    precision = tp / (ends + 1)
-    recall = tp / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def score_surface(

@@ -5,14 +5,17 @@ The labeled set is split once, deterministically and stratified by line and defe
 training pool and a TEST split that is the same for every row. Then, per labels budget k, every
 backbone is fine-tuned into the hybrid model on k labeled defect images per line (plus the pool's
 defect-free images), and the from-scratch U-Net trains on exactly the same images; the zero-label
-mode fits on the pool's defect-free images alone. The held-out-type split trains on the defect
+mode fits on the pool's defect-free images alone. The hybrids and zero-label models train exactly as
+`train-pipeline finetune` and `fit-normal` do, from the run configs `StudyConfig` holds
+(`benchmarks.study_config`): each job fills in its backbone, folders and labels budget. The held-out-type split trains on the defect
 types NOT held out (at the middle budget) and is tested only on held-out-type defects plus the
 defect-free test images. Every model predicts through the service's tiling and is scored by
 `evaluate.metrics_by_group`, so the numbers are those `train-pipeline evaluate` would report.
 
 The splits are written as labeled folders (`OUT/splits/`), each trained model keeps its run folder
 (`OUT/runs/`) and its result (`OUT/runs/<job>/result.json`): rerunning the same command skips the
-jobs already done, so a long study can be continued after an interruption or a time limit.
+jobs already done with the same inputs (every setting of the job's run config among them, defaults
+included), so a long study can be continued after an interruption or a time limit.
 `run_seeded_studies` repeats the whole study over several seeds (`OUT/seed-N`) and summarises every
 row's mean and spread (`benchmarks.study_summary`): one test split of a few dozen images cannot tell
 0.96 from 0.97.
@@ -36,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from benchmarks.baselines.unet import UNetConfig
+from benchmarks.study_config import PER_JOB, StudyConfig
 from benchmarks.study_report import write_study
 from benchmarks.study_summary import seed_folder, summarize_seeds, write_summary
 from training.data.labeled import (
@@ -50,10 +55,8 @@ from training.decision import DECISION_RULE
 from training.errors import UserError
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
-from training.model_config import FinetuneConfig, FitNormalConfig, check_anomaly_options, check_head_options
-from training.models.anomaly import default_context, default_pixel_weight
+from training.model_config import FinetuneConfig, FitNormalConfig
 from training.models.backbone import BACKBONE_FILE, RANDOM_PREFIX
-from training.models.segmentation import default_head_context
 from training.run_config import config_json
 from training.runs import data_fingerprint
 
@@ -63,94 +66,6 @@ RESULT_FILE = "result.json"
 
 ModelName = Literal["hybrid", "unet", "zero-label"]
 EvalSet = Literal["test", "held-out-types"]
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """Options of `run_study` (mirrors `python -m benchmarks label-study`).
-
-    Attributes:
-        backbones: Backbone specs (pretrain run folder, backbone.pt, random:<arch>), one set of rows each.
-        data: The labeled folder.
-        out: Study folder.
-        labels: Labels budgets: labeled defect images per line.
-        held_out_types: Defect types kept out of training for the held-out-type split; empty = no such split.
-        steps: Optimisation steps of every fine-tuning and of the U-Net.
-        batch_size: Tiles per step.
-        image_size: Tile side (the models' input size).
-        test_fraction: Share of each (line, defect type) group that goes to the test split.
-        include_unet: Train the from-scratch U-Net baseline.
-        include_zero_label: Fit the zero-label mode alone, per backbone.
-        anomaly_features: What the hybrid's anomaly branch reads ("conv" or "vit").
-        neighbour_tiles: Normal tiles whose banks each query tile is scored against (0: one bank).
-        anomaly_context: Window K of the texture statistics the hybrid's bank rows carry (0: none;
-            None: finetune's default for `anomaly_features`, resolved at construction).
-        anomaly_pixel_weight: Weight of the image's pixels in the hybrid's bank rows (0: none; None:
-            finetune's default for `anomaly_features`, resolved at construction).
-        head_context: Window K of the hybrid head's texture-context block (0: none; None: finetune's
-            default, resolved at construction).
-        bank_size: Memory-bank rows a hybrid's query meets.
-        copy_paste: Share of training crops (hybrid and U-Net alike) that get a labeled defect pasted in.
-        device: cpu, cuda or auto.
-        seed: Seed of the splits, label picks and training.
-    """
-
-    backbones: tuple[str, ...]
-    data: Path
-    out: Path
-    labels: tuple[int, ...] = (1, 5, 20)
-    held_out_types: tuple[str, ...] = ("scratch", "crack")
-    steps: int = 500
-    batch_size: int = 16
-    image_size: int = 224
-    test_fraction: float = 0.3
-    include_unet: bool = True
-    include_zero_label: bool = True
-    anomaly_features: str = "conv"
-    neighbour_tiles: int = 4
-    anomaly_context: int | None = None  # None: the finetune default for the features
-    anomaly_pixel_weight: float | None = None  # None: the finetune default for the features
-    head_context: int | None = None  # None: finetune's default
-    bank_size: int = 2048
-    copy_paste: float = 0.0
-    device: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # Resolved here so the saved study, its cache signatures and its report name the window used.
-        object.__setattr__(
-            self, "anomaly_context", default_context(self.anomaly_features, self.anomaly_context)
-        )
-        object.__setattr__(
-            self,
-            "anomaly_pixel_weight",
-            default_pixel_weight(self.anomaly_features, self.anomaly_pixel_weight),
-        )
-        object.__setattr__(self, "head_context", default_head_context(self.head_context))
-
-    @property
-    def held_out_budget(self) -> int:
-        """The labels budget of the held-out-type split: the middle one of `labels`."""
-        return sorted(self.labels)[len(self.labels) // 2]
-
-
-def parse_labels(text: str) -> tuple[int, ...]:
-    """'1,5,20' → (1, 5, 20), sorted and without repeats.
-
-    Raises:
-        UserError: an empty list, or an entry that is not a positive integer.
-    """
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise UserError(
-            f"--labels must be a comma-separated list of positive integers such as 1,5,20, not {text!r}"
-        )
-    return tuple(sorted({int(p) for p in parts}))
-
-
-def parse_types(text: str) -> tuple[str, ...]:
-    """'scratch, crack' → ('crack', 'scratch'); an empty text gives ()."""
-    return tuple(sorted({p.strip() for p in text.split(",") if p.strip()}))
 
 
 # --- splits ------------------------------------------------------------------------------------------
@@ -422,68 +337,62 @@ def _train_zero_label(
 def _hybrid_config(
     job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device
 ) -> FinetuneConfig:
-    """The finetune settings of a hybrid job; those the study has no option for keep finetune's defaults."""
-    return FinetuneConfig(
+    """The study's fine-tuning settings, for this job's backbone, training folder, run folder and budget."""
+    return replace(
+        config.finetune,
         backbone=job.backbone or "",
         data=root,
         out=run_dir,
-        image_size=config.image_size,
-        steps=config.steps,
-        batch_size=config.batch_size,
         labeled_defects=job.labels,
-        anomaly_features=config.anomaly_features,
-        neighbour_tiles=config.neighbour_tiles,
-        anomaly_context=config.anomaly_context,
-        anomaly_pixel_weight=config.anomaly_pixel_weight,
-        head_context=config.head_context,
-        bank_size=config.bank_size,
-        copy_paste=config.copy_paste,
         device=str(device),
-        seed=config.seed,
     )
 
 
 def _zero_label_config(
     job: Job, config: StudyConfig, root: Path, run_dir: Path, device: torch.device
 ) -> FitNormalConfig:
-    return FitNormalConfig(
-        backbone=job.backbone or "",
-        data=root,
-        out=run_dir,
-        image_size=config.image_size,
-        neighbour_tiles=config.neighbour_tiles,
+    """The study's zero-label settings, for this job's backbone, training folder and run folder."""
+    return replace(config.fit_normal, backbone=job.backbone or "", data=root, out=run_dir, device=str(device))
+
+
+def _unet_config(config: StudyConfig, device: torch.device) -> UNetConfig:
+    """The U-Net trains on the hybrids' tiles, batch, crops and seed, for its own number of steps."""
+    finetune = config.finetune
+    return UNetConfig(
+        image_size=finetune.image_size,
+        steps=_unet_steps(config),
+        batch_size=finetune.batch_size,
+        copy_paste=finetune.copy_paste,
         device=str(device),
-        seed=config.seed,
+        seed=finetune.seed,
     )
 
 
-def _run_settings(job: Job, config: StudyConfig, data: StudyData, device: torch.device) -> dict | None:
-    """Every setting of the job's finetune or fit-normal run (defaults included; paths and device are elsewhere)."""
+def _unet_steps(config: StudyConfig) -> int:
+    steps = config.unet_steps if config.unet_steps is not None else config.finetune.steps
+    if steps is None:
+        raise UserError("the fine-tuning runs by --epochs, so give the U-Net its number of --unet-steps")
+    return steps
+
+
+def _run_settings(job: Job, config: StudyConfig, data: StudyData, device: torch.device) -> dict:
+    """Every setting of the job's run (defaults included; paths and device are elsewhere in its signature)."""
     if job.model == "unet":
-        return None
-    build = _hybrid_config if job.model == "hybrid" else _zero_label_config
-    settings = config_json(
-        build(job, config, _training_root(job, data), config.out / "runs" / job.key, device)
-    )
+        settings = asdict(_unet_config(config, device))
+    else:
+        build = _hybrid_config if job.model == "hybrid" else _zero_label_config
+        settings = config_json(
+            build(job, config, _training_root(job, data), config.out / "runs" / job.key, device)
+        )
     return {name: value for name, value in settings.items() if name not in ("data", "out", "device")}
 
 
 def _train_unet(
     config: StudyConfig, root: Path, samples: list[LabeledSample], device: torch.device
 ) -> Trained:
-    from benchmarks.baselines.unet import UNetConfig, train_unet
+    from benchmarks.baselines.unet import train_unet
 
-    result = train_unet(
-        samples,
-        UNetConfig(
-            image_size=config.image_size,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            copy_paste=config.copy_paste,
-            device=str(device),
-            seed=config.seed,
-        ),
-    )
+    result = train_unet(samples, _unet_config(config, device))
     losses = result.losses
     extra = {
         "first_loss": float(np.mean(losses[:10])),
@@ -540,8 +449,8 @@ def run_study(config: StudyConfig, progress: Callable[[str], None] = log.info) -
     from training.distributed import resolve_device
 
     _check_config(config)
-    device = resolve_device(config.device)
-    labels_of = _backbone_labels(config.backbones, config.image_size)
+    device = resolve_device(config.finetune.device)
+    labels_of = _backbone_labels(config.backbones, config.finetune.image_size)
     data = prepare_splits(config)
     study: dict[str, Any] = {
         "config": _config_record(config, device),
@@ -586,7 +495,7 @@ def run_seeded_studies(
     studies = {}
     for number, seed in enumerate(seeds, start=1):
         progress(f"seed {seed} ({number}/{len(seeds)})")
-        studies[seed] = run_study(replace(config, seed=seed, out=seed_folder(config.out, seed)), progress)
+        studies[seed] = run_study(config.with_seed(seed, seed_folder(config.out, seed)), progress)
     summary = summarize_seeds(studies)
     write_summary(summary, config.out)
     return summary
@@ -668,27 +577,17 @@ def _job_signature(job: Job, config: StudyConfig, data: StudyData, device: torch
     return {
         "job": asdict(job),
         "backbone_file": _backbone_identity(job.backbone),
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "image_size": config.image_size,
-        "seed": config.seed,
+        "seed": config.seed,  # of the splits and label picks; each run's own is in its settings
         "device": device.type,
         "test_fraction": config.test_fraction,
         "held_out_types": list(config.held_out_types),
-        # Only the hybrid reads it; a U-Net or zero-label row stays valid whatever it is.
-        "anomaly_features": config.anomaly_features if job.model == "hybrid" else None,
-        "anomaly_context": config.anomaly_context if job.model == "hybrid" else None,
-        "anomaly_pixel_weight": config.anomaly_pixel_weight if job.model == "hybrid" else None,
-        "head_context": config.head_context if job.model == "hybrid" else None,
-        "bank_size": config.bank_size if job.model == "hybrid" else None,
-        "neighbour_tiles": config.neighbour_tiles if job.model != "unet" else None,
-        "copy_paste": config.copy_paste if job.model != "zero-label" else None,
         "data": str(config.data.resolve()),
         "test_split": digest,
         "training_folder": _fingerprint(load_labeled_set(root).samples, root),
         # How image thresholds are chosen and images scored: results chosen another way are stale.
         "decision_rule": DECISION_RULE,
-        # A default finetune or fit-normal changes (its lr, say) makes the saved results stale too.
+        # Every setting of the job's run config, defaults included: a new default makes the result stale too,
+        # and a setting only other models read (a hybrid's bank for a U-Net, say) leaves it valid.
         "run_settings": _run_settings(job, config, data, device),
     }
 
@@ -710,19 +609,12 @@ def _check_config(config: StudyConfig) -> None:
         raise UserError("--labels needs at least one budget of 1 or more labeled images per line")
     if not 0.0 < config.test_fraction < 1.0:
         raise UserError(f"--test-fraction must lie between 0 and 1, got {config.test_fraction}")
-    if config.steps < 1 or config.batch_size < 1:
-        raise UserError("--steps and --batch-size must be at least 1")
     if len(set(config.backbones)) != len(config.backbones):
         raise UserError("the same --backbone is given twice")
-    if not 0.0 <= config.copy_paste <= 1.0:
-        raise UserError(f"--copy-paste must be a share between 0 and 1, got {config.copy_paste}")
-    check_anomaly_options(
-        config.anomaly_features,
-        neighbour_tiles=config.neighbour_tiles,
-        context=config.anomaly_context,
-        pixel_weight=config.anomaly_pixel_weight,
-    )
-    check_head_options(config.head_context)
+    if config.unet_steps is not None and config.unet_steps < 1:
+        raise UserError(f"--unet-steps must be at least 1, got {config.unet_steps}")
+    if config.include_unet:
+        _unet_steps(config)
 
 
 def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:
@@ -739,10 +631,22 @@ def _backbone_labels(specs: tuple[str, ...], image_size: int) -> dict[str, str]:
 
 
 def _config_record(config: StudyConfig, device: torch.device) -> dict:
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    """The study's own options, then each run template's settings (the device as resolved)."""
+    runs = {"finetune": config.finetune, "fit_normal": config.fit_normal}
+    record: dict[str, Any] = {
+        name: value
+        for name, value in config_json(config).items()
+        if name not in runs  # `config_json` would keep the templates' placeholder paths
+    }
     record.update(
-        device=str(device), held_out_budget=config.held_out_budget if config.held_out_types else None
+        seed=config.seed,
+        device=str(device),
+        unet_steps=_unet_steps(config) if config.include_unet else None,
+        held_out_budget=config.held_out_budget if config.held_out_types else None,
     )
+    for name, run in runs.items():
+        settings = config_json(replace(run, device=str(device)))
+        record[name] = {key: value for key, value in settings.items() if key not in PER_JOB}
     return record
 
 

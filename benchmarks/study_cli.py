@@ -1,22 +1,47 @@
-"""`python -m benchmarks label-study`: label efficiency and unseen defect types, against a from-scratch U-Net."""
+"""`python -m benchmarks label-study`: label efficiency and unseen defect types, against a from-scratch U-Net.
+
+The study's own options are declared here. Every other option is a field of the run configs the
+study trains from, derived from the field itself (`training.cli.config_options`): each setting of
+`train-pipeline finetune` is a flag of the same name with the same default and help, and the
+zero-label model's own settings are `--fit-normal-*` flags. A new field gets its flag without a
+line here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from training.cli._common import (
-    AnomalyContextOpt,
-    AnomalyPixelWeightOpt,
-    CopyPasteOpt,
-    DeviceOpt,
-    HeadContextOpt,
-    user_errors,
+from benchmarks.study_config import (
+    FOLLOWS_FINETUNE,
+    PER_JOB,
+    StudyConfig,
+    finetune_template,
+    fit_normal_template,
+    parse_labels,
+    parse_types,
 )
+from training.cli._common import flowing, user_errors
+from training.cli.config_options import config_parameters, config_values, with_parameters
+from training.model_config import FinetuneConfig, FitNormalConfig
 
 Opt = typer.Option
+
+# Fields with no flag of their own: each job fills in those of `PER_JOB`, and the study's repeatable
+# `--seed` sets the seed.
+NOT_FLAGS = (*PER_JOB, "seed")
+FIT_NORMAL_PREFIX = "fit_normal"
+
+
+def _own_fields(config_class: type, skipped: tuple[str, ...]) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_class) if f.name not in skipped]
+
+
+FINETUNE_FLAGS = _own_fields(FinetuneConfig, NOT_FLAGS)
+FIT_NORMAL_FLAGS = _own_fields(FitNormalConfig, NOT_FLAGS + FOLLOWS_FINETUNE)
 
 
 def label_study(
@@ -36,13 +61,6 @@ def label_study(
             help="Defect types kept out of the labels (trained at the middle budget); '' skips.",
         ),
     ] = "scratch,crack",
-    steps: Annotated[
-        int, Opt("--steps", help="Optimisation steps of every fine-tuning and of the U-Net.")
-    ] = 500,
-    batch_size: Annotated[int, Opt("--batch-size", help="Tiles per step.")] = 16,
-    image_size: Annotated[
-        int, Opt("--image-size", help="Tile side in pixels (the models' input size; finetune's default too).")
-    ] = 128,
     test_fraction: Annotated[
         float, Opt("--test-fraction", help="Share of each line and defect type kept for testing.")
     ] = 0.3,
@@ -56,25 +74,10 @@ def label_study(
             help="Score the zero-label mode alone, per backbone.",
         ),
     ] = True,
-    anomaly_features: Annotated[
-        str, Opt("--anomaly-features", help="What the hybrid's anomaly branch reads: conv (default) or vit.")
-    ] = "conv",
-    neighbour_tiles: Annotated[
-        int,
-        Opt(
-            "--neighbour-tiles",
-            min=0,
-            help="Anomaly branches score each tile against the banks of its N most similar normal tiles (0: one bank).",
-        ),
-    ] = 4,
-    anomaly_context: AnomalyContextOpt = None,
-    anomaly_pixel_weight: AnomalyPixelWeightOpt = None,
-    head_context: HeadContextOpt = None,
-    bank_size: Annotated[
-        int, Opt("--bank-size", min=1, help="Memory-bank rows a hybrid's query meets.")
-    ] = 2048,
-    copy_paste: CopyPasteOpt = 0.0,
-    device: DeviceOpt = "auto",
+    unet_steps: Annotated[
+        int | None,
+        Opt("--unet-steps", show_default=False, help="Optimisation steps of the U-Net. Default: --steps."),
+    ] = None,
     seed: Annotated[
         list[int] | None,
         Opt(
@@ -83,37 +86,33 @@ def label_study(
             "per seed (in OUT/seed-N) with mean, spread and worst seed in OUT/summary.md.",
         ),
     ] = None,
+    **settings: Any,
 ) -> None:
     """Train and score every backbone at each labels budget, the U-Net baseline, and the zero-label mode.
 
-    The test split is fixed for all rows; rerunning the same command skips the models already done.
+    The hybrids train as `train-pipeline finetune` does, with its defaults unless told otherwise (every
+    finetune flag is taken here too); the zero-label models as `fit-normal` does, at the hybrids' tile
+    size, neighbour tiles, decision settings, device and seed. The test split is fixed for all rows;
+    rerunning the same command skips the models already done.
     """
-    from benchmarks.study import StudyConfig, parse_labels, parse_types, run_seeded_studies, run_study
+    from benchmarks.study import run_seeded_studies, run_study
 
     seeds = seed or [0]
-
     with user_errors():
         config = StudyConfig(
             backbones=tuple(backbone),
             data=data,
             out=out,
+            finetune=finetune_template(**config_values(FinetuneConfig, settings), seed=seeds[0]),
+            fit_normal=fit_normal_template(
+                **config_values(FitNormalConfig, settings, prefix=FIT_NORMAL_PREFIX)
+            ),
             labels=parse_labels(labels),
             held_out_types=parse_types(held_out_types),
-            steps=steps,
-            batch_size=batch_size,
-            image_size=image_size,
             test_fraction=test_fraction,
             include_unet=include_unet,
             include_zero_label=include_zero_label,
-            anomaly_features=anomaly_features,
-            neighbour_tiles=neighbour_tiles,
-            anomaly_context=anomaly_context,
-            anomaly_pixel_weight=anomaly_pixel_weight,
-            head_context=head_context,
-            bank_size=bank_size,
-            copy_paste=copy_paste,
-            device=device,
-            seed=seeds[0],
+            unet_steps=unet_steps,
         )
         if len(seeds) > 1:
             summary = run_seeded_studies(config, seeds, progress=typer.echo)
@@ -126,6 +125,18 @@ def label_study(
     typer.echo(f"{len(study['rows'])} rows → {out / 'study.md'} and {out / 'study.json'}")
 
 
+with_parameters(
+    label_study,
+    config_parameters(FinetuneConfig, FINETUNE_FLAGS, panel="The hybrids: train-pipeline finetune's settings")
+    + config_parameters(
+        FitNormalConfig,
+        FIT_NORMAL_FLAGS,
+        prefix=FIT_NORMAL_PREFIX,
+        panel="The zero-label models: fit-normal's own settings",
+    ),
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `label-study` verb to `app`."""
-    app.command("label-study")(label_study)
+    app.command("label-study", help=flowing(label_study.__doc__))(label_study)

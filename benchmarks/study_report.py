@@ -40,6 +40,22 @@ def write_files(out: Path, texts: dict[str, str]) -> None:
         tmp.replace(out / name)
 
 
+def run_settings(config: dict) -> dict:
+    """The hybrids' fine-tuning settings of a study record (older records kept them beside the study's own)."""
+    settings: dict = config.get("finetune", config)
+    return settings
+
+
+def _training_words(config: dict) -> str:
+    settings = run_settings(config)
+    epochs = settings.get("epochs")
+    words = f"{epochs} epochs" if epochs else f"{settings['steps']} steps"
+    unet_steps = config.get("unet_steps")  # older records: the U-Net took the hybrids' steps
+    if unet_steps is not None and (epochs or unet_steps != settings["steps"]):
+        words += f" ({unet_steps} for the U-Net)"
+    return f"{words}, batch {settings['batch_size']}, {settings['image_size']} px tiles"
+
+
 def _bank_words(config: dict) -> str:
     neighbours = config.get("neighbour_tiles", 0)  # studies before per-tile banks had one bank
     words = (
@@ -76,12 +92,14 @@ def _copy_paste_words(config: dict) -> str:
 def render_markdown(study: dict) -> str:
     """The label-efficiency tables (all defects, thin defects) and the held-out-type table."""
     config, split, rows = study["config"], study["split"], study["rows"]
+    settings = run_settings(config)
     setup = (
         f"Test split: {len(split['test_images'])} images ({split['test_defective']} defective) from "
-        f"{len(split['lines']) or 1} line(s), the same for every row. {config['steps']} steps, batch "
-        f"{config['batch_size']}, {config['image_size']} px tiles, seed {config['seed']}, device {config['device']}; "
-        f"hybrid anomaly branch on {config.get('anomaly_features', 'vit')} features, {_bank_words(config)}"
-        f"{_context_words(config)}{_pixel_words(config)}{_head_context_words(config)}{_copy_paste_words(config)}."
+        f"{len(split['lines']) or 1} line(s), the same for every row. {_training_words(config)}, "
+        f"seed {config['seed']}, device {config['device']}; "
+        f"hybrid anomaly branch on {settings.get('anomaly_features', 'vit')} features, {_bank_words(settings)}"
+        f"{_context_words(settings)}{_pixel_words(settings)}{_head_context_words(settings)}"
+        f"{_copy_paste_words(settings)}."
     )
     lines = ["# Label-efficiency study", "", setup, "Cells: pixel AUROC / AUPRO / image AUROC.", ""]
     on_test = [r for r in rows if r["evaluated_on"] == "test"]

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from benchmarks.study_report import MODEL_ORDER, row_name, write_files
+from benchmarks.study_report import MODEL_ORDER, row_name, run_settings, write_files
 from training.evaluate import THIN_DEFECT_TYPES
 
 SUMMARY_JSON = "summary.json"
@@ -92,7 +92,7 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
             row["worst_line"] = _worst_lines([m["lines"]["worst"] for m in metrics])
         rows.append(row)
     first = studies[seeds[0]]
-    config = {k: v for k, v in first["config"].items() if k not in ("seed", "out")}
+    config = _without_seed(first["config"])
     splits = {
         str(seed): {
             "test_images": len(s["split"]["test_images"]),
@@ -102,6 +102,15 @@ def summarize_seeds(studies: Mapping[int, dict]) -> dict:
         for seed, s in studies.items()
     }
     return {"seeds": seeds, "config": config, "splits": splits, "rows": rows}
+
+
+def _without_seed(config: dict) -> dict:
+    """A seed's study settings less what differs between seeds (its seed, its folder), run templates too."""
+    kept = {k: v for k, v in config.items() if k not in ("seed", "out")}
+    for run in ("finetune", "fit_normal"):  # older records have none
+        if run in kept:
+            kept[run] = {k: v for k, v in kept[run].items() if k != "seed"}
+    return kept
 
 
 WORST_LINE_METRICS = ("pixel_auroc", "aupro", "verdict_recall", "false_alarm_rate")
@@ -147,13 +156,14 @@ def write_summary(summary: dict, out: Path) -> None:
 def render_summary_markdown(summary: dict) -> str:
     """Mean ± spread tables (all types, held-out types, thin defects), per defect type, and per seed."""
     seeds, splits, rows = summary["seeds"], summary["splits"], _ordered(summary["rows"])
+    settings = run_settings(summary["config"])
     sizes = ", ".join(
         f"{splits[str(s)]['test_images']} ({splits[str(s)]['test_defective']} defective)" for s in seeds
     )
     setup = (
         f"Seeds {', '.join(map(str, seeds))}: each draws its own test split, labeled images and training "
-        f"randomness. Test images per seed: {sizes}. {summary['config']['steps']} steps, "
-        f"{summary['config']['image_size']} px tiles; the study of each seed is in `seed-N/study.md`."
+        f"randomness. Test images per seed: {sizes}. {settings['steps']} steps, "
+        f"{settings['image_size']} px tiles; the study of each seed is in `seed-N/study.md`."
     )
     lines = [
         f"# Label-efficiency study over {len(seeds)} seeds",

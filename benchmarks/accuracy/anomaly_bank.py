@@ -10,7 +10,7 @@ retrained, so settings differ only in the bank. `--context` also varies what a b
 the 3x3 mean of the conv features alone (0), or with the mean and standard deviation over a larger
 KxK window (`finetune --anomaly-context K`); `--pixel-weights` whether the image's own pixels join
 the features, and at which weight (`finetune --anomaly-pixel-weight W`).
-Prints a table and writes JSON.
+Prints a table; `--json PATH` (or `--out PATH`) also writes its rows and settings.
 
     python -m benchmarks.accuracy.anomaly_bank \
         --run runs/ls/runs/hybrid-runs-demo-bundle-pretrain-k5 --data runs/ls/splits/pool \
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -35,6 +33,7 @@ from benchmarks.accuracy.run_split import (
     rebuild_split,
     run_split_parser,
 )
+from benchmarks.results_json import add_json_option, write_results
 from training.data.labeled import load_labeled_set
 from training.evaluate import metrics_by_group
 from training.finetune import add_anomaly_branch, load_images_with_masks
@@ -62,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="weights of the image's pixels in the bank rows to compare, e.g. 0,2,4 (default: the run's)",
     )
-    parser.add_argument("--out", type=Path, default=None)
+    add_json_option(parser, "--out")
     return parser.parse_args(argv)
 
 
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                 **scored,
             }
         )
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(args, "anomaly_bank", results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ For a fine-tuned hybrid run, builds a nearest-neighbour memory bank (greedy core
 own) from one stage of the segmentation head at a time — trained, and a randomly initialised head of
 the same shape — calibrates it on held-out defect-free images, and scores the anomaly map alone and
 fused (noisy-OR, weight 1) with the run's head on a test folder. The ViT-token branch the run may
-carry is scored too, as the reference. Prints a table and writes JSON.
+carry is scored too, as the reference. Prints a table; `--json PATH` (or `--out PATH`) also writes its
+rows and settings.
 
     python -m benchmarks.accuracy.anomaly_features \
         --run runs/label-study-cpu-conv/runs/hybrid-runs-demo-bundle-pretrain-k5-seen-types \
@@ -15,7 +16,6 @@ carry is scored too, as the reference. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.results_json import add_json_option, write_results
 from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 from training.data.labeled import load_labeled_set
 from training.data.normalisation import normalise_image
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bank-size", type=int, default=2048)
     parser.add_argument("--strides", default="1", help="query strides to compare, e.g. 1,2")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
+    add_json_option(parser, "--out")
     return parser.parse_args(argv)
 
 
@@ -185,12 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name:32s} {metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
-            + "\n"
-        )
+    rows = [{"features": name, **metrics} for name, metrics in results.items()]
+    write_results(
+        args,
+        "anomaly_features",
+        rows,
+        test_images=len(test.images),
+        defective_images=sum(bool(m.any()) for m in test.masks),
+    )
 
 
 if __name__ == "__main__":

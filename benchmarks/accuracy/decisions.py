@@ -8,6 +8,7 @@ Prints, for a run or a bundle on a labeled test folder:
   chosen for and the false-alarm rate expected on validation);
 - for a bundle with per-line calibrations (`train-pipeline calibrate`), the verdicts of each
   calibrated line at its own threshold.
+`--json PATH` also writes those rows and the settings.
 
     python -m benchmarks.accuracy.decisions --model runs/ft --data runs/demo-test/labeled --top-pixels 1,16,64
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_json import add_json_option, write_results
 from inspect_svc.bundle import load_bundle
 from training.data.labeled import load_labeled_set
 from training.evaluate import load_model
@@ -34,12 +36,29 @@ def promised(model: Path) -> dict:
     return json.loads((model / "model.json").read_text()).get("metrics", {}).get("decision", {})
 
 
-def verdict_line(name: str, scores: np.ndarray, labels: np.ndarray, threshold: float) -> str:
+def verdict_row(table: str, lines: str, scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """The verdicts at `threshold`: counts, recall, precision and false-alarm rate (one printed line)."""
     v = binary_scores(scores, labels, threshold)
+    return {
+        "table": table,
+        "lines": lines,
+        "threshold": float(threshold),
+        "recall": v.recall,
+        "precision": v.precision,
+        "false_alarm_rate": v.false_alarm_rate,
+        "true_positives": v.true_positives,
+        "false_negatives": v.false_negatives,
+        "false_positives": v.false_positives,
+        "true_negatives": v.true_negatives,
+    }
+
+
+def verdict_text(row: dict) -> str:
     return (
-        f"{name:<12} recall {v.recall:.3f} ({v.true_positives}/{v.true_positives + v.false_negatives})  "
-        f"precision {v.precision:.3f}  false-alarm rate {v.false_alarm_rate:.3f} "
-        f"({v.false_positives}/{v.false_positives + v.true_negatives})"
+        f"{row['lines']:<12} recall {row['recall']:.3f} ({row['true_positives']}/"
+        f"{row['true_positives'] + row['false_negatives']})  precision {row['precision']:.3f}  "
+        f"false-alarm rate {row['false_alarm_rate']:.3f} "
+        f"({row['false_positives']}/{row['false_positives'] + row['true_negatives']})"
     )
 
 
@@ -48,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="run folder or bundle folder")
     parser.add_argument("--data", type=Path, required=True, help="labeled test folder")
     parser.add_argument("--top-pixels", default="1,16,64", help="k values of the image score to compare")
+    add_json_option(parser)
     args = parser.parse_args(argv)
 
     model = load_model(args.model)
@@ -56,11 +76,17 @@ def main(argv: list[str] | None = None) -> None:
     labels = np.asarray([m.any() for m in loaded.masks])
     lines = np.asarray([s.line or "-" for s in loaded.samples])
     print(f"{len(maps)} test images ({labels.sum()} defective), lines {sorted(set(lines.tolist()))}")
+    rows = []
     for k in (int(v) for v in args.top_pixels.split(",")):
         scores = image_scores(maps, k)
-        print(
-            f"k = {k:>4}: image AUROC {auroc(scores, labels):.3f}, image AP {average_precision(scores, labels):.3f}"
-        )
+        row = {
+            "table": "image score",
+            "top_pixels": k,
+            "image_auroc": auroc(scores, labels),
+            "image_ap": average_precision(scores, labels),
+        }
+        print(f"k = {k:>4}: image AUROC {row['image_auroc']:.3f}, image AP {row['image_ap']:.3f}")
+        rows.append(row)
     k, threshold = int(model.thresholds.get("image_top_pixels", 1)), model.thresholds["image"]
     decision = promised(args.model)
     print(
@@ -69,10 +95,13 @@ def main(argv: list[str] | None = None) -> None:
         f"false-alarm rate {decision.get('expected_false_alarm_rate')}"
     )
     scores = image_scores(maps, k)
-    print(verdict_line("all lines", scores, labels, threshold))
+    stored = "verdicts at the stored threshold"
+    verdicts = [verdict_row(stored, "all lines", scores, labels, threshold)]
     for line in sorted(set(lines)):
         picked = lines == line
-        print(verdict_line(line, scores[picked], labels[picked], threshold))
+        verdicts.append(verdict_row(stored, line, scores[picked], labels[picked], threshold))
+    for row in verdicts:
+        print(verdict_text(row))
     calibrated = (
         {} if (args.model / "model.pt").is_file() else load_bundle(args.model).manifest.line_calibration
     )
@@ -80,11 +109,32 @@ def main(argv: list[str] | None = None) -> None:
         print("at each line's calibrated threshold (train-pipeline calibrate):")
     for line, calibration in sorted(calibrated.items()):
         picked = lines == line
+        row = verdict_row(
+            "verdicts at each line's calibrated threshold",
+            line,
+            scores[picked],
+            labels[picked],
+            calibration.image,
+        )
+        row.update(
+            calibration_false_alarm_rate=calibration.false_alarm_rate,
+            calibration_images=calibration.normal_images,
+        )
         print(
-            verdict_line(line, scores[picked], labels[picked], calibration.image)
+            verdict_text(row)
             + f"  [threshold {calibration.image:.4f}, {calibration.false_alarm_rate:.3f} on its "
             f"{calibration.normal_images} calibration images]"
         )
+        verdicts.append(row)
+    write_results(
+        args,
+        "decisions",
+        rows + verdicts,
+        test_images=len(maps),
+        defective_images=int(labels.sum()),
+        stored={"top_pixels": k, "image_threshold": threshold},
+        promised=decision,
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Generates demo data, pretrains one backbone per objective (densedino, densedino-
 same number of steps with the same views and batch, then probes each of them and a random init of
 the same architecture (same ViT settings, so the comparison isolates the training) with the same
 linear and nearest-neighbour probes (benchmarks/probe.py) at each probe size. Prints a table, each
-run's collapse verdict, and writes OUT/dense_probe.json.
+run's collapse verdict, and writes OUT/dense_probe.json; `--json PATH` also writes the printed rows with
+the settings, as every accuracy bench does.
 
     python -m benchmarks.accuracy.dense_probe --steps 600 --device cuda --out runs/probe-study
     # CPU scale (the demo model's ViT):
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.probe import dense_probe
+from benchmarks.results_json import add_json_option, write_results
 from training.data.demo import generate_demo_data
 from training.data.textures import UFOAI_TEXTURE_ARCHIVE
 from training.models.backbone import create_vit, save_backbone
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  warning: {warning}", flush=True)
         backbones[objective] = str(config.out)
     results: dict[str, dict[str, dict]] = {}
+    rows = []
     for size in args.probe_sizes:
         results[str(size)] = {}
         for name, spec in backbones.items():
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 "pretrain_seconds": timings.get(name, 0.0),
                 "collapse_warnings": verdicts.get(name, []),
             }
+            rows.append({"probe_size": size, "name": name, **results[str(size)][name]})
             print(
                 f"{size:4d} px  {name:14s} linear AUROC {probe.linear_pixel_auroc:.4f} AUPRO {probe.linear_aupro:.4f} | "
                 f"NN AUROC {probe.nn_pixel_auroc:.4f} AUPRO {probe.nn_aupro:.4f}",
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     report = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results}
     (args.out / "dense_probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args, "dense_probe", rows)
 
 
 def pretrain_config(args: argparse.Namespace, unlabeled: Path, objective: str) -> PretrainConfig:
@@ -162,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    add_json_option(parser)
     return parser.parse_args(argv)
 
 

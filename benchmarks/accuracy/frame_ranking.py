@@ -7,7 +7,8 @@ their mean probabilities inside and outside the defect. A branch that ranks a fr
 whose defect probability sits below other surfaces' normal level loses the defect to the pooling,
 not to what it sees. With `--own-line-bank` the anomaly branch is also rebuilt from the defect-free
 training images of the frame's own line only (the run's options otherwise): if that changes
-nothing, retrieving the wrong surface's tiles is not the cause either.
+nothing, retrieving the wrong surface's tiles is not the cause either. `--json PATH` also writes
+the rows and the settings.
 
     python -m benchmarks.accuracy.frame_ranking --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
         --data runs/s900/seed-1/splits/pool --labeled-defects 5 --seed 1 \
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.accuracy.run_split import fused_and_branches, load_hybrid_run, predictor_of, rebuild_split
+from benchmarks.results_json import add_json_option, write_results
 from training.data.labeled import load_labeled_set
 from training.finetune import add_anomaly_branch, load_images_with_masks
 from training.metrics import auroc
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bank-size", type=int, default=2048, help="with --own-line-bank: as given to finetune"
     )
+    add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -85,10 +88,17 @@ def own_line_models(run: RunModel, args: argparse.Namespace) -> dict[str, TorchP
     return predictors
 
 
-def frame_cells(probability: np.ndarray, defect: np.ndarray) -> str:
+def frame_stats(probability: np.ndarray, defect: np.ndarray) -> dict[str, float]:
     """Mean probability inside / outside the defect, and the frame's own pixel AUROC."""
-    frame_auroc = auroc(probability.ravel(), defect.ravel())
-    return f"{probability[defect].mean():.3f} / {probability[~defect].mean():.3f} / {frame_auroc:.3f}"
+    return {
+        "inside": float(probability[defect].mean()),
+        "outside": float(probability[~defect].mean()),
+        "pixel_auroc": auroc(probability.ravel(), defect.ravel()),
+    }
+
+
+def frame_cells(stats: dict[str, float]) -> str:
+    return f"{stats['inside']:.3f} / {stats['outside']:.3f} / {stats['pixel_auroc']:.3f}"
 
 
 @torch.no_grad()
@@ -109,19 +119,30 @@ def main(argv: list[str] | None = None) -> None:
     print("Cells: mean probability inside / outside the defect / the frame's own pixel AUROC.\n")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    rows = []
     for sample, image, mask in zip(test.samples, test.images, test.masks, strict=True):
         defect = mask.astype(bool)
         fused, head, anomaly = predictor.predict_outputs(image, partial(fused_and_branches, run.model))
-        row = (
-            f"| {sample.stem} | {', '.join(sample.defect_types)} | {defect.mean():.2f} "
-            f"| {frame_cells(fused, defect)} | {frame_cells(head, defect)} "
-            f"| {frame_cells(anomaly, defect)} |"
+        row = {
+            "frame": sample.stem,
+            "types": list(sample.defect_types),
+            "defect_share": float(defect.mean()),
+            "fused": frame_stats(fused, defect),
+            "head": frame_stats(head, defect),
+            "anomaly": frame_stats(anomaly, defect),
+        }
+        text = (
+            f"| {sample.stem} | {', '.join(sample.defect_types)} | {row['defect_share']:.2f} "
+            f"| {frame_cells(row['fused'])} | {frame_cells(row['head'])} | {frame_cells(row['anomaly'])} |"
         )
         if per_line:
             own = per_line[sample.line]
             _, own_anomaly = own.predict_outputs(image, own.model.branch_probabilities)
-            row += f" {frame_cells(own_anomaly, defect)} |"
-        print(row, flush=True)
+            row["anomaly_own_line_bank"] = frame_stats(own_anomaly, defect)
+            text += f" {frame_cells(row['anomaly_own_line_bank'])} |"
+        print(text, flush=True)
+        rows.append(row)
+    write_results(args, "frame_ranking", rows)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ exactly over images, from either side: each defect pixel's share of normal pixel
 (misses), or each normal pixel's share of defect pixels scored below it (false alarms). The largest
 shares name the images to look at. The run's two branches are then re-fused at other weights, with
 and without averaging the 8 turns and flips of each frame (8 passes: a cost, not a default).
+`--json PATH` also writes both tables' rows and the settings.
 
     python -m benchmarks.accuracy.hybrid_errors --run runs/ls-insp/runs/hybrid-runs-pt-insp-k5 \
         --data runs/ls-insp/splits/test [--only-types scratch,crack] [--tta]
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy.run_split import load_hybrid_run, predictor_of
+from benchmarks.results_json import add_json_option, write_results
 from training.data.labeled import load_labeled_set
 from training.evaluate import metrics_by_group
 from training.finetune import LabeledImages, load_images_with_masks
@@ -63,10 +65,19 @@ def branch_maps(predictor: TorchPredictor, image: np.ndarray, tta: bool) -> Bran
     return np.mean(heads, axis=0), np.mean(anomalies, axis=0)
 
 
-def per_type(maps: list[np.ndarray], data: LabeledImages, thresholds: dict[str, float]) -> str:
-    """Overall and per-defect-type cells, grouped as `train-pipeline evaluate` groups them."""
+CELL_METRICS = ("pixel_auroc", "aupro", "image_auroc")
+
+
+def per_type(
+    maps: list[np.ndarray], data: LabeledImages, thresholds: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Overall ("all") and per-defect-type cells, grouped as `train-pipeline evaluate` groups them."""
     grouped = metrics_by_group(maps, data.masks, [s.defect_types for s in data.samples], thresholds)
     groups = {"all": grouped["overall"], **grouped["per_defect_type"]}
+    return {name: {key: m[key] for key in CELL_METRICS} for name, m in groups.items()}
+
+
+def per_type_text(groups: dict[str, dict[str, float]]) -> str:
     return " | ".join(
         f"{name} {m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}"
         for name, m in groups.items()
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tta", action="store_true", help="also score the 8-view dihedral average")
     parser.add_argument("--top", type=int, default=8, help="images listed per side")
+    add_json_option(parser)
     args = parser.parse_args(argv)
 
     run = load_hybrid_run(args.run, "needs a hybrid one")
@@ -100,18 +112,40 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{len(data.images)} images; cells: pixel AUROC / AUPRO / image AUROC; 1 − pixel AUROC = {misses.sum():.4f}"
     )
+    rows: list[dict] = []
     for side, shares in (("misses", misses), ("false alarms", alarms)):
         print(f"largest shares as {side}:")
         for index in np.argsort(shares)[::-1][: args.top]:
             sample = data.samples[index]
             print(f"  {shares[index]:.4f}  {sample.stem}  {','.join(sample.defect_types) or 'defect-free'}")
+            rows.append(
+                {
+                    "table": f"largest shares as {side}",
+                    "image": sample.stem,
+                    "types": list(sample.defect_types),
+                    "share": float(shares[index]),
+                }
+            )
 
     for tta in (False, True) if args.tta else (False,):
         branches = [branch_maps(predictor, image, tta) for image in data.images]
         for w in sorted({0.0, 0.25, 0.5, 0.75, 1.0, weight}):
             fused = [fuse_branches(head, anomaly, w) for head, anomaly in branches]
             label = f"{'8-view TTA, ' if tta else ''}w = {w:.2f}{' (the run’s)' if w == weight else ''}"
-            print(f"{label:<26} {per_type(fused, data, run.thresholds)}")
+            groups = per_type(fused, data, run.thresholds)
+            print(f"{label:<26} {per_type_text(groups)}")
+            rows.append(
+                {
+                    "table": "fusion weight",
+                    "tta": tta,
+                    "fusion_weight": w,
+                    "runs_own": w == weight,
+                    "groups": groups,
+                }
+            )
+    write_results(
+        args, "hybrid_errors", rows, images=len(data.images), one_minus_pixel_auroc=float(misses.sum())
+    )
 
 
 if __name__ == "__main__":

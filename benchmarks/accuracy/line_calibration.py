@@ -12,6 +12,7 @@ The remap is fitted three ways and each is scored on the test folder:
   what `finetune` could fit it on;
 - "oracle": the test frames' own normal pixels, the best any such remap can do;
 - "pooled": one remap for all lines, a sanity row (monotone, so it must not change any AUROC).
+`--json PATH` also writes the rows (and the map as served) with the settings.
 
     python -m benchmarks.accuracy.line_calibration --run runs/s900/seed-1/runs/hybrid-runs-probe-cpu-random-k5 \
         --data runs/s900/seed-1/splits/pool --labeled-defects 5 --seed 1 --test runs/s900/seed-1/splits/test
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.accuracy.run_split import predictor_of, rebuild_split, run_split_parser
+from benchmarks.results_json import add_json_option, write_results
 from training.data.labeled import load_labeled_set
 from training.finetune import load_images_with_masks
 from training.metrics import aupro, auroc, image_scores
@@ -46,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=4,
         help="pixels the masks are dilated by before their outside counts as normal",
     )
+    add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -71,20 +74,27 @@ def apply_remap(p: np.ndarray, remap: tuple[float, float]) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-(logit(p) - offset) * gain))).astype(np.float32)
 
 
-def scores(maps: list[np.ndarray], masks: list[np.ndarray]) -> str:
+def scores(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
     labels = np.concatenate([m.ravel() for m in masks]).astype(bool)
-    pixel = auroc(np.concatenate([m.ravel() for m in maps]), labels)
-    image = auroc(image_scores(maps), np.array([m.any() for m in masks]))
-    return f"{pixel:.3f} / {aupro(maps, masks):.3f} / {image:.3f}"
+    return {
+        "pixel_auroc": auroc(np.concatenate([m.ravel() for m in maps]), labels),
+        "aupro": float(aupro(maps, masks)),
+        "image_auroc": auroc(image_scores(maps), np.array([m.any() for m in masks])),
+    }
 
 
-def per_line(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str]) -> str:
-    cells = []
+def cells(metrics: dict[str, float]) -> str:
+    return f"{metrics['pixel_auroc']:.3f} / {metrics['aupro']:.3f} / {metrics['image_auroc']:.3f}"
+
+
+def per_line(maps: list[np.ndarray], masks: list[np.ndarray], lines: list[str]) -> dict[str, float]:
+    """Each line's own pixel AUROC."""
+    aurocs = {}
     for line in sorted(set(lines)):
         idx = [i for i, owner in enumerate(lines) if owner == line]
         labels = np.concatenate([masks[i].ravel() for i in idx]).astype(bool)
-        cells.append(f"{line} {auroc(np.concatenate([maps[i].ravel() for i in idx]), labels):.3f}")
-    return ", ".join(cells)
+        aurocs[line] = auroc(np.concatenate([maps[i].ravel() for i in idx]), labels)
+    return aurocs
 
 
 def remapped(
@@ -119,28 +129,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     val_maps = [predictor.predict(image) for image in val.images]
     test_maps = [predictor.predict(image) for image in test.images]
-    print(
-        f"\nas served: {scores(test_maps, test.masks)}  per line: {per_line(test_maps, test.masks, test_lines)}\n"
-    )
+    served, served_lines = scores(test_maps, test.masks), per_line(test_maps, test.masks, test_lines)
+    line_cells = ", ".join(f"{line} {value:.3f}" for line, value in served_lines.items())
+    print(f"\nas served: {cells(served)}  per line: {line_cells}\n")
     print("| remap fitted on | quantiles | pixel AUROC / AUPRO / image AUROC |")
     print("|---|---|---|")
+    rows = []
     for pair in args.quantiles.split(","):
         low, high = (float(q) for q in pair.split(":"))
         pooled = fit_remap(normal_pixels(val_maps, val.masks, args.margin), low, high)
-        rows = {
+        fits = {
             "pooled (one remap)": {line: pooled for line in test_lines},
             "validation, per line": line_remaps(val_maps, val.masks, val_lines, args.margin, low, high),
             "oracle: test normals, per line": line_remaps(
                 test_maps, test.masks, test_lines, args.margin, low, high
             ),
         }
-        for name, remaps in rows.items():
+        for name, remaps in fits.items():
             missing = set(test_lines) - set(remaps)
             remaps = {**{line: pooled for line in missing}, **remaps}
-            print(
-                f"| {name} | {low}:{high} | {scores(remapped(test_maps, test_lines, remaps), test.masks)} |",
-                flush=True,
-            )
+            metrics = scores(remapped(test_maps, test_lines, remaps), test.masks)
+            print(f"| {name} | {low}:{high} | {cells(metrics)} |", flush=True)
+            rows.append({"fitted_on": name, "low": low, "high": high, **metrics})
+    write_results(args, "line_calibration", rows, as_served={**served, "per_line_pixel_auroc": served_lines})
 
 
 if __name__ == "__main__":

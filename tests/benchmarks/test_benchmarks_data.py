@@ -11,12 +11,13 @@ import pytest
 
 from benchmarks.dataset import HELD_OUT_TYPES, DataConfig, build_split
 from benchmarks.defects_physical import PHYSICAL_FAMILIES, dominant_period, draw_physical_defect
-from benchmarks.scoring import average_precision
+from benchmarks.scoring import score_surface
 from benchmarks.surfaces import SPLIT_A, SPLIT_B, split_members
 from training.data.defects import DEFECT_FAMILIES
 from training.data.labeled import load_labeled_set
 from training.data.textures import SKIMAGE_TEXTURES, UFOAI_MEMBERS, Texture
 from training.errors import UserError
+from training.metrics import SCORE_DECIMALS, average_precision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,3 +129,28 @@ def test_average_precision_matches_a_hand_count() -> None:
     assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
     # A tie between a positive and a negative is one step of precision 1/2.
     assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+
+
+def step_sum_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Σ (R_k − R_(k−1)) P_k over the distinct scores, a tie crossing as one step: the definition, spelled out."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, positive = scores[order], labels[order]
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+    true_pos = np.cumsum(positive)[ends]
+    return float(np.sum(np.diff(np.r_[0, true_pos]) / positive.sum() * true_pos / (ends + 1)))
+
+
+def test_the_benchmarks_pixel_ap_is_the_products_on_a_random_map() -> None:
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((48, 48), bool) for _ in range(3)] + [np.zeros((48, 48), bool)]
+    for mask in masks[:3]:
+        top, left = rng.integers(0, 40, 2)
+        mask[top : top + 8, left : left + 8] = True
+    maps = [np.clip(rng.random((48, 48)) + 0.4 * m, 0, 1).astype(np.float32) for m in masks]
+    scored = score_surface(maps, masks, image_threshold=0.5)
+    scores = np.round(np.concatenate([m.ravel() for m in maps]).astype(np.float64), SCORE_DECIMALS)
+    labels = np.concatenate([m.ravel() for m in masks])
+    assert scored["pixel_ap"] == pytest.approx(step_sum_average_precision(scores, labels), abs=1e-12)
+    assert 0.0 < scored["pixel_ap"] < 1.0
+    # A surface with no defective test image has no pixel AP, as before.
+    assert np.isnan(score_surface(maps[3:], masks[3:], image_threshold=0.5)["pixel_ap"])

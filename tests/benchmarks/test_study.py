@@ -196,7 +196,7 @@ def test_other_anomaly_branch_retrains_only_the_hybrids(
         )
         assert result.exit_code == 0, result.output
         assert result.output.count("cached") == 7 - hybrids
-        assert json.loads((out / "study.json").read_text())["config"][key] == stored
+        assert json.loads((out / "study.json").read_text())["config"]["finetune"][key] == stored
         assert words in (out / "study.md").read_text()
     finally:  # leave the module's study as the other tests expect it
         runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
@@ -213,7 +213,7 @@ def test_copy_paste_retrains_what_it_trains_and_says_so(study_run: tuple[Path, P
         )
         assert result.exit_code == 0, result.output
         assert result.output.count("cached") == zero_label  # hybrids and U-Nets train on pasted crops
-        assert json.loads((out / "study.json").read_text())["config"]["copy_paste"] == 0.5
+        assert json.loads((out / "study.json").read_text())["config"]["finetune"]["copy_paste"] == 0.5
         assert "pasted into 50% of the training crops" in (out / "study.md").read_text()
     finally:  # leave the module's study as the other tests expect it
         runner.invoke(app, ["label-study", "--data", str(data), "--out", str(out), *TINY_STUDY_ARGS])
@@ -457,10 +457,18 @@ def test_table_regenerates_summary_md_from_summary_json(tmp_path: Path) -> None:
 
 def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path: Path) -> None:
     from benchmarks.study import Job, StudyConfig, StudyData, _run_settings
+    from benchmarks.study_config import finetune_template
     from training.finetune import LabeledImages
     from training.model_config import FinetuneConfig
 
-    config = StudyConfig(backbones=(TINY_BACKBONE,), data=tmp_path, out=tmp_path / "out", device="cpu")
+    def study(**finetune: object) -> StudyConfig:
+        return StudyConfig(
+            backbones=(TINY_BACKBONE,),
+            data=tmp_path,
+            out=tmp_path / "out",
+            finetune=finetune_template(device="cpu", **finetune),
+        )
+
     data = StudyData(
         pool_dir=tmp_path / "pool",
         test_dir=tmp_path / "test",
@@ -469,15 +477,34 @@ def test_a_job_is_cached_on_every_setting_of_its_run_defaults_included(tmp_path:
         held_out_indices=[],
         lines=[],
     )
-    hybrid = Job(model="hybrid", backbone=TINY_BACKBONE, labels=5, trained_on="pool", evaluations=("test",))
-    settings = _run_settings(hybrid, config, data, torch.device("cpu"))
-    # The study has no option for these: finetune's defaults train its hybrids, and a new default makes them stale.
+    jobs = {
+        "hybrid": Job(
+            model="hybrid", backbone=TINY_BACKBONE, labels=5, trained_on="pool", evaluations=("test",)
+        ),
+        "zero-label": Job("zero-label", TINY_BACKBONE, 0, "pool", ("test",)),
+        "unet": Job(model="unet", backbone=None, labels=5, trained_on="pool", evaluations=("test",)),
+    }
+
+    def settings(config: StudyConfig) -> dict[str, dict]:
+        return {name: _run_settings(job, config, data, torch.device("cpu")) for name, job in jobs.items()}
+
+    default = settings(study())
+    # The study sets none of these: finetune's defaults train its hybrids, and a new default makes them stale.
     defaults = FinetuneConfig(backbone="", data=tmp_path, out=tmp_path)
-    for name in ("lr", "unfreeze_last", "anomaly_stride", "val_fraction", "target_recall"):
-        assert settings[name] == getattr(defaults, name)
-    assert settings["labeled_defects"] == 5 and "out" not in settings
-    unet = Job(model="unet", backbone=None, labels=5, trained_on="pool", evaluations=("test",))
-    assert _run_settings(unet, config, data, torch.device("cpu")) is None
+    for name in ("lr", "unfreeze_last", "anomaly_stride", "val_fraction", "target_recall", "batch_size"):
+        assert default["hybrid"][name] == getattr(defaults, name)
+    assert default["hybrid"]["labeled_defects"] == 5 and "out" not in default["hybrid"]
+    assert default["unet"]["steps"] == defaults.steps and default["unet"]["image_size"] == defaults.image_size
+    # A setting retrains the models that read it, and only those.
+    for finetune, stale in (
+        ({"lr": 0.002}, {"hybrid"}),
+        ({"synthetic_anomalies": 0.5}, {"hybrid"}),
+        ({"copy_paste": 0.5}, {"hybrid", "unet"}),
+        ({"image_size": 64}, {"hybrid", "unet", "zero-label"}),
+        ({"target_recall": 0.9}, {"hybrid", "zero-label"}),
+    ):
+        changed = settings(study(**finetune))
+        assert {name for name in jobs if changed[name] != default[name]} == stale, finetune
 
 
 def test_copy_paste_outside_zero_to_one_is_refused_before_any_training(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.study import StudyConfig
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.data.labeled import LabeledSample
 from training.errors import UserError
@@ -96,15 +95,7 @@ def test_anomaly_defaults_follow_the_features(
     config = FinetuneConfig(
         backbone="", data=Path("data"), out=Path("run"), anomaly_features=features, **{option: given}
     )
-    # The study resolves it the same way, so its cache signatures and report name what finetune used.
-    study = StudyConfig(
-        backbones=("random:test_vit3",),
-        data=Path("data"),
-        out=Path("out"),
-        anomaly_features=features,
-        **{option: given},
-    )
-    assert getattr(config, option) == getattr(study, option) == expected
+    assert getattr(config, option) == expected
 
 
 def test_negative_pixel_weight_is_a_one_line_error(tmp_path: Path) -> None:
@@ -128,14 +119,9 @@ def test_negative_pixel_weight_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 11), (0, 0), (5, 5)])
-def test_head_context_default_is_resolved_where_finetune_and_study_read_it(
-    given: int | None, expected: int
-) -> None:
+def test_head_context_default_is_resolved_when_the_config_is_built(given: int | None, expected: int) -> None:
     config = FinetuneConfig(backbone="", data=Path("data"), out=Path("run"), head_context=given)
-    study = StudyConfig(
-        backbones=("random:test_vit3",), data=Path("data"), out=Path("out"), head_context=given
-    )
-    assert config.head_context == study.head_context == expected
+    assert config.head_context == expected
 
 
 def test_default_finetune_trains_the_head_with_texture_context(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from training.errors import UserError
 from training.model_config import FinetuneConfig
 from training.run_config import help_of
 
-# Options the model verbs share with the label study; their help is declared with `FinetuneConfig`'s fields.
+# Options several verbs share; their help is declared with `FinetuneConfig`'s fields.
 CopyPasteOpt = Annotated[float, typer.Option("--copy-paste", help=help_of(FinetuneConfig, "copy_paste"))]
 AnomalyContextOpt = Annotated[
     int | None,
