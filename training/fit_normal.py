@@ -29,17 +29,12 @@ from training.distributed import torch_device
 from training.errors import UserError
 from training.model_config import FitNormalConfig, default_top_pixels
 from training.models.backbone import load_backbone
-from training.models.hybrid import InspectionModel, backbone_recipe
-from training.models.memory_bank import (
-    calibrate_on_normal,
-    empty_anomaly_head,
-    fill_memory_bank,
-)
+from training.models.hybrid import backbone_recipe
 from training.models.segmentation import fix_input_size
-from training.predictor import TorchPredictor, default_overlap
 from training.progress import progress
 from training.run_config import write_config
 from training.runs import data_fingerprint, sample_tiles, save_run
+from training.synthetic_discriminator import LabelFreeSettings, build_label_free_model, label_free_predictor
 from training.training_data import write_training_images
 
 log = logging.getLogger(__name__)
@@ -90,54 +85,20 @@ def fit_normal(config: FitNormalConfig) -> dict[str, float]:
         .eval()
     )
     mean, std = PIXEL_MEAN, PIXEL_STD
-    segmentation = None
-    if config.discriminator_steps > 0:
-        from training.synthetic_discriminator import train_synthetic_head
-
-        segmentation = train_synthetic_head(
-            backbone,
-            [images[i] for i in bank_idx],
-            tile=config.image_size,
-            mean=mean,
-            std=std,
-            steps=config.discriminator_steps,
-            batch_size=config.batch_size,
-            device=device,
-            seed=config.seed,
-        )
-    anomaly = empty_anomaly_head(
-        backbone,
-        config.anomaly_features,
+    held_out = [images[i] for i in held_idx]
+    settings = LabelFreeSettings(
+        tile=config.image_size,
+        steps=config.discriminator_steps,
+        batch_size=config.batch_size,
+        bank_size=config.bank_size,
+        neighbour_tiles=config.neighbour_tiles,
+        source=config.anomaly_features,
         context=config.anomaly_context,
         pixel_weight=config.anomaly_pixel_weight,
-    )
-    model = InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly.to(device)).eval()
-    fill_memory_bank(
-        model,
-        [images[i] for i in bank_idx],
-        tile=config.image_size,
-        mean=mean,
-        std=std,
-        bank_size=config.bank_size,
-        device=device,
         seed=config.seed,
-        neighbour_tiles=config.neighbour_tiles,
     )
-    predictor = TorchPredictor(
-        model,
-        tile=config.image_size,
-        overlap=default_overlap(config.image_size),
-        mean=mean,
-        std=std,
-        batch_size=config.batch_size,
-        device=device,
-    )
-    held_out = [images[i] for i in held_idx]
-    calibrate_on_normal(model, predictor, held_out)
-    if segmentation is not None:
-        from training.synthetic_discriminator import fit_fusion_on_synthetic
-
-        fit_fusion_on_synthetic(model, predictor, held_out, config.seed)
+    model = build_label_free_model(backbone, [images[i] for i in bank_idx], held_out, settings, device)
+    predictor = label_free_predictor(model, settings, device)
     maps = [predictor.predict(image) for image in progress(held_out, "thresholds")]
     thresholds, decision = normal_thresholds(
         predictor.predict,

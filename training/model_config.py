@@ -136,6 +136,14 @@ class FinetuneConfig(ModelRunConfig):
     synthetic_anomalies: float = setting(
         0.0, help="Share of training crops that get a generic synthetic anomaly drawn in (0: off)."
     )
+    label_free_steps: int = setting(
+        0,
+        help=(
+            "Fuse a label-free branch instead of the memory bank on the head's own features: a discriminator trained "
+            "for this many steps on the defect-free training images with synthetic anomalies, and a memory bank on its "
+            "encoder, neither ever trained on a labeled defect (0: off)."
+        ),
+    )
     labeled_defects: int | None = setting(None, help="Use only N labeled defect images per line.")
     val_fraction: float = setting(
         0.2, help="Share of the labeled images held out to choose fusion and thresholds."
@@ -169,6 +177,7 @@ class FinetuneConfig(ModelRunConfig):
             "--epochs": (self.epochs, 1),
             "--unfreeze-last": (self.unfreeze_last, 0),
             "--labeled-defects": (self.labeled_defects, 1),
+            "--label-free-steps": (self.label_free_steps, 0),
         }
         for flag, (value, low) in at_least.items():
             if value is not None and value < low:
@@ -179,6 +188,8 @@ class FinetuneConfig(ModelRunConfig):
         ):
             if not 0.0 <= share <= 1.0:
                 raise UserError(f"{flag} must be a share between 0 and 1, got {share}")
+        if self.label_free_steps and not self.anomaly_branch:
+            raise UserError("--label-free-steps replaces the anomaly branch: drop --no-anomaly-branch")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must lie between 0 and 1, got {self.val_fraction}")
         if self.lr <= 0 or self.backbone_lr_scale < 0:

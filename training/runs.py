@@ -19,7 +19,7 @@ from inspect_svc.engine.tiling import extract_tiles, plan_tiles
 from training.data.normalisation import normalise_image
 from training.errors import UserError
 from training.models.backbone import patch_size_of
-from training.models.hybrid import BackboneRecipe, InspectionModel, assemble_model
+from training.models.hybrid import BackboneRecipe, InspectionModel, assemble_model, heads_payload
 
 MODEL_FILE = "model.pt"
 THRESHOLD_FILE = "threshold.json"
@@ -67,8 +67,7 @@ def save_run(
         "tile": int(tile),
         "mean": list(mean),
         "std": list(std),
-        "segmentation": model.segmentation.config if model.segmentation is not None else None,
-        "anomaly": model.anomaly.config if model.anomaly is not None else None,
+        **heads_payload(model),
         "data_fingerprint": data_fingerprint,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }

@@ -19,13 +19,8 @@ from torch import nn
 
 from training.data.labeled import LabeledSample
 from training.errors import UserError
-from training.finetune import (
-    CropSampler,
-    choose_thresholds,
-    load_images_with_masks,
-    optimise_segmentation,
-    split_train_val,
-)
+from training.finetune import choose_thresholds, load_images_with_masks, split_train_val
+from training.head_training import CropSampler, optimise_segmentation
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD
 from training.models.segmentation import ConvBlock
 from training.predictor import TorchPredictor, default_overlap

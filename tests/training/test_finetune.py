@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from tests.synthetic_labeled import TINY_BACKBONE, TINY_FINETUNE_ARGS, model_cli, write_labeled_set
 from training.data.labeled import LabeledSample
 from training.errors import UserError
-from training.finetune import FinetuneConfig, focal_dice_loss, split_train_val
+from training.finetune import FinetuneConfig, split_train_val
+from training.head_training import focal_dice_loss
 from training.model_config import check_anomaly_options
 from training.runs import load_run
 
@@ -235,6 +236,37 @@ def test_bad_anomaly_options_are_refused(tmp_path: Path, option: str, value: str
         ],
     )
     assert result.exit_code == 2 and option in result.output
+
+
+def test_a_label_free_branch_stands_in_for_the_bank_and_exports(tmp_path: Path) -> None:
+    """`--label-free-steps`: the fused branch is a discriminator + bank model that never saw a label."""
+    from training.export import export_run
+
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=4)
+    args = ["--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(tmp_path / "run")]
+    result = runner.invoke(model_cli(), ["finetune", *args, "--label-free-steps", "2", *TINY_FINETUNE_ARGS])
+    assert result.exit_code == 0, result.output
+    model = load_run(tmp_path / "run").model
+    free = model.label_free
+    assert model.kind == "hybrid" and model.anomaly is None and free is not None
+    assert free.backbone is model.backbone and free.anomaly.source == "conv"
+    assert free.segmentation is not model.segmentation  # its own encoder, trained on normals only
+    tiles = torch.randn(2, 3, 32, 32)
+    p_head, p_free = model.branch_probabilities(tiles)
+    torch.testing.assert_close(p_free, free(tiles))
+    torch.testing.assert_close(model(tiles), 1 - (1 - p_head) * (1 - model.fusion_weight * p_free))
+    export_run(tmp_path / "run", tmp_path / "bundle")  # raises when ONNX Runtime disagrees with PyTorch
+    assert (tmp_path / "bundle" / "model.onnx").is_file()
+
+
+def test_a_label_free_branch_without_the_anomaly_branch_is_refused(tmp_path: Path) -> None:
+    data = write_labeled_set(tmp_path / "data", defective=2, normal=2)
+    args = ["--backbone", TINY_BACKBONE, "--data", str(data), "--out", str(tmp_path / "run")]
+    result = runner.invoke(
+        model_cli(),
+        ["finetune", *args, "--label-free-steps", "2", "--no-anomaly-branch", *TINY_FINETUNE_ARGS],
+    )
+    assert result.exit_code == 2 and "--label-free-steps" in result.output
 
 
 def test_no_anomaly_branch_gives_a_supervised_run(tmp_path: Path) -> None:

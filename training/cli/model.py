@@ -58,6 +58,7 @@ def finetune(
     synthetic_anomalies: Annotated[float, opt(F, "synthetic_anomalies")] = default_of(
         F, "synthetic_anomalies"
     ),
+    label_free_steps: Annotated[int, opt(F, "label_free_steps")] = default_of(F, "label_free_steps"),
     labeled_defects: Annotated[int | None, opt(F, "labeled_defects")] = default_of(F, "labeled_defects"),
     val_fraction: Annotated[float, opt(F, "val_fraction")] = default_of(F, "val_fraction"),
     target_recall: Annotated[float, opt(F, "target_recall")] = default_of(F, "target_recall"),

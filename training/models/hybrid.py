@@ -37,6 +37,7 @@ class InspectionModel(nn.Module):
         *,
         segmentation: SegmentationHead | None = None,
         anomaly: AnomalyHead | None = None,
+        label_free: InspectionModel | None = None,
         fusion_weight: float = 1.0,
     ) -> None:
         super().__init__()
@@ -46,14 +47,17 @@ class InspectionModel(nn.Module):
             raise ValueError(
                 "an anomaly head on conv features needs the segmentation head that computes them"
             )
+        if label_free is not None:
+            _check_label_free(backbone, segmentation, anomaly, label_free)
         self.backbone = backbone
         self.segmentation = segmentation
         self.anomaly = anomaly
+        self.label_free = label_free
         self.register_buffer("fusion_weight", torch.tensor(float(fusion_weight)))
 
     @property
     def kind(self) -> ModelKind:
-        if self.segmentation is not None and self.anomaly is not None:
+        if self.segmentation is not None and (self.anomaly is not None or self.label_free is not None):
             return "hybrid"
         return "supervised" if self.segmentation is not None else "zero-label"
 
@@ -68,14 +72,33 @@ class InspectionModel(nn.Module):
         return fuse_branches(p_head, p_anomaly, self.fusion_weight)
 
     def branch_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(p_head, p_anomaly) separately, for fitting the fusion weight; None for a missing branch."""
-        maps = vit_feature_maps(self.backbone, images, self._blocks())
+        """(p_head, p_anomaly) separately, for fitting the fusion weight; None for a missing branch.
+
+        With a label-free model, p_anomaly is that model's own fused map.
+        """
+        return self._branches(images, vit_feature_maps(self.backbone, images, self._blocks()))
+
+    def _branches(
+        self, images: torch.Tensor, maps: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`branch_probabilities` on ViT maps already computed (a label-free model reuses its host's)."""
         encoded = self.segmentation.encode(images) if self.segmentation is not None else None
         p_head = torch.sigmoid(self.segmentation.decode(encoded, maps)) if encoded is not None else None
         p_anomaly = None
-        if self.anomaly is not None:
+        if self.label_free is not None:
+            free_head, free_anomaly = self.label_free._branches(images, maps)
+            p_anomaly = self.label_free._fused(free_head, free_anomaly)
+        elif self.anomaly is not None:
             p_anomaly = self.anomaly(images.shape[-2:], self._anomaly_features(images, maps, encoded))
         return p_head, p_anomaly
+
+    def _fused(self, p_head: torch.Tensor | None, p_anomaly: torch.Tensor | None) -> torch.Tensor:
+        if p_head is None or p_anomaly is None:
+            present = p_head if p_anomaly is None else p_anomaly
+            if present is None:
+                raise ValueError("a model without branches has no map")
+            return present
+        return self.fuse(p_head, p_anomaly)
 
     def anomaly_features(self, images: torch.Tensor) -> torch.Tensor:
         """The feature map the anomaly branch scores, as its memory bank holds it: `[N, C, h, w]`."""
@@ -117,7 +140,24 @@ class InspectionModel(nn.Module):
         blocks: set[int] = set(self.segmentation.feature_blocks) if self.segmentation is not None else set()
         if self.anomaly is not None and self.anomaly.source == "vit":
             blocks.update(self.anomaly.feature_blocks)
+        if self.label_free is not None:
+            blocks.update(self.label_free._blocks())
         return tuple(sorted(blocks))
+
+
+def _check_label_free(
+    backbone: nn.Module,
+    segmentation: SegmentationHead | None,
+    anomaly: AnomalyHead | None,
+    label_free: InspectionModel,
+) -> None:
+    """A label-free model stands in for the anomaly head beside a segmentation head, on the same backbone."""
+    if segmentation is None or anomaly is not None:
+        raise ValueError("a label-free model takes the anomaly head's place beside a segmentation head")
+    if label_free.backbone is not backbone:
+        raise ValueError("a label-free model must read the same backbone as the model it is part of")
+    if label_free.label_free is not None:
+        raise ValueError("a label-free model cannot hold another one")
 
 
 @dataclass(frozen=True)
@@ -155,6 +195,7 @@ def backbone_recipe(spec: str | Path) -> BackboneRecipe:
 
 def assemble_model(backbone: VisionTransformer, payload: dict[str, Any]) -> InspectionModel:
     """Rebuild the heads a run payload (`model.pt`) describes around `backbone`; weights are loaded after."""
+    label_free = assemble_model(backbone, payload["label_free"]) if payload.get("label_free") else None
     segmentation = anomaly = None
     if payload.get("segmentation"):
         segmentation = SegmentationHead.from_config(backbone.embed_dim, payload["segmentation"])
@@ -170,7 +211,16 @@ def assemble_model(backbone: VisionTransformer, payload: dict[str, Any]) -> Insp
             context=cfg.get("context", 0),
             pixel_weight=cfg.get("pixel_weight", 0.0),
         )
-    return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly)
+    return InspectionModel(backbone, segmentation=segmentation, anomaly=anomaly, label_free=label_free)
+
+
+def heads_payload(model: InspectionModel) -> dict[str, Any]:
+    """The head configs `assemble_model` rebuilds a model from (weights travel in the state dict)."""
+    return {
+        "segmentation": model.segmentation.config if model.segmentation is not None else None,
+        "anomaly": model.anomaly.config if model.anomaly is not None else None,
+        "label_free": heads_payload(model.label_free) if model.label_free is not None else None,
+    }
 
 
 Maps = TypeVar("Maps", torch.Tensor, np.ndarray)

@@ -8,7 +8,7 @@ import pytest
 from training.data.copy_paste import MAX_PIECE_SHARE, DefectPiece, cut_defect_pieces, paste_piece
 from training.data.labeled import LabeledImages
 from training.errors import UserError
-from training.finetune import CropSampler
+from training.head_training import CropSampler
 
 
 def _image_with(mask: np.ndarray, colour: tuple[int, int, int] = (250, 10, 10)) -> np.ndarray:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from tests.synthetic_labeled import TINY_BACKBONE, write_labeled_set
+from training.data.labeled import LabeledImages
 from training.data.synthetic_anomalies import SYNTHETIC_KINDS, add_synthetic_anomaly
 from training.errors import UserError
-from training.finetune import CropSampler, LabeledImages
+from training.head_training import CropSampler
 from training.models.backbone import PIXEL_MEAN, PIXEL_STD
 from training.runs import load_run
 
