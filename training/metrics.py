@@ -154,15 +154,18 @@ def binary_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> B
 def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
     """The highest threshold (`score >= t` is positive) whose recall on `labels` is at least `target`.
 
-    The highest one calls the fewest negatives positive. It is set halfway down to the next lower
-    score, so a score that moves by float noise (PyTorch vs ONNX Runtime) keeps its side.
+    The highest one calls the fewest negatives positive. Scores are compared at the precision every
+    metric here uses (`SCORE_DECIMALS`): two that differ by float noise (PyTorch vs ONNX Runtime, or
+    a synthetic defect that left the hottest pixel as it was) are one score. The threshold is set
+    halfway down to the next lower score, or half a step of that precision below a score nothing
+    lies under, so a score that moves by float noise keeps its side.
 
     Raises:
         ValueError: `target` outside (0, 1], or no positive.
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target recall must be in (0, 1], got {target}")
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+    scores = _quantize(np.asarray(scores, dtype=np.float64).ravel())
     positive = np.asarray(labels).ravel().astype(bool)
     if not positive.any():
         raise ValueError("a threshold for a recall needs at least one positive")
@@ -170,7 +173,8 @@ def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, target: float) 
     needed = min(int(np.ceil(target * ranked.size - 1e-9)), ranked.size)
     threshold = float(ranked[max(needed, 1) - 1])
     lower = scores[scores < threshold]
-    return (threshold + float(lower.max())) / 2.0 if lower.size else threshold
+    below = float(lower.max()) if lower.size else threshold - 10.0**-SCORE_DECIMALS
+    return (threshold + below) / 2.0
 
 
 def threshold_for_false_alarm_rate(normal_scores: np.ndarray, max_rate: float) -> float:

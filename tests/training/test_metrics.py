@@ -153,6 +153,16 @@ def test_threshold_for_recall_is_the_highest_that_reaches_it() -> None:
         threshold_for_recall(scores, np.zeros(8), 0.9)
 
 
+def test_threshold_for_recall_treats_float_noise_as_a_tie() -> None:
+    """A defect scored 1e-8 above a normal image is the same score: the recall must still be reached."""
+    scores = np.array([0.9, 0.47128510, 0.47128500])
+    labels = np.array([1, 1, 0])
+    threshold = threshold_for_recall(scores, labels, 1.0)
+    assert binary_scores(scores, labels, threshold).recall == 1.0
+    assert scores[1] - threshold > 4e-7  # raw scores a little below the tie still reach it
+    assert threshold_for_recall(np.array([0.5]), np.array([1]), 1.0) < 0.5
+
+
 def test_threshold_for_false_alarm_rate_lets_through_at_most_that_share() -> None:
     normal = np.arange(100) / 100.0
     threshold = threshold_for_false_alarm_rate(normal, 0.05)
