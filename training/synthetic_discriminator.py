@@ -140,7 +140,10 @@ def train_synthetic_head(
 ) -> SegmentationHead:
     """A segmentation head trained on `normal_images` with synthetic anomalies, the backbone frozen."""
     head = SegmentationHead(
-        backbone.embed_dim, default_feature_blocks(len(backbone.blocks)), context=default_head_context(None)
+        backbone.embed_dim,
+        default_feature_blocks(len(backbone.blocks)),
+        context=default_head_context(None),
+        trained_on="synthetic",
     )
     model = InspectionModel(backbone, segmentation=head).to(device)
     data = LabeledImages(

@@ -57,9 +57,11 @@ class InspectionModel(nn.Module):
 
     @property
     def kind(self) -> ModelKind:
-        if self.segmentation is not None and (self.anomaly is not None or self.label_free is not None):
-            return "hybrid"
-        return "supervised" if self.segmentation is not None else "zero-label"
+        """zero-label when no head learned from labels (a discriminator trained on synthetic anomalies
+        keeps a model zero-label); hybrid when a labeled head is fused with a label-free branch."""
+        if self.segmentation is None or self.segmentation.trained_on != "labels":
+            return "zero-label"
+        return "hybrid" if self.anomaly is not None or self.label_free is not None else "supervised"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p_head, p_anomaly = self.branch_probabilities(images)

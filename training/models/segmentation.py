@@ -10,13 +10,16 @@ looks wrong, the conv branch says *exactly where*.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Format
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+# What a head learned from: labeled masks, or synthetic anomalies on normal images (a discriminator).
+HeadTraining = Literal["labels", "synthetic"]
 
 
 def fix_input_size(backbone: VisionTransformer, img_size: int) -> VisionTransformer:
@@ -193,6 +196,8 @@ class SegmentationHead(nn.Module):
         widths: conv-branch channels at 1/1, 1/2, 1/4 resolution.
         vit_width: channels of the projected ViT features.
         context: `TextureContext` window at 1/4 resolution (0: none).
+        trained_on: "labels" (labeled defect masks) or "synthetic" (synthetic anomalies on normal images
+            only: a discriminator, which keeps a model zero-label).
     """
 
     def __init__(
@@ -203,8 +208,12 @@ class SegmentationHead(nn.Module):
         widths: Sequence[int] = (16, 32, 48),
         vit_width: int = 64,
         context: int = 0,
+        trained_on: HeadTraining = "labels",
     ) -> None:
         super().__init__()
+        if trained_on not in get_args(HeadTraining):
+            raise ValueError(f"trained_on must be one of {get_args(HeadTraining)}, not {trained_on!r}")
+        self.trained_on = trained_on
         self.feature_blocks = tuple(int(b) for b in feature_blocks)
         full, half, quarter = (int(w) for w in widths)
         self.decoder = FusionDecoder(
@@ -218,6 +227,7 @@ class SegmentationHead(nn.Module):
             "widths": [full, half, quarter],
             "vit_width": vit_width,
             "context": int(context),
+            "trained_on": trained_on,
         }
 
     @classmethod
@@ -229,6 +239,7 @@ class SegmentationHead(nn.Module):
             widths=config["widths"],
             vit_width=config["vit_width"],
             context=config.get("context", 0),
+            trained_on=config.get("trained_on", "labels"),  # runs saved before discriminators: labels
         )
 
     def forward(self, images: torch.Tensor, maps: dict[int, torch.Tensor]) -> torch.Tensor:
