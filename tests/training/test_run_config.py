@@ -257,6 +257,8 @@ def test_a_fit_normal_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path
             "16",
             "--holdout-fraction",
             "0.5",
+            "--discriminator-steps",
+            "2",
             "--device",
             "cpu",
             "--quiet",
@@ -266,6 +268,12 @@ def test_a_fit_normal_run_and_its_bundle_hold_the_resolved_config(tmp_path: Path
     saved = json.loads((run / CONFIG_FILE).read_text())
     assert set(saved) == {f.name for f in dataclasses.fields(FitNormalConfig)}
     assert (saved["holdout_fraction"], saved["bank_size"], saved["device"]) == (0.5, 16, "cpu")
+    # Defaults that follow other settings are saved resolved: the bank reads the discriminator's encoder.
+    assert (saved["discriminator_steps"], saved["anomaly_features"], saved["anomaly_context"]) == (
+        2,
+        "conv",
+        15,
+    )
     assert runner.invoke(model_cli(), ["export", "--model", str(run), "--out", str(bundle)]).exit_code == 0
     assert load_bundle(bundle).manifest.training_config == saved
 

@@ -104,7 +104,7 @@ def fit_normal(
     target_recall: Annotated[float, opt(N, "target_recall")] = default_of(N, "target_recall"),
     image_top_pixels: Annotated[int | None, opt(N, "image_top_pixels")] = default_of(N, "image_top_pixels"),
     discriminator_steps: Annotated[int, opt(N, "discriminator_steps")] = default_of(N, "discriminator_steps"),
-    anomaly_features: Annotated[str, opt(N, "anomaly_features")] = default_of(N, "anomaly_features"),
+    anomaly_features: Annotated[str | None, opt(N, "anomaly_features")] = default_of(N, "anomaly_features"),
     anomaly_context: AnomalyContextOpt = default_of(N, "anomaly_context"),
     anomaly_pixel_weight: AnomalyPixelWeightOpt = default_of(N, "anomaly_pixel_weight"),
     device: DeviceOpt = default_of(N, "device"),

@@ -64,7 +64,7 @@ def test_fit_normal_with_a_discriminator_saves_a_fused_model(tmp_path: Path) -> 
 
     data = write_labeled_set(tmp_path / "data", defective=0, normal=6)
     common = {"backbone": TINY_BACKBONE, "data": data, "image_size": 32, "bank_size": 32}
-    fit_normal(FitNormalConfig(**common, out=tmp_path / "plain"))
+    fit_normal(FitNormalConfig(**common, out=tmp_path / "plain", discriminator_steps=0))
     thresholds = fit_normal(
         FitNormalConfig(**common, out=tmp_path / "disc", discriminator_steps=2, batch_size=4)
     )
@@ -102,7 +102,22 @@ def test_conv_bank_features_without_a_discriminator_are_a_user_error(tmp_path: P
     from training.fit_normal import FitNormalConfig
 
     with pytest.raises(UserError, match="discriminator-steps"):
-        FitNormalConfig(backbone=TINY_BACKBONE, data=tmp_path, out=tmp_path / "o", anomaly_features="conv")
+        FitNormalConfig(
+            backbone=TINY_BACKBONE,
+            data=tmp_path,
+            out=tmp_path / "o",
+            anomaly_features="conv",
+            discriminator_steps=0,
+        )
+
+
+def test_the_zero_label_default_is_the_discriminator_with_a_bank_on_its_encoder(tmp_path: Path) -> None:
+    from training.fit_normal import FitNormalConfig
+
+    common = {"backbone": TINY_BACKBONE, "data": tmp_path, "out": tmp_path / "o"}
+    default = FitNormalConfig(**common)
+    assert default.discriminator_steps > 0 and default.anomaly_features == "conv"
+    assert FitNormalConfig(**common, discriminator_steps=0).anomaly_features == "vit"
 
 
 def test_negative_discriminator_steps_are_a_user_error(tmp_path: Path) -> None:
