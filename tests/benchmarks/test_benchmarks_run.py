@@ -109,3 +109,37 @@ def test_table_renders_a_results_file(tiny_split: Path, tmp_path: Path) -> None:
     run_regimes(config, progress=lambda _: None)
     result = runner.invoke(app, ["table", str(tmp_path / "results.json")])
     assert result.exit_code == 0 and result.output == (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_kept_bundle_is_scored_per_defect_type(
+    tiny_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.accuracy.defect_types import main
+
+    out = tmp_path / "results"
+    config = RunConfig(
+        data=tiny_split, out=out, backbone=TINY_BACKBONE, steps=2, batch_size=4, image_size=32,
+        regimes=("5",), models=("hybrid",),
+    )  # fmt: skip
+    run_regimes(config, progress=lambda _: None)
+    main(
+        [
+            "--bundle",
+            str(out / "bundles" / "5"),
+            "--data",
+            str(tiny_split),
+            "--json",
+            str(tmp_path / "t.json"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    test_types = json.loads((tiny_split / "test" / "defects.json").read_text())["samples"].values()
+    assert {r["defect_type"] for r in rows} == {t for s in test_types for t in s.get("defects", [])}
+    for row in rows:
+        assert set(row["per_surface"]) <= {"surface0", "surface1"} and row["per_surface"]
+        assert row["worst_pixel_auroc"] <= row["pixel_auroc"]
+        assert (
+            f"| {row['defect_type']} | {row['pixel_auroc']:.3f} ({row['worst_pixel_auroc']:.3f}) |" in printed
+        )
