@@ -35,6 +35,8 @@ from training.model_config import (  # the rule's constants live with the settin
 MIN_SYNTHETIC_DEFECTS = 24
 MAX_SYNTHETIC_PER_IMAGE = 6
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
+# Above this expected false-alarm rate the stored threshold is reported as one a line cannot run on.
+HIGH_FALSE_ALARM_RATE = 0.2
 # Names the rule above; a study re-runs its saved results when it changes.
 DECISION_RULE = (
     f"image threshold for recall {DEFAULT_TARGET_RECALL} on real + synthetic validation defects; "
@@ -68,6 +70,16 @@ class ImageDecision:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+    def warning(self) -> str | None:
+        """A one-line warning when the threshold would flag so many good parts that a line cannot run on it."""
+        if not self.expected_false_alarm_rate > HIGH_FALSE_ALARM_RATE:  # NaN (no normal image): no claim
+            return None
+        return (
+            f"the image threshold for recall {self.target_recall:.2f} flags "
+            f"{self.expected_false_alarm_rate:.0%} of the defect-free validation images: lower --target-recall, "
+            "or set each line's threshold on its own defect-free images (train-pipeline calibrate)"
+        )
 
 
 def synthetic_defects(

@@ -338,6 +338,8 @@ def choose_thresholds(
         top_pixels=decision.top_pixels,
     )
     metrics["decision"] = decision.as_dict()
+    if (warning := decision.warning()) is not None:
+        log.warning(warning)
     log.info(
         "image threshold %.4f for recall %.2f: expected recall %.3f (real defects %.3f), false-alarm rate "
         "%.3f on %d defect-free validation images",

@@ -62,6 +62,8 @@ def normal_thresholds(
         target_recall=target_recall,
         top_pixels=top_pixels,
     )
+    if (warning := decision.warning()) is not None:
+        log.warning(warning)
     return {"pixel": pixel, "image": decision.threshold, "image_top_pixels": decision.top_pixels}, decision
 
 

@@ -82,6 +82,21 @@ def test_lower_target_recall_gives_fewer_false_alarms() -> None:
     )
 
 
+def test_a_threshold_that_flags_most_good_parts_is_reported_as_such() -> None:
+    # Every defect scores below every normal image: recall 1.0 costs flagging all of them.
+    hopeless = choose_image_threshold(
+        _maps_scoring([0.1, 0.2]), [], _maps_scoring([0.5, 0.6]), target_recall=1.0, top_pixels=4
+    )
+    assert hopeless.expected_false_alarm_rate == 1.0
+    assert "flags 100% of the defect-free validation images" in (hopeless.warning() or "")
+    fine = choose_image_threshold(
+        _maps_scoring([0.9]), [], _maps_scoring([0.1]), target_recall=1.0, top_pixels=4
+    )
+    assert fine.warning() is None
+    no_normals = choose_image_threshold(_maps_scoring([0.9]), [], [], target_recall=1.0, top_pixels=4)
+    assert no_normals.warning() is None
+
+
 def test_synthetic_defects_on_validation_normals() -> None:
     rng = np.random.default_rng(2)
     normals = [texture(rng, 64), texture(rng, 64)[:, :48]]  # a non-square image too
