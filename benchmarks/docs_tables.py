@@ -8,8 +8,8 @@ A block in a markdown file names the `run-regimes` result files it shows:
 
 `python -m benchmarks docs-tables` rewrites every such block from its files; `--check` only says
 which blocks are stale (the suite runs it, so a table cannot drift from its results). The style
-`full` shows every metric of `benchmarks.scoring.METRIC_KEYS`, `brief` the five a reader of the
-README needs. Each row is one (file, regime, model): mean over surfaces, worst surface in brackets.
+`full` shows every metric of `benchmarks.scoring.METRIC_KEYS`, `brief` the ranking and both verdicts a
+reader of the README needs. Each row is one (file, regime, model): mean over surfaces, worst surface in brackets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from training.errors import UserError
 DEFAULT_DOCS = (Path("README.md"), Path("docs/BENCHMARKS.md"))
 STYLES = {
     "full": METRIC_KEYS,
-    "brief": ("pixel_auroc", "aupro", "image_auroc", "verdict_recall", "false_alarm_rate"),
+    "brief": (
+        "pixel_auroc",
+        "aupro",
+        "image_auroc",
+        "verdict_recall",
+        "false_alarm_rate",
+        "line_verdict_recall",
+        "line_false_alarm_rate",
+    ),
 }
 _HEADERS = {
     "pixel_auroc": "pixel AUROC",
@@ -114,7 +122,10 @@ def _settings(results: dict, row: dict) -> str:
     if row["model"] != "hybrid":
         return "—"
     config = results["config"]
-    options = config.get("fit_normal_options" if row["regime"] == "0" else "finetune_options") or {}
+    options = dict(config.get("fit_normal_options" if row["regime"] == "0" else "finetune_options") or {})
+    backbone = str(config.get("backbone", "random:"))
+    if not backbone.startswith("random:"):  # a pretrained backbone is a setting too
+        options["backbone"] = backbone
     if not options:
         return "defaults"
     return ", ".join(f"`{key}={value}`" for key, value in sorted(options.items()))

@@ -25,7 +25,11 @@ def _results(path: Path, *, aupro_mean: float, aupro_worst: float) -> Path:
         "per_surface": {},
     }
     record = {
-        "config": {"fit_normal_options": {"discriminator_steps": 100}, "finetune_options": {}},
+        "config": {
+            "backbone": "runs/pretrained",
+            "fit_normal_options": {"discriminator_steps": 100},
+            "finetune_options": {},
+        },
         "data": {"split": "b"},
         "rows": [row, {**row, "model": "no-learning"}],
     }
@@ -49,7 +53,10 @@ def test_a_stale_table_is_named_by_check_and_rewritten_without_it(tmp_path: Path
 
     assert runner.invoke(app, ["docs-tables", str(doc)]).exit_code == 0
     text = doc.read_text()
-    assert "old table" not in text and "| B | no labels | ours | `discriminator_steps=100` |" in text
+    assert (
+        "old table" not in text
+        and "| B | no labels | ours | `backbone=runs/pretrained`, `discriminator_steps=100` |" in text
+    )
     assert "0.634 (0.516)" in text and "| B | no labels | no learning | — |" in text
     assert runner.invoke(app, ["docs-tables", "--check", str(doc)]).exit_code == 0
 
