@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.report import METRIC_HEADERS
 from benchmarks.scoring import METRIC_KEYS
 from training.errors import UserError
 
@@ -36,18 +37,6 @@ STYLES = {
         "line_verdict_recall",
         "line_false_alarm_rate",
     ),
-}
-_HEADERS = {
-    "pixel_auroc": "pixel AUROC",
-    "aupro": "AUPRO@0.3",
-    "pixel_ap": "pixel AP",
-    "image_auroc": "image AUROC",
-    "verdict_precision": "verdict precision",
-    "verdict_recall": "verdict recall",
-    "false_alarm_rate": "false alarms",
-    "line_verdict_precision": "precision, line threshold",
-    "line_verdict_recall": "recall, line threshold",
-    "line_false_alarm_rate": "false alarms, line threshold",
 }
 _REGIMES = {
     "0": "no labels",
@@ -78,7 +67,7 @@ def render_block(style: str, files: Sequence[Path]) -> str:
         raise UserError(f"results-table style must be one of {', '.join(STYLES)}, not {style!r}")
     keys = STYLES[style]
     lines = [
-        "| split | regime | model | settings | " + " | ".join(_HEADERS[k] for k in keys) + " |",
+        "| split | regime | model | settings | " + " | ".join(METRIC_HEADERS[k] for k in keys) + " |",
         "|---|---|---|---|" + "---|" * len(keys),
     ]
     for path in files:

@@ -6,7 +6,8 @@ import math
 
 from benchmarks.scoring import METRIC_KEYS
 
-_HEADERS = {
+# Column titles of the metrics, shared by every table made from run-regimes results.
+METRIC_HEADERS = {
     "pixel_auroc": "pixel AUROC",
     "aupro": "AUPRO@0.3",
     "pixel_ap": "pixel AP",
@@ -45,7 +46,7 @@ def render_markdown(results: dict) -> str:
         "",
         "Mean over surfaces (worst surface in brackets):",
         "",
-        "| regime | model | " + " | ".join(_HEADERS[k] for k in METRIC_KEYS) + " |",
+        "| regime | model | " + " | ".join(METRIC_HEADERS[k] for k in METRIC_KEYS) + " |",
         "|---|---|" + "---|" * len(METRIC_KEYS),
     ]
     for row in results["rows"]:
