@@ -113,9 +113,10 @@ def fit_normal(
 ) -> None:
     """Zero-label mode: anomaly model from defect-free images only.
 
-    With the defaults, about a minute of CPU time for the demo data's 60 defect-free images on a
-    2-core CPU (docs/BENCHMARKS.md §11); less on a GPU (not measured yet). The run folder keeps the
-    resolved settings in config.json.
+    With the defaults (a discriminator and a bank on its encoder), about 11 minutes of CPU time for the
+    demo data's 60 defect-free images on a 2-core CPU; `--discriminator-steps 0` (the bank on patch
+    tokens alone) about one (docs/BENCHMARKS.md §11). Less on a GPU (not measured yet). The run folder
+    keeps the resolved settings in config.json.
     """
     options = dict(locals())
     from training.fit_normal import fit_normal as run_fit_normal
