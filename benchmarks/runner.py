@@ -111,13 +111,14 @@ def run_regimes(config: RunConfig, progress: Callable[[str], None] = log.info) -
         raise UserError("--steps and --batch-size must be at least 1")
     _check_options(config)
     test = load_test_set(config.data / "test")
+    calibration = load_calibration_images(config.data / CALIBRATION_FOLDER)
     results: dict[str, Any] = {"config": _config_record(config), "data": record, "rows": []}
     started = time.perf_counter()
     for regime in config.regimes:
         for model in config.models:
             if model == "unet" and regime == "0":
                 continue  # the U-Net needs labels
-            row = _cached_or_run(regime, model, config, test)
+            row = _cached_or_run(regime, model, config, test, calibration)
             results["rows"].append(row)
             write_results(results, config.out)
             mean = row["mean"]
@@ -148,7 +149,9 @@ def load_test_set(folder: Path) -> TestSet:
     )
 
 
-def _cached_or_run(regime: str, model: str, config: RunConfig, test: TestSet) -> dict:
+def _cached_or_run(
+    regime: str, model: str, config: RunConfig, test: TestSet, calibration: dict[str, list[np.ndarray]]
+) -> dict:
     signature = json.loads(json.dumps(_signature(regime, model, config), default=str))
     path = config.out / "rows" / f"{regime}-{model}.json"
     if path.is_file():
@@ -160,7 +163,7 @@ def _cached_or_run(regime: str, model: str, config: RunConfig, test: TestSet) ->
     indices = _evaluated_indices(regime, test)
     maps = {i: predict(test.images[i]) for i in indices}
     top_pixels = int(thresholds.get("image_top_pixels", 1))
-    line_thresholds = _line_thresholds(predict, config.data / CALIBRATION_FOLDER, top_pixels)
+    line_thresholds = _line_thresholds(predict, calibration, top_pixels)
     row = {
         "regime": regime,
         "model": model,
@@ -181,28 +184,34 @@ def _evaluated_indices(regime: str, test: TestSet) -> list[int]:
     return [i for i, types in enumerate(test.types) if not test.masks[i].any() or held & set(types)]
 
 
-def _line_thresholds(predict: Predict, folder: Path, top_pixels: int) -> dict[str, float]:
-    """Each surface's image threshold from its calibration images, as `train-pipeline calibrate` sets it
-    (at most `DEFAULT_MAX_FALSE_ALARM_RATE` of them flagged); empty for a split without that folder."""
+def load_calibration_images(folder: Path) -> dict[str, list[np.ndarray]]:
+    """Each surface's defect-free calibration images, read once per run; empty for a split without them."""
     if not folder.is_dir():
         return {}
     from training.data.images import read_images
     from training.data.labeled import load_labeled_set
-    from training.decision import DEFAULT_MAX_FALSE_ALARM_RATE, calibrate_line
 
     by_surface: dict[str, list[Path]] = {}
     for sample in load_labeled_set(folder).defect_free:
         by_surface.setdefault(sample.line or "", []).append(sample.image)
-    thresholds = {}
-    for surface, paths in sorted(by_surface.items()):
-        images, _ = read_images(paths)
-        calibrated = calibrate_line(
+    return {surface: read_images(paths)[0] for surface, paths in sorted(by_surface.items())}
+
+
+def _line_thresholds(
+    predict: Predict, calibration: dict[str, list[np.ndarray]], top_pixels: int
+) -> dict[str, float]:
+    """Each surface's image threshold from its calibration images, as `train-pipeline calibrate` sets it
+    (at most `DEFAULT_MAX_FALSE_ALARM_RATE` of them flagged)."""
+    from training.decision import DEFAULT_MAX_FALSE_ALARM_RATE, calibrate_line
+
+    return {
+        surface: calibrate_line(
             [predict(image) for image in images],
             max_false_alarm_rate=DEFAULT_MAX_FALSE_ALARM_RATE,
             top_pixels=top_pixels,
-        )
-        thresholds[surface] = calibrated.image
-    return thresholds
+        ).image
+        for surface, images in calibration.items()
+    }
 
 
 def _score(

@@ -18,7 +18,10 @@ import numpy as np
 
 from benchmarks.results_json import add_json_option, write_results
 from benchmarks.runner import TestSet, load_test_set
+from benchmarks.scoring import mean_and_worst
 from training.metrics import aupro, auroc
+
+TYPE_KEYS = ("pixel_auroc", "aupro")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,13 +63,8 @@ def type_rows(maps: list[np.ndarray], test: TestSet) -> list[dict]:
 
 
 def _mean_and_worst(per_surface: dict[str, dict[str, float]]) -> dict[str, float]:
-    summary = {}
-    for key in ("pixel_auroc", "aupro"):
-        values = np.asarray([s[key] for s in per_surface.values()], np.float64)
-        values = values[~np.isnan(values)]
-        summary[key] = float(values.mean()) if values.size else float("nan")
-        summary[f"worst_{key}"] = float(values.min()) if values.size else float("nan")
-    return summary
+    mean, worst = mean_and_worst(per_surface)
+    return {**{k: mean[k] for k in TYPE_KEYS}, **{f"worst_{k}": worst[k] for k in TYPE_KEYS}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,10 +64,7 @@ class InspectionModel(nn.Module):
         return "hybrid" if self.anomaly is not None or self.label_free is not None else "supervised"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        p_head, p_anomaly = self.branch_probabilities(images)
-        if p_head is None or p_anomaly is None:
-            return p_head if p_anomaly is None else p_anomaly
-        return self.fuse(p_head, p_anomaly)
+        return self._fused(*self.branch_probabilities(images))
 
     def fuse(self, p_head: torch.Tensor, p_anomaly: torch.Tensor) -> torch.Tensor:
         """The hybrid's map from its two branches, at the model's fusion weight (`fuse_branches`)."""
